@@ -1,0 +1,1 @@
+//! Criterion benchmarks for pingwheel live under `benches/benches/`; this library is empty.

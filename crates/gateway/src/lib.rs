@@ -1,0 +1,29 @@
+//! pingwheel: a WebSocket push-notification gateway that holds many mostly idle
+//! connections per machine and keeps every one of them alive cheaply.
+//!
+//! # Architecture (a newcomer's map)
+//!
+//! | module | what lives there | touches IO? |
+//! |---|---|---|
+//! | [`config`] | CLI flags, the TOML file, embedded defaults | no |
+//! | [`clock`] | `Instant` ↔ wheel [`wheel::Tick`], rounding deadlines up | no |
+//! | [`conn`] | the sans-IO per-connection state machine: handshake, frames, keepalive, close | no |
+//! | [`worker`] | one `mio` event loop per core: sockets, the slab, the one timer wheel | **yes** (the only place) |
+//! | [`listener`] | `SO_REUSEPORT` listening sockets | yes (setup only) |
+//! | [`metrics`] | metric names, histogram buckets, per-worker handles | no |
+//! | [`admin`] | the hyper admin listener: `/metrics`, `/healthz` | yes (its own thread) |
+//! | [`server`] | starts workers and admin, handles signals and draining | yes (setup only) |
+//!
+//! A ping is scheduled in [`conn::keepalive`]; the worker only sees the connection's
+//! next deadline ([`conn::Conn::poll_timeout`]) and files it in its timer wheel.
+#![deny(missing_docs, missing_debug_implementations, rust_2018_idioms)]
+#![doc(test(attr(deny(warnings))))]
+
+pub mod admin;
+pub mod clock;
+pub mod config;
+pub mod conn;
+pub mod listener;
+pub mod metrics;
+pub mod server;
+pub mod worker;

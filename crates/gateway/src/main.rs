@@ -1,0 +1,2 @@
+//! The `pingwheel` binary (being written; see issue 4).
+fn main() {}

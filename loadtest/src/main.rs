@@ -1,0 +1,2 @@
+//! `pingwheel-loadtest` (being written; see issue 6).
+fn main() {}
