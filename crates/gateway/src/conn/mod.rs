@@ -3,6 +3,4 @@
 //! Bytes and `now` go in; bytes to send, the next deadline and events come out.
 //! Nothing here reads a clock or touches a socket.
 
-pub mod reason;
-
-pub use reason::{CloseReason, HandshakeFailure};
+pub use pingwheel_proto::{CloseReason, HandshakeFailure};
