@@ -1,1 +1,523 @@
-//! (being written)
+//! The admin HTTP listener: `/metrics`, `/healthz`, and (issue 5) the publish API.
+//!
+//! It runs on its own thread, `pingwheel-admin`, with a current-thread `tokio` runtime and
+//! `hyper`'s HTTP/1.1 server; the workers never see it. Connections are kept alive, so a
+//! publisher can send many requests over one socket.
+//!
+//! # Routes
+//!
+//! | method | path | answer |
+//! |---|---|---|
+//! | `GET`, `HEAD` | `/metrics` | 200, Prometheus text format 0.0.4 |
+//! | `GET`, `HEAD` | `/healthz` | 200 `ok`, or 503 `draining` once [`AdminState::set_draining`] |
+//! | other | known path | 405 with `Allow` |
+//! | any | other path | 404 |
+//!
+//! New routes are new arms in [`route`]'s `match (method, path)`. A route that reads a
+//! request body must use [`read_body`], which enforces a size limit (413 when exceeded).
+//!
+//! # Upkeep
+//!
+//! The thread also calls [`PrometheusHandle::run_upkeep`] every
+//! [`metrics::UPKEEP_INTERVAL`](crate::metrics::UPKEEP_INTERVAL), which drains histogram
+//! samples even when nobody scrapes.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::{Body, Incoming};
+use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::oneshot;
+
+use crate::metrics::UPKEEP_INTERVAL;
+
+/// Content type of the Prometheus text exposition format.
+pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// Name of the admin thread.
+pub const THREAD_NAME: &str = "pingwheel-admin";
+
+/// On shutdown, how long in-flight requests get to finish before their connections are
+/// dropped. Idle keep-alive connections close at once.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// A client must send a complete request head within this, or its connection is closed.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// After an `accept` error such as EMFILE, wait this long before accepting again instead
+/// of spinning.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The response body type of every route.
+pub type AdminBody = Full<Bytes>;
+
+/// What the admin routes need, shared with the rest of the process.
+#[derive(Debug)]
+pub struct AdminState {
+    /// Renders `/metrics`; also the target of periodic upkeep.
+    metrics: PrometheusHandle,
+    /// Set when the server starts draining; `/healthz` answers 503 from then on so load
+    /// balancers stop sending new clients.
+    draining: AtomicBool,
+}
+
+impl AdminState {
+    /// State for a server that is not draining.
+    pub fn new(metrics: PrometheusHandle) -> AdminState {
+        AdminState {
+            metrics,
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// The Prometheus handle `/metrics` renders.
+    pub fn metrics(&self) -> &PrometheusHandle {
+        &self.metrics
+    }
+
+    /// Marks the process as draining (or not); `/healthz` reflects it immediately.
+    pub fn set_draining(&self, draining: bool) {
+        self.draining.store(draining, Ordering::Release);
+    }
+
+    /// Whether the process is draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+}
+
+/// The running admin server. Dropping it, or calling [`AdminHandle::shutdown`], stops the
+/// server gracefully (in-flight requests get a few seconds) and joins its thread.
+#[derive(Debug)]
+pub struct AdminHandle {
+    local_addr: SocketAddr,
+    /// `Some` until shutdown is requested.
+    stop: Option<oneshot::Sender<()>>,
+    /// `Some` until the thread is joined.
+    thread: Option<JoinHandle<()>>,
+}
+
+impl AdminHandle {
+    /// The address the server listens on (useful when bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to a few seconds), closes idle
+    /// keep-alive connections, and joins the thread.
+    ///
+    /// # Errors
+    ///
+    /// The thread's panic payload, if it panicked.
+    pub fn shutdown(mut self) -> std::thread::Result<()> {
+        self.stop_and_join()
+    }
+
+    fn stop_and_join(&mut self) -> std::thread::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            // The thread may already be gone (it only exits on this signal or a panic);
+            // either way there is nothing more to tell it.
+            let _ = stop.send(());
+        }
+        match self.thread.take() {
+            Some(thread) => thread.join(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for AdminHandle {
+    fn drop(&mut self) {
+        if self.stop_and_join().is_err() {
+            tracing::error!("the admin thread panicked");
+        }
+    }
+}
+
+/// Serves the admin routes on `listener` from a new thread named `pingwheel-admin`.
+///
+/// The caller binds the listener, so a bind error surfaces where the address is known.
+/// The listener is switched to non-blocking mode here.
+///
+/// # Errors
+///
+/// Creating the runtime, registering the listener, or spawning the thread failed.
+pub fn spawn(listener: std::net::TcpListener, state: Arc<AdminState>) -> io::Result<AdminHandle> {
+    let local_addr = listener.local_addr()?;
+    listener.set_nonblocking(true)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()?;
+    let listener = {
+        let _context = runtime.enter();
+        tokio::net::TcpListener::from_std(listener)?
+    };
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let thread = std::thread::Builder::new()
+        .name(THREAD_NAME.to_owned())
+        .spawn(move || runtime.block_on(serve(listener, state, stop_rx)))?;
+    Ok(AdminHandle {
+        local_addr,
+        stop: Some(stop_tx),
+        thread: Some(thread),
+    })
+}
+
+/// The accept loop: one task per connection, periodic upkeep, graceful stop.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AdminState>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(true);
+    let graceful = GracefulShutdown::new();
+    let mut upkeep = tokio::time::interval(UPKEEP_INTERVAL);
+    upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    loop {
+        tokio::select! {
+            // A send or a dropped sender both mean stop.
+            _ = &mut stop => break,
+            _ = upkeep.tick() => state.metrics.run_upkeep(),
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    // Responses are written in one go; don't let Nagle hold the tail.
+                    let _ = stream.set_nodelay(true);
+                    let state = Arc::clone(&state);
+                    let service = service_fn(move |request| {
+                        let state = Arc::clone(&state);
+                        async move { Ok::<_, Infallible>(route(&state, request).await) }
+                    });
+                    let connection =
+                        graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+                    tokio::spawn(async move {
+                        if let Err(err) = connection.await {
+                            tracing::debug!(%peer, "admin connection ended with an error: {err}");
+                        }
+                    });
+                }
+                Err(err) => {
+                    // Per-connection failures (ECONNABORTED) and resource exhaustion
+                    // (EMFILE) alike: the listener itself stays usable.
+                    tracing::warn!("admin listener accept failed: {err}");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                }
+            },
+        }
+    }
+
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("admin connections still busy after {SHUTDOWN_GRACE:?}; dropping them");
+    }
+}
+
+/// Answers one admin request. One arm per route; a known path with the wrong method gets
+/// 405 with `Allow`, an unknown path 404.
+pub async fn route(state: &AdminState, request: Request<Incoming>) -> Response<AdminBody> {
+    let method = request.method();
+    match (method, request.uri().path()) {
+        (&Method::GET | &Method::HEAD, "/metrics") => {
+            let body = state.metrics.render();
+            respond(StatusCode::OK, METRICS_CONTENT_TYPE, body)
+        }
+        (_, "/metrics") => method_not_allowed("GET, HEAD"),
+        (&Method::GET | &Method::HEAD, "/healthz") => {
+            if state.is_draining() {
+                plain(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else {
+                plain(StatusCode::OK, "ok\n")
+            }
+        }
+        (_, "/healthz") => method_not_allowed("GET, HEAD"),
+        _ => plain(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// Why a request body could not be read.
+#[derive(Debug)]
+pub enum BodyError {
+    /// The body is longer than the limit: answer 413.
+    TooLarge {
+        /// The limit that was exceeded, in bytes.
+        limit: usize,
+    },
+    /// The connection failed or the body was malformed mid-read: answer 400 (if the
+    /// connection still can).
+    Read(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl BodyError {
+    /// The status to answer with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            BodyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyError::Read(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// A plain-text response for this error.
+    pub fn to_response(&self) -> Response<AdminBody> {
+        let message = match self {
+            BodyError::TooLarge { limit } => format!("request body exceeds {limit} bytes\n"),
+            BodyError::Read(err) => format!("cannot read request body: {err}\n"),
+        };
+        respond(self.status(), "text/plain; charset=utf-8", message)
+    }
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::TooLarge { limit } => write!(f, "request body exceeds {limit} bytes"),
+            BodyError::Read(err) => write!(f, "cannot read request body: {err}"),
+        }
+    }
+}
+
+impl std::error::Error for BodyError {}
+
+/// Reads a whole request body, failing with [`BodyError::TooLarge`] as soon as more than
+/// `limit` bytes have arrived (nothing past the limit is buffered).
+///
+/// # Errors
+///
+/// See [`BodyError`].
+pub async fn read_body<B>(body: B, limit: usize) -> Result<Bytes, BodyError>
+where
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<LengthLimitError>() => Err(BodyError::TooLarge { limit }),
+        Err(err) => Err(BodyError::Read(err)),
+    }
+}
+
+/// A response with `status`, `content_type` and `body`.
+pub fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<AdminBody> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// A short `text/plain` response.
+pub fn plain(status: StatusCode, body: &'static str) -> Response<AdminBody> {
+    respond(status, "text/plain; charset=utf-8", body)
+}
+
+/// 405 with `Allow: <allow>`.
+pub fn method_not_allowed(allow: &'static str) -> Response<AdminBody> {
+    let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    response
+        .headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Instant;
+
+    /// A parsed HTTP/1.1 response.
+    #[derive(Debug)]
+    struct Reply {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: String,
+    }
+
+    impl Reply {
+        fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        }
+    }
+
+    /// An admin server on 127.0.0.1:0 with a private recorder holding one counter.
+    fn start() -> (AdminHandle, Arc<AdminState>) {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        metrics::with_local_recorder(&recorder, || {
+            metrics::counter!("pingwheel_admin_test_total").increment(3);
+        });
+        let state = Arc::new(AdminState::new(recorder.handle()));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let handle = spawn(listener, Arc::clone(&state)).expect("admin server starts");
+        (handle, state)
+    }
+
+    fn connect(handle: &AdminHandle) -> TcpStream {
+        let stream = TcpStream::connect(handle.local_addr()).expect("connect to admin");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("set timeout");
+        stream
+    }
+
+    /// Sends one request on `stream` (kept alive) and reads exactly one response.
+    fn request(stream: &mut TcpStream, method: &str, path: &str) -> Reply {
+        write!(stream, "{method} {path} HTTP/1.1\r\nHost: admin\r\n\r\n").expect("send request");
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut response = httparse::Response::new(&mut headers);
+            if let httparse::Status::Complete(head_len) =
+                response.parse(&buf).expect("valid response head")
+            {
+                let status = response.code.expect("complete head has a status");
+                let headers: Vec<(String, String)> = response
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.to_owned(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        )
+                    })
+                    .collect();
+                let length: usize = headers
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                    .map(|(_, v)| v.parse().expect("numeric content-length"))
+                    .expect("responses carry content-length");
+                let body_len = if method == "HEAD" { 0 } else { length };
+                while buf.len() < head_len + body_len {
+                    let n = stream.read(&mut chunk).expect("read body");
+                    assert!(n > 0, "connection closed mid-body");
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                assert_eq!(
+                    buf.len(),
+                    head_len + body_len,
+                    "no stray bytes after one response"
+                );
+                let body = String::from_utf8_lossy(&buf[head_len..]).into_owned();
+                return Reply {
+                    status,
+                    headers,
+                    body,
+                };
+            }
+            let n = stream.read(&mut chunk).expect("read head");
+            assert!(n > 0, "connection closed before a response");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    #[test]
+    fn routes_answer_on_one_keep_alive_connection() {
+        let (handle, state) = start();
+        let mut stream = connect(&handle);
+
+        let metrics = request(&mut stream, "GET", "/metrics");
+        assert_eq!(metrics.status, 200);
+        assert_eq!(metrics.header("content-type"), Some(METRICS_CONTENT_TYPE));
+        assert!(
+            metrics.body.contains("pingwheel_admin_test_total 3\n"),
+            "{}",
+            metrics.body
+        );
+
+        let head = request(&mut stream, "HEAD", "/metrics");
+        assert_eq!(head.status, 200);
+        assert_eq!(head.body, "");
+
+        let health = request(&mut stream, "GET", "/healthz");
+        assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
+
+        state.set_draining(true);
+        let health = request(&mut stream, "GET", "/healthz");
+        assert_eq!((health.status, health.body.as_str()), (503, "draining\n"));
+
+        let missing = request(&mut stream, "GET", "/nope");
+        assert_eq!(missing.status, 404);
+        assert_eq!(missing.body, "not found\n");
+
+        for path in ["/metrics", "/healthz"] {
+            let wrong = request(&mut stream, "POST", path);
+            assert_eq!(wrong.status, 405, "POST {path}");
+            assert_eq!(wrong.header("allow"), Some("GET, HEAD"), "POST {path}");
+        }
+
+        handle.shutdown().expect("admin thread exits cleanly");
+    }
+
+    #[test]
+    fn shutdown_closes_idle_keep_alive_connections_promptly() {
+        let (handle, _state) = start();
+        let mut stream = connect(&handle);
+        assert_eq!(request(&mut stream, "GET", "/healthz").status, 200);
+
+        let started = Instant::now();
+        handle.shutdown().expect("admin thread exits cleanly");
+        assert!(
+            started.elapsed() < SHUTDOWN_GRACE,
+            "an idle connection must not hold up shutdown ({:?})",
+            started.elapsed()
+        );
+        let mut rest = Vec::new();
+        let n = stream
+            .read_to_end(&mut rest)
+            .expect("server closed the socket");
+        assert_eq!(n, 0, "nothing more is sent: {rest:?}");
+    }
+
+    #[test]
+    fn dropping_the_handle_stops_the_server() {
+        let (handle, _state) = start();
+        let addr = handle.local_addr();
+        drop(handle);
+        let refused = TcpStream::connect(addr);
+        assert!(refused.is_err(), "the listener is closed after drop");
+    }
+
+    #[test]
+    fn read_body_enforces_the_limit() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let body = Full::new(Bytes::from_static(b"0123456789"));
+            let bytes = read_body(body.clone(), 10)
+                .await
+                .expect("exactly at the limit");
+            assert_eq!(&bytes[..], b"0123456789");
+
+            let err = read_body(body, 9).await.expect_err("one byte over");
+            assert!(matches!(err, BodyError::TooLarge { limit: 9 }), "{err:?}");
+            assert_eq!(err.status(), StatusCode::PAYLOAD_TOO_LARGE);
+            assert_eq!(err.to_response().status(), StatusCode::PAYLOAD_TOO_LARGE);
+        });
+    }
+}

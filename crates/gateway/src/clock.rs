@@ -1,1 +1,105 @@
-//! (being written)
+//! The one place where wall time (`Instant`) meets wheel time ([`Tick`]).
+//!
+//! The timer wheel counts ticks since the worker started; a tick is `--tick` long
+//! (10 ms by default). Deadlines are rounded **up** to a tick and the current time is
+//! rounded **down**, so a timer filed for instant `d` fires at the first
+//! `advance(now_tick)` with `now >= d`: never early, and late by less than one tick
+//! plus the event loop's own delay (measured as `pingwheel_event_loop_lag_seconds`).
+
+use std::time::{Duration, Instant};
+
+use wheel::Tick;
+
+/// Converts between `Instant` and wheel [`Tick`]s for one worker.
+#[derive(Copy, Clone, Debug)]
+pub struct TickClock {
+    epoch: Instant,
+    tick_nanos: u64,
+}
+
+impl TickClock {
+    /// A clock whose tick 0 starts at `epoch`.
+    ///
+    /// # Panics
+    /// If `tick` is zero or longer than `u64::MAX` nanoseconds.
+    pub fn new(epoch: Instant, tick: Duration) -> TickClock {
+        let tick_nanos = u64::try_from(tick.as_nanos()).expect("tick fits in u64 nanoseconds");
+        assert!(tick_nanos > 0, "tick must be positive");
+        TickClock { epoch, tick_nanos }
+    }
+
+    /// The length of one tick.
+    pub fn tick(&self) -> Duration {
+        Duration::from_nanos(self.tick_nanos)
+    }
+
+    /// The tick that contains `now` (rounded down): what to pass to `Wheel::advance`.
+    /// Instants before the epoch map to tick 0.
+    pub fn now_tick(&self, now: Instant) -> Tick {
+        Tick(self.nanos_since_epoch(now) / self.tick_nanos)
+    }
+
+    /// The first tick that starts at or after `deadline` (rounded up): what to file a
+    /// deadline under, so it never fires before `deadline`.
+    pub fn deadline_tick(&self, deadline: Instant) -> Tick {
+        Tick(self.nanos_since_epoch(deadline).div_ceil(self.tick_nanos))
+    }
+
+    /// The instant at which `tick` starts.
+    pub fn instant(&self, tick: Tick) -> Instant {
+        let nanos = u128::from(tick.0) * u128::from(self.tick_nanos);
+        let nanos = u64::try_from(nanos).unwrap_or(u64::MAX);
+        self.epoch + Duration::from_nanos(nanos)
+    }
+
+    fn nanos_since_epoch(&self, t: Instant) -> u64 {
+        let d = t.saturating_duration_since(self.epoch);
+        u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn deadlines_round_up_and_now_rounds_down() {
+        let t0 = Instant::now();
+        let c = TickClock::new(t0, ms(10));
+        assert_eq!(c.now_tick(t0), Tick(0));
+        assert_eq!(c.deadline_tick(t0), Tick(0));
+        assert_eq!(c.now_tick(t0 + ms(9)), Tick(0));
+        assert_eq!(c.deadline_tick(t0 + ms(9)), Tick(1));
+        assert_eq!(c.now_tick(t0 + ms(10)), Tick(1));
+        assert_eq!(c.deadline_tick(t0 + ms(10)), Tick(1));
+        assert_eq!(
+            c.deadline_tick(t0 + ms(10) + Duration::from_nanos(1)),
+            Tick(2)
+        );
+        assert_eq!(c.instant(Tick(3)), t0 + ms(30));
+    }
+
+    #[test]
+    fn a_timer_never_fires_early() {
+        let t0 = Instant::now();
+        let c = TickClock::new(t0, ms(10));
+        for d in [0u64, 1, 9, 10, 11, 12_345] {
+            let deadline = t0 + Duration::from_micros(d * 7 + 3);
+            let tick = c.deadline_tick(deadline);
+            // advance(now_tick) fires when now_tick >= tick, i.e. from instant(tick) on.
+            assert!(c.instant(tick) >= deadline);
+            assert!(c.instant(tick) - deadline < c.tick());
+        }
+    }
+
+    #[test]
+    fn instants_before_the_epoch_are_tick_zero() {
+        let t0 = Instant::now() + ms(50);
+        let c = TickClock::new(t0, ms(10));
+        assert_eq!(c.now_tick(t0 - ms(20)), Tick(0));
+    }
+}

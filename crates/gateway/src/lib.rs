@@ -25,5 +25,7 @@ pub mod config;
 pub mod conn;
 pub mod listener;
 pub mod metrics;
+pub mod push;
 pub mod server;
+pub mod token;
 pub mod worker;

@@ -1,2 +1,30 @@
-//! The `pingwheel` binary (being written; see issue 4).
-fn main() {}
+//! The `pingwheel` binary: parse the configuration, start logging, run the server.
+//!
+//! With no arguments it serves WebSocket clients on `0.0.0.0:8080` and metrics on
+//! `127.0.0.1:9090` (see `pingwheel --help`).
+
+use std::process::ExitCode;
+
+use pingwheel::config::Config;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let config = match Config::load() {
+        Ok(config) => config,
+        Err(err) => err.exit(),
+    };
+    // `--log-level` was validated while loading.
+    let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match pingwheel::server::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err}");
+            eprintln!("pingwheel: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,204 @@
-//! (being written)
+//! Process setup and teardown: listeners, workers, the admin thread, signals, draining.
+//!
+//! Startup binds everything first (so a busy port fails fast, naming the flag), then
+//! starts one [`worker`](crate::worker) per `--workers`, then prints exactly one line
+//! on stdout for scripts and tests:
+//!
+//! ```text
+//! ready listen=0.0.0.0:8080 admin=127.0.0.1:9090
+//! ```
+//!
+//! On the first SIGINT or SIGTERM the gateway stops accepting, marks `/healthz` as
+//! draining, sends Close 1001 to every connection, waits up to `--drain-timeout` for
+//! the closing handshakes and exits 0. A second signal exits at once with status 1.
+
+use std::fmt;
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use tracing::{error, info, warn};
+
+use crate::admin::{self, AdminState};
+use crate::config::Config;
+use crate::conn::ConnConfig;
+use crate::conn::keepalive::KeepaliveConfig;
+use crate::listener::bind_reuseport;
+use crate::metrics::{self, WorkerMetrics};
+use crate::worker::{self, Command, WorkerSettings};
+
+/// Size of each worker's shared read buffer.
+const READ_BUFFER_SIZE: usize = 64 << 10;
+
+/// Why the server could not start or stopped abnormally.
+#[derive(Debug)]
+pub enum ServerError {
+    /// A listener could not be bound; `flag` names the setting to change.
+    Bind {
+        /// The command-line flag that set the address.
+        flag: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// Anything else during startup (metrics recorder, threads, signals).
+    Startup(String),
+    /// A worker thread failed while running.
+    Worker(io::Error),
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServerError::Bind { flag, addr, source } => {
+                write!(f, "cannot listen on {addr} ({flag}): {source}")
+            }
+            ServerError::Startup(msg) => write!(f, "startup failed: {msg}"),
+            ServerError::Worker(e) => write!(f, "worker failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ServerError {}
+
+/// The per-connection settings derived from the configuration.
+pub fn conn_config(config: &Config) -> ConnConfig {
+    ConnConfig {
+        keepalive: KeepaliveConfig {
+            ping_interval: config.ping_interval,
+            ping_timeout: config.ping_timeout,
+        },
+        open_timeout: config.open_timeout,
+        close_timeout: config.close_timeout,
+        max_message_size: config.max_message_size,
+        max_queued_bytes: config.max_queued_bytes,
+        max_handshake_size: config.max_handshake_size,
+        echo: config.echo,
+    }
+}
+
+/// Runs the gateway until a signal drains it.
+///
+/// # Errors
+/// See [`ServerError`].
+pub fn run(config: Config) -> Result<(), ServerError> {
+    let workers = config.workers.get();
+    let prometheus = metrics::install_recorder()
+        .map_err(|e| ServerError::Startup(format!("metrics recorder: {e}")))?;
+
+    let (listen, listeners) =
+        bind_reuseport(config.listen, workers, config.backlog).map_err(|source| {
+            ServerError::Bind {
+                flag: "--listen",
+                addr: config.listen,
+                source,
+            }
+        })?;
+    let admin_listener =
+        std::net::TcpListener::bind(config.admin_listen).map_err(|source| ServerError::Bind {
+            flag: "--admin-listen",
+            addr: config.admin_listen,
+            source,
+        })?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|e| ServerError::Startup(e.to_string()))?;
+
+    // Signals are caught before anyone can learn we are ready.
+    let mut signals = Signals::new([SIGINT, SIGTERM])
+        .map_err(|e| ServerError::Startup(format!("signals: {e}")))?;
+    let signal_handle = signals.handle();
+    let (signal_tx, signal_rx) = mpsc::channel();
+    let signal_thread = std::thread::Builder::new()
+        .name("pingwheel-signals".into())
+        .spawn(move || {
+            let mut seen = 0;
+            for signal in signals.forever() {
+                seen += 1;
+                if seen > 1 {
+                    eprintln!("pingwheel: second signal ({signal}): exiting now");
+                    std::process::exit(1);
+                }
+                let _ = signal_tx.send(signal);
+            }
+        })
+        .map_err(|e| ServerError::Startup(format!("signal thread: {e}")))?;
+
+    let admin_state = Arc::new(AdminState::new(prometheus));
+    let admin = admin::spawn(admin_listener, Arc::clone(&admin_state))
+        .map_err(|e| ServerError::Startup(format!("admin listener: {e}")))?;
+
+    let conn = conn_config(&config);
+    let mut handles = Vec::with_capacity(workers);
+    for (id, listener) in listeners.into_iter().enumerate() {
+        let settings = WorkerSettings {
+            id,
+            conn: conn.clone(),
+            tick: config.tick,
+            read_buffer_size: READ_BUFFER_SIZE,
+        };
+        let handle = worker::spawn(settings, listener, WorkerMetrics::new(id))
+            .map_err(|e| ServerError::Startup(format!("worker {id}: {e}")))?;
+        handles.push(handle);
+    }
+
+    info!(
+        %listen, admin = %admin_addr, workers,
+        ping_interval = ?config.ping_interval, ping_timeout = ?config.ping_timeout,
+        echo = config.echo, "pingwheel ready"
+    );
+    let mut stdout = io::stdout().lock();
+    let _ = writeln!(stdout, "ready listen={listen} admin={admin_addr}");
+    let _ = stdout.flush();
+    drop(stdout);
+
+    // Wait for a signal, watching for a worker that dies on its own.
+    let result = loop {
+        match signal_rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(signal) => {
+                info!(signal, drain_timeout = ?config.drain_timeout, "signal received: draining");
+                break Ok(());
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if handles.iter().any(worker::WorkerHandle::is_finished) {
+                    error!("a worker stopped unexpectedly: shutting down");
+                    break Err(());
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break Ok(()),
+        }
+    };
+
+    admin_state.set_draining(true);
+    let deadline = Instant::now() + config.drain_timeout;
+    for handle in &handles {
+        handle.send(Command::Shutdown { deadline });
+    }
+    let mut failure = None;
+    for handle in handles {
+        if let Err(e) = handle.join() {
+            error!(error = %e, "worker failed");
+            failure.get_or_insert(e);
+        }
+    }
+    if admin.shutdown().is_err() {
+        warn!("admin thread panicked");
+    }
+    signal_handle.close();
+    let _ = signal_thread.join();
+    match (result, failure) {
+        (_, Some(e)) => Err(ServerError::Worker(e)),
+        (Err(()), None) => Err(ServerError::Worker(io::Error::other(
+            "a worker stopped unexpectedly",
+        ))),
+        (Ok(()), None) => {
+            info!("drained: exiting");
+            Ok(())
+        }
+    }
+}

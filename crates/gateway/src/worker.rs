@@ -1,1 +1,614 @@
-//! (being written)
+//! The event loop: the only place that touches client sockets.
+//!
+//! One [`Worker`] runs per core on its own thread with its own `mio::Poll`, its own
+//! `SO_REUSEPORT` listener, its own [`Slab`] of connections and its own timer
+//! [`Wheel`]. Nothing is shared with other workers on the per-event path; the only
+//! cross-thread input is a command channel paired with a `mio::Waker`.
+//!
+//! # One loop iteration
+//!
+//! 1. `poll` with the timeout of the wheel's earliest deadline;
+//! 2. accept new connections (a bounded batch), run commands, and for each socket
+//!    event read into the worker's **one shared read buffer** until `WouldBlock` (or a
+//!    short read: with edge-triggered epoll, data that arrives later raises a new event)
+//!    and feed the bytes to the connection's state machine;
+//! 3. fire due timers (a bounded batch, so a burst of deadlines cannot starve IO);
+//! 4. after every state-machine call, [`Worker::settle`] the connection: act on its
+//!    events, write its output (`writev`, until `WouldBlock`), shut down / drop the
+//!    socket when the machine says so, and re-file its **single wheel entry** when its
+//!    next deadline moved.
+//!
+//! Sockets are registered once for both readable and writable, edge-triggered, and
+//! never re-registered: a writable edge only arrives after the kernel's send buffer
+//! was full, which is exactly when queued output is waiting.
+
+use std::io::{self, IoSlice, Read, Write};
+use std::net::Shutdown;
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mio::event::Event;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Waker};
+use slab::Slab;
+use tracing::{debug, error, info, warn};
+use wheel::{TimerKey, Wheel};
+
+use crate::clock::TickClock;
+use crate::conn::keepalive::PongOutcome;
+use crate::conn::{CloseReason, Conn, ConnConfig, ConnEvent};
+use crate::metrics::WorkerMetrics;
+use crate::token::{ConnId, LISTENER, WAKER};
+
+/// Connections accepted per loop iteration before other work gets a turn.
+const ACCEPT_BATCH: usize = 256;
+/// Timers fired per loop iteration before IO gets a turn.
+const TIMER_BATCH: usize = 4096;
+/// Slices per `writev`.
+const MAX_IOV: usize = 64;
+/// How long to pause accepting after running out of file descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Per-worker settings.
+#[derive(Clone, Debug)]
+pub struct WorkerSettings {
+    /// Worker number (thread name, metrics label).
+    pub id: usize,
+    /// Connection settings.
+    pub conn: ConnConfig,
+    /// Timer-wheel tick: bounds how late a deadline may fire.
+    pub tick: Duration,
+    /// Size of the shared read buffer.
+    pub read_buffer_size: usize,
+}
+
+/// Commands from other threads.
+#[derive(Debug)]
+pub enum Command {
+    /// Stop accepting, close every connection with 1001, and return once all are gone
+    /// or `deadline` passes.
+    Shutdown {
+        /// When to give up on closing handshakes.
+        deadline: Instant,
+    },
+}
+
+/// The other threads' handle on a running worker.
+#[derive(Debug)]
+pub struct WorkerHandle {
+    commands: Sender<Command>,
+    waker: Arc<Waker>,
+    thread: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl WorkerHandle {
+    /// Sends `command` and wakes the worker. Returns false if the worker has exited.
+    pub fn send(&self, command: Command) -> bool {
+        self.commands.send(command).is_ok() && self.waker.wake().is_ok()
+    }
+
+    /// True once the worker thread has ended (normally only after a shutdown).
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// Waits for the worker thread to end.
+    ///
+    /// # Errors
+    /// The worker's own IO error, or a panic turned into an error.
+    pub fn join(mut self) -> io::Result<()> {
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(io::Error::other("worker thread panicked")),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Starts a worker thread serving `listener`.
+///
+/// # Errors
+/// Creating the poller, registering the listener, or spawning the thread.
+pub fn spawn(
+    settings: WorkerSettings,
+    listener: std::net::TcpListener,
+    metrics: WorkerMetrics,
+) -> io::Result<WorkerHandle> {
+    let (tx, rx) = mpsc::channel();
+    let poll = Poll::new()?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+    let mut listener = TcpListener::from_std(listener);
+    poll.registry()
+        .register(&mut listener, LISTENER, Interest::READABLE)?;
+    let name = format!("pingwheel-worker-{}", settings.id);
+    let worker = Worker::new(settings, poll, listener, rx, metrics);
+    let thread = std::thread::Builder::new()
+        .name(name)
+        .spawn(move || worker.run())?;
+    Ok(WorkerHandle {
+        commands: tx,
+        waker,
+        thread: Some(thread),
+    })
+}
+
+/// One connection's slot in the slab.
+#[derive(Debug)]
+struct Slot {
+    sock: TcpStream,
+    /// Matches the generation in this connection's `ConnId`.
+    generation: u32,
+    /// Its single wheel entry, if a deadline is armed.
+    timer: Option<TimerKey>,
+    conn: Conn,
+}
+
+/// One event loop. See the module docs.
+#[derive(Debug)]
+pub struct Worker {
+    settings: WorkerSettings,
+    poll: Poll,
+    listener: Option<TcpListener>,
+    /// More connections may be waiting in the backlog (edge-triggered: retry, don't wait).
+    accept_pending: bool,
+    /// After EMFILE and friends, accepting resumes at this instant.
+    accept_resume_at: Option<Instant>,
+    commands: Receiver<Command>,
+    conns: Slab<Slot>,
+    /// Every deadline of every connection of this worker, one entry per connection.
+    wheel: Wheel<ConnId>,
+    clock: TickClock,
+    /// Shared by every connection: reads land here, nowhere per connection.
+    read_buf: Box<[u8]>,
+    /// Events of the connection being settled (reused, never per connection).
+    events: Vec<ConnEvent>,
+    /// Timers fired in the current batch (reused).
+    fired: Vec<ConnId>,
+    next_generation: u32,
+    /// Set once shutdown began.
+    drain_deadline: Option<Instant>,
+    metrics: WorkerMetrics,
+}
+
+impl Worker {
+    fn new(
+        settings: WorkerSettings,
+        poll: Poll,
+        listener: TcpListener,
+        commands: Receiver<Command>,
+        metrics: WorkerMetrics,
+    ) -> Worker {
+        let now = Instant::now();
+        Worker {
+            clock: TickClock::new(now, settings.tick),
+            wheel: Wheel::with_capacity(wheel::Tick(0), 1024),
+            read_buf: vec![0; settings.read_buffer_size.max(4096)].into_boxed_slice(),
+            settings,
+            poll,
+            listener: Some(listener),
+            accept_pending: true,
+            accept_resume_at: None,
+            commands,
+            conns: Slab::with_capacity(1024),
+            events: Vec::with_capacity(16),
+            fired: Vec::with_capacity(TIMER_BATCH),
+            next_generation: 0,
+            drain_deadline: None,
+            metrics,
+        }
+    }
+
+    /// Runs until shutdown completes.
+    ///
+    /// # Errors
+    /// Only if polling itself fails.
+    pub fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        debug!(worker = self.settings.id, "worker started");
+        loop {
+            let timeout = self.poll_timeout(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                error!(worker = self.settings.id, error = %e, "poll failed");
+                return Err(e);
+            }
+            let now = Instant::now();
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_pending = true,
+                    WAKER => self.run_commands(now),
+                    token => self.socket_event(ConnId::from_token(token), event, now),
+                }
+            }
+            if self.accept_resume_at.is_some_and(|t| now >= t) {
+                self.accept_resume_at = None;
+                self.accept_pending = true;
+            }
+            if self.accept_pending {
+                self.accept(now);
+            }
+            self.fire_timers(now);
+            self.metrics.connections.set(self.conns.len() as f64);
+            self.metrics.timers.set(self.wheel.len() as f64);
+            if let Some(deadline) = self.drain_deadline {
+                if self.conns.is_empty() || now >= deadline {
+                    break;
+                }
+            }
+        }
+        let left = self.conns.len();
+        if left > 0 {
+            info!(
+                worker = self.settings.id,
+                connections = left,
+                "drain timeout: dropping remaining connections"
+            );
+        }
+        self.metrics.connections.set(0.0);
+        self.metrics.timers.set(0.0);
+        debug!(worker = self.settings.id, "worker stopped");
+        Ok(())
+    }
+
+    fn poll_timeout(&self, now: Instant) -> Option<Duration> {
+        if self.accept_pending && self.listener.is_some() {
+            return Some(Duration::ZERO);
+        }
+        let mut deadline = self
+            .wheel
+            .next_expiry()
+            .map(|tick| self.clock.instant(tick));
+        for extra in [self.accept_resume_at, self.drain_deadline]
+            .into_iter()
+            .flatten()
+        {
+            deadline = Some(deadline.map_or(extra, |d| d.min(extra)));
+        }
+        deadline.map(|d| d.saturating_duration_since(now))
+    }
+
+    // ---- accepting ----
+
+    fn accept(&mut self, now: Instant) {
+        for _ in 0..ACCEPT_BATCH {
+            let Some(listener) = &self.listener else {
+                self.accept_pending = false;
+                return;
+            };
+            match listener.accept() {
+                Ok((sock, _peer)) => self.admit(sock, now),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.accept_pending = false;
+                    return;
+                }
+                Err(e) if is_resource_exhaustion(&e) => {
+                    warn!(worker = self.settings.id, error = %e, "cannot accept: out of resources (raise the open-files limit); pausing accepts");
+                    self.accept_pending = false;
+                    self.accept_resume_at = Some(now + ACCEPT_BACKOFF);
+                    return;
+                }
+                // Aborted handshakes and the like concern one peer only.
+                Err(e) => debug!(worker = self.settings.id, error = %e, "accept failed"),
+            }
+        }
+        // Batch used up: `accept_pending` stays set, so the next poll does not block.
+    }
+
+    fn admit(&mut self, mut sock: TcpStream, now: Instant) {
+        let entry = self.conns.vacant_entry();
+        let Ok(index) = u32::try_from(entry.key()) else {
+            warn!(worker = self.settings.id, "connection table full");
+            return;
+        };
+        let id = ConnId {
+            index,
+            generation: self.next_generation,
+        };
+        // u32::MAX is never handed out, so tokens never equal LISTENER or WAKER.
+        self.next_generation = self.next_generation.wrapping_add(1) % u32::MAX;
+        if let Err(e) = sock.set_nodelay(true) {
+            debug!(error = %e, "TCP_NODELAY failed");
+        }
+        if let Err(e) = self.poll.registry().register(
+            &mut sock,
+            id.token(),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            warn!(worker = self.settings.id, error = %e, "cannot register connection");
+            return;
+        }
+        let conn = Conn::new(&self.settings.conn, now);
+        entry.insert(Slot {
+            sock,
+            generation: id.generation,
+            timer: None,
+            conn,
+        });
+        self.metrics.connections_opened.increment(1);
+        self.settle(id, now);
+    }
+
+    // ---- commands ----
+
+    fn run_commands(&mut self, now: Instant) {
+        loop {
+            match self.commands.try_recv() {
+                Ok(Command::Shutdown { deadline }) => self.begin_drain(now, deadline),
+                Err(TryRecvError::Empty) => return,
+                Err(TryRecvError::Disconnected) => {
+                    // The server is gone without saying so: shut down promptly.
+                    if self.drain_deadline.is_none() {
+                        self.begin_drain(now, now + self.settings.conn.close_timeout);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn begin_drain(&mut self, now: Instant, deadline: Instant) {
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        self.accept_pending = false;
+        self.accept_resume_at = None;
+        self.drain_deadline = Some(self.drain_deadline.map_or(deadline, |d| d.min(deadline)));
+        let ids: Vec<ConnId> = self
+            .conns
+            .iter()
+            .map(|(index, slot)| ConnId {
+                index: index as u32,
+                generation: slot.generation,
+            })
+            .collect();
+        info!(
+            worker = self.settings.id,
+            connections = ids.len(),
+            "draining"
+        );
+        for id in ids {
+            let slot = &mut self.conns[id.index as usize];
+            slot.conn.close(
+                &self.settings.conn,
+                now,
+                CloseReason::Shutdown,
+                1001,
+                &mut self.events,
+            );
+            self.settle(id, now);
+        }
+    }
+
+    // ---- socket IO ----
+
+    fn socket_event(&mut self, id: ConnId, event: &Event, now: Instant) {
+        match self.conns.get(id.index as usize) {
+            Some(slot) if slot.generation == id.generation => {}
+            // A stale event for a connection that is gone.
+            _ => return,
+        }
+        if event.is_readable() || event.is_read_closed() || event.is_error() {
+            self.read(id, now, event.is_read_closed());
+        }
+        self.settle(id, now);
+    }
+
+    /// Reads until `WouldBlock`, a short read, EOF or an error, feeding each chunk to
+    /// the connection and settling it in between.
+    fn read(&mut self, id: ConnId, now: Instant, read_closed: bool) {
+        let index = id.index as usize;
+        loop {
+            let Some(slot) = self.conns.get_mut(index) else {
+                return;
+            };
+            if slot.conn.is_done() {
+                return;
+            }
+            match slot.sock.read(&mut self.read_buf) {
+                Ok(0) => {
+                    slot.conn.handle_eof(&mut self.events);
+                    return;
+                }
+                Ok(n) => {
+                    self.metrics.bytes_received.increment(n as u64);
+                    slot.conn.handle_input(
+                        &self.settings.conn,
+                        now,
+                        &mut self.read_buf[..n],
+                        &mut self.events,
+                    );
+                    let short = n < self.read_buf.len();
+                    self.settle(id, now);
+                    if short && !read_closed {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    slot.conn.handle_io_error(&e, &mut self.events);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Writes queued output until it is gone or the socket would block.
+    fn flush(&mut self, index: usize) {
+        let Some(slot) = self.conns.get_mut(index) else {
+            return;
+        };
+        while slot.conn.wants_write() {
+            let result = {
+                let mut iov = [IoSlice::new(&[]); MAX_IOV];
+                let n = slot.conn.io_slices(&mut iov);
+                (&slot.sock).write_vectored(&iov[..n])
+            };
+            match result {
+                Ok(0) => {
+                    let e = io::Error::from(io::ErrorKind::WriteZero);
+                    slot.conn.handle_io_error(&e, &mut self.events);
+                }
+                Ok(n) => {
+                    slot.conn.consume_output(n);
+                    self.metrics.bytes_sent.increment(n as u64);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => slot.conn.handle_io_error(&e, &mut self.events),
+            }
+        }
+    }
+
+    /// Brings connection `id` to rest after any state-machine call: handles its events,
+    /// writes its output, closes or drops it when due, and re-files its wheel entry
+    /// only if its next deadline moved.
+    fn settle(&mut self, id: ConnId, now: Instant) {
+        let index = id.index as usize;
+        loop {
+            self.handle_events(id, now);
+            self.flush(index);
+            if self.events.is_empty() {
+                break;
+            }
+        }
+        let Some(slot) = self.conns.get_mut(index) else {
+            return;
+        };
+        if slot.conn.wants_write_shutdown() {
+            // Our Close is out: send FIN and wait (bounded) for the peer's, so unread
+            // input never turns our close into a reset that destroys the Close frame.
+            let _ = slot.sock.shutdown(Shutdown::Write);
+            slot.conn.on_write_shutdown();
+        }
+        if slot.conn.is_done() {
+            let slot = self.conns.remove(index);
+            if let Some(key) = slot.timer {
+                self.wheel.cancel(key);
+            }
+            // Dropping the socket closes it and removes it from epoll.
+            return;
+        }
+        let due = slot
+            .conn
+            .poll_timeout(&self.settings.conn)
+            .map(|t| self.clock.deadline_tick(t));
+        match (slot.timer, due) {
+            (Some(key), Some(tick)) => {
+                if self.wheel.deadline(key) != Some(tick) {
+                    let live = self.wheel.reset(key, tick);
+                    debug_assert!(
+                        live,
+                        "a slot's timer key is live until it fires or is cancelled"
+                    );
+                }
+            }
+            (None, Some(tick)) => slot.timer = Some(self.wheel.insert(tick, id)),
+            (Some(key), None) => {
+                self.wheel.cancel(key);
+                slot.timer = None;
+            }
+            (None, None) => {}
+        }
+    }
+
+    /// Acts on the events the connection pushed (and any they lead to).
+    fn handle_events(&mut self, id: ConnId, now: Instant) {
+        let mut events = std::mem::take(&mut self.events);
+        for event in events.drain(..) {
+            self.handle_event(id, event, now);
+        }
+        if self.events.is_empty() {
+            self.events = events; // keep the allocation
+        }
+    }
+
+    fn handle_event(&mut self, id: ConnId, event: ConnEvent, now: Instant) {
+        let m = &self.metrics;
+        match event {
+            ConnEvent::UpgradeRequested(request) => {
+                let Some(slot) = self.conns.get_mut(id.index as usize) else {
+                    return;
+                };
+                slot.conn.accept(
+                    &self.settings.conn,
+                    now,
+                    &request.key,
+                    None,
+                    fastrand::f64(),
+                    &mut self.events,
+                );
+            }
+            ConnEvent::Opened => {}
+            ConnEvent::HandshakeFailed(failure) => {
+                m.handshake_failures[failure.index()].increment(1)
+            }
+            ConnEvent::Message(_) => m.messages_received.increment(1),
+            ConnEvent::Echoed { .. } => {
+                m.messages_received.increment(1);
+                m.messages_sent.increment(1);
+            }
+            ConnEvent::PingSent => m.pings_sent.increment(1),
+            ConnEvent::Pong(outcome) => {
+                m.pongs_received.increment(1);
+                if let PongOutcome::Acknowledged { rtt } = outcome {
+                    m.ping_rtt.record(rtt.as_secs_f64());
+                }
+            }
+            ConnEvent::Closed(reason) => {
+                m.connections_closed[reason.index()].increment(1);
+                match reason {
+                    CloseReason::PingTimeout => m.ping_timeouts.increment(1),
+                    CloseReason::SlowConsumer => m.slow_consumer_disconnects.increment(1),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    // ---- timers ----
+
+    /// Fires due timers, at most one batch per call: the rest fire next iteration
+    /// (the poll timeout is then zero).
+    fn fire_timers(&mut self, now: Instant) {
+        let now_tick = self.clock.now_tick(now);
+        let Some(first) = self.wheel.next_expiry() else {
+            return;
+        };
+        if first > now_tick {
+            return;
+        }
+        self.metrics.event_loop_lag.record(
+            now.saturating_duration_since(self.clock.instant(first))
+                .as_secs_f64(),
+        );
+        let mut fired = std::mem::take(&mut self.fired);
+        self.wheel
+            .advance(now_tick, TIMER_BATCH, |_key, id| fired.push(id));
+        for id in fired.drain(..) {
+            let Some(slot) = self.conns.get_mut(id.index as usize) else {
+                continue;
+            };
+            if slot.generation != id.generation {
+                debug_assert!(false, "a removed connection's timer is cancelled");
+                continue;
+            }
+            slot.timer = None; // the entry fired and is gone
+            slot.conn
+                .handle_timeout(&self.settings.conn, now, &mut self.events);
+            self.settle(id, now);
+        }
+        self.fired = fired;
+    }
+}
+
+fn is_resource_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}

@@ -3,6 +3,10 @@
 
 /// Why a connection was closed. Each reason is one value of the `reason` label of
 /// `pingwheel_connections_closed_total`, and (where a close frame is sent) one close code.
+///
+/// A "connection" is an accepted TCP connection, from `accept` to the socket being
+/// dropped, whether or not its upgrade succeeded: every accepted connection ends with
+/// exactly one reason, so `opened_total - sum(closed_total) == connections`.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub enum CloseReason {
     /// A completed closing handshake started by the peer or by us (1000, or the peer's code).
@@ -11,6 +15,8 @@ pub enum CloseReason {
     PingTimeout,
     /// The HTTP upgrade did not complete within `open_timeout`.
     HandshakeTimeout,
+    /// The upgrade request was refused with an HTTP error (see `HandshakeFailure` for why).
+    Rejected,
     /// The peer broke RFC 6455 (1002), or sent invalid UTF-8 in a text message or close reason (1007).
     ProtocolError,
     /// A message or frame over `max_message_size` (1009), detected from the frame header.
@@ -29,10 +35,11 @@ pub enum CloseReason {
 
 impl CloseReason {
     /// Every reason, in label order (for registering one counter handle per reason).
-    pub const ALL: [CloseReason; 10] = [
+    pub const ALL: [CloseReason; 11] = [
         CloseReason::Normal,
         CloseReason::PingTimeout,
         CloseReason::HandshakeTimeout,
+        CloseReason::Rejected,
         CloseReason::ProtocolError,
         CloseReason::MessageTooBig,
         CloseReason::WriteOverflow,
@@ -48,6 +55,7 @@ impl CloseReason {
             CloseReason::Normal => "normal",
             CloseReason::PingTimeout => "ping_timeout",
             CloseReason::HandshakeTimeout => "handshake_timeout",
+            CloseReason::Rejected => "rejected",
             CloseReason::ProtocolError => "protocol_error",
             CloseReason::MessageTooBig => "message_too_big",
             CloseReason::WriteOverflow => "write_overflow",

@@ -1,6 +1,685 @@
-//! The sans-IO per-connection WebSocket state machine (being written).
+//! The sans-IO per-connection WebSocket state machine.
 //!
 //! Bytes and `now` go in; bytes to send, the next deadline and events come out.
-//! Nothing here reads a clock or touches a socket.
+//! Nothing here reads a clock or touches a socket: the worker
+//! ([`crate::worker`]) does both, and tests drive a [`Conn`] with a fake clock.
+//!
+//! # Calling a `Conn` (quinn-proto's taxonomy)
+//!
+//! * **Input** — `handle_input` (bytes read from the socket, unmasked in place),
+//!   `handle_timeout` (a wheel timer fired; early or repeated calls do nothing),
+//!   `handle_eof`, `handle_io_error`.
+//! * **Commands** — `accept`/`reject` (answer an [`ConnEvent::UpgradeRequested`]),
+//!   `send` (a push delivery), `close` (e.g. shutdown with 1001).
+//! * **Output** — after any input or command, in this order: handle the events pushed
+//!   into the caller's `Vec<ConnEvent>` (they may lead to commands), write
+//!   `io_slices` and report `consume_output`, shut the write half down when
+//!   `wants_write_shutdown`, drop the socket when `is_done`, and file
+//!   `poll_timeout` in the timer wheel.
+//!
+//! Timestamps passed in must never go backwards.
+//!
+//! # Lifecycle
+//!
+//! ```text
+//!  Handshake ──request──▶ AwaitingDecision ──accept──▶ Open ──close()──▶ ClosingByUs
+//!      │                        │ reject                 │  peer Close / error     │ peer Close
+//!      │ timeout/EOF            ▼                        ▼                          ▼
+//!      └──────────────────▶ Draining ◀──────────────────────────────────────────────┘
+//!                               │ output flushed, write half shut; then at once after a
+//!                               │ complete closing handshake, else at EOF or close_timeout
+//!                               ▼
+//!                              Done  (ping timeout and write overflow jump straight here)
+//! ```
+//!
+//! # Memory
+//!
+//! An idle open connection holds no heap memory: the frame reader keeps bytes only
+//! for a partial frame or message, the output queue only for unsent bytes, and the
+//! request buffer only for a partial upgrade request. Events are pushed into the
+//! worker's vector, and the settings ([`ConnConfig`]) are passed by reference on every
+//! call instead of being stored per connection.
 
+pub mod keepalive;
+pub mod outbound;
+
+use std::io::{self, IoSlice};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use pingwheel_proto::frame::{encode_close, encode_frame};
+pub use pingwheel_proto::handshake::UpgradeRequest;
+use pingwheel_proto::handshake::{parse_request, write_accept, write_refusal};
+use pingwheel_proto::inbound::{Flow, Inbound, Limits, MessageReader, ReadError};
 pub use pingwheel_proto::{CloseReason, HandshakeFailure};
+use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+
+use self::keepalive::{Keepalive, KeepaliveConfig, PongOutcome};
+use self::outbound::Outbound;
+
+/// Settings shared by every connection of a worker (passed in, never stored per connection).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnConfig {
+    /// Ping interval and timeout.
+    pub keepalive: KeepaliveConfig,
+    /// The upgrade request must be complete within this; `None` waits forever.
+    pub open_timeout: Option<Duration>,
+    /// How long the closing handshake (and the lingering after it) may take.
+    pub close_timeout: Duration,
+    /// Largest message (and frame) accepted; larger closes with 1009.
+    pub max_message_size: usize,
+    /// Largest amount of unsent output before the connection is closed.
+    pub max_queued_bytes: usize,
+    /// Largest HTTP request head; larger is refused with 431.
+    pub max_handshake_size: usize,
+    /// Echo every data message back (conformance and benchmark runs).
+    pub echo: bool,
+}
+
+impl Default for ConnConfig {
+    /// The gateway's embedded defaults.
+    fn default() -> Self {
+        ConnConfig {
+            keepalive: KeepaliveConfig {
+                ping_interval: Some(Duration::from_secs(20)),
+                ping_timeout: Some(Duration::from_secs(20)),
+            },
+            open_timeout: Some(Duration::from_secs(10)),
+            close_timeout: Duration::from_secs(10),
+            max_message_size: 1 << 20,
+            max_queued_bytes: 1 << 20,
+            max_handshake_size: 8 << 10,
+            echo: false,
+        }
+    }
+}
+
+/// A complete data message from the peer (only when not echoing).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    /// Text (UTF-8 validated) or binary.
+    pub text: bool,
+    /// The payload.
+    pub data: Vec<u8>,
+}
+
+/// Something the worker must act on or count.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ConnEvent {
+    /// A valid upgrade request arrived: answer with [`Conn::accept`] or [`Conn::reject`]
+    /// before feeding more input.
+    UpgradeRequested(Box<UpgradeRequest>),
+    /// The 101 response is queued; keepalive is running.
+    Opened,
+    /// The upgrade failed (refused, timed out, or the peer left).
+    HandshakeFailed(HandshakeFailure),
+    /// A data message (echo mode off).
+    Message(Message),
+    /// A data message of `len` payload bytes was received and echoed (echo mode on).
+    Echoed {
+        /// Payload length.
+        len: usize,
+    },
+    /// A keepalive Ping was queued.
+    PingSent,
+    /// A Pong arrived.
+    Pong(PongOutcome),
+    /// The connection's fate is decided; emitted exactly once per connection. The
+    /// socket lives on until [`Conn::is_done`] (closing handshake, lingering).
+    Closed(CloseReason),
+}
+
+/// Where a connection is in its life (see the module docs for the diagram).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading the HTTP upgrade request.
+    Handshake,
+    /// The request is complete; waiting for `accept` or `reject`.
+    AwaitingDecision,
+    /// WebSocket open: messages flow, keepalive runs.
+    Open,
+    /// We sent a Close frame and wait for the peer's.
+    ClosingByUs,
+    /// Nothing more to say: flush, shut the write half, discard input until EOF or the deadline.
+    Draining,
+    /// Drop the socket.
+    Done,
+}
+
+/// One WebSocket connection's protocol state. See the module docs for how to drive it.
+#[derive(Debug)]
+pub struct Conn {
+    phase: Phase,
+    /// Our write half has been shut down (in `Draining`).
+    write_shut: bool,
+    /// Both Close frames were exchanged: once ours is flushed and FIN sent, the socket
+    /// can go without lingering (the peer has nothing more to send).
+    close_complete: bool,
+    /// The phase deadline: `open_timeout` while handshaking, `close_timeout` while closing.
+    deadline: Option<Instant>,
+    keepalive: Keepalive,
+    reader: MessageReader,
+    out: Outbound,
+    /// A partial request head (`Handshake`), or bytes that followed it (`AwaitingDecision`).
+    /// Empty (no heap) otherwise.
+    pending_input: Vec<u8>,
+}
+
+impl Conn {
+    /// A freshly accepted connection at `now`, waiting for its upgrade request.
+    pub fn new(cfg: &ConnConfig, now: Instant) -> Conn {
+        Conn {
+            phase: Phase::Handshake,
+            write_shut: false,
+            close_complete: false,
+            deadline: cfg.open_timeout.map(|t| now + t),
+            keepalive: Keepalive::default(),
+            reader: MessageReader::new(),
+            out: Outbound::default(),
+            pending_input: Vec::new(),
+        }
+    }
+
+    // ---- (A) getters ----
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// True while the WebSocket is open (messages may be sent).
+    pub fn is_open(&self) -> bool {
+        self.phase == Phase::Open
+    }
+
+    /// True when the socket should be dropped (after one last attempt to flush output).
+    pub fn is_done(&self) -> bool {
+        self.phase == Phase::Done
+    }
+
+    /// True when output is waiting for the socket.
+    pub fn wants_write(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// Unsent output bytes.
+    pub fn queued_bytes(&self) -> usize {
+        self.out.queued_bytes()
+    }
+
+    /// Heap bytes held for partial input (request head or frame/message).
+    pub fn buffered_input_bytes(&self) -> usize {
+        self.pending_input.capacity() + self.reader.buffered_bytes()
+    }
+
+    /// True when the worker should `shutdown(Write)` the socket now and then call
+    /// [`Conn::on_write_shutdown`].
+    pub fn wants_write_shutdown(&self) -> bool {
+        self.phase == Phase::Draining && !self.write_shut && self.out.is_empty()
+    }
+
+    /// The earliest instant at which [`Conn::handle_timeout`] has work to do.
+    ///
+    /// Changes only after `handle_*` calls or commands; the worker re-files its timer
+    /// only when the answer moved.
+    #[must_use]
+    pub fn poll_timeout(&self, cfg: &ConnConfig) -> Option<Instant> {
+        match self.phase {
+            Phase::Open => self.keepalive.poll_timeout(&cfg.keepalive),
+            Phase::Done => None,
+            _ => self.deadline,
+        }
+    }
+
+    /// Fills `iov` with the unsent output, oldest first; returns how many slices are used.
+    pub fn io_slices<'a>(&'a self, iov: &mut [IoSlice<'a>]) -> usize {
+        self.out.io_slices(iov)
+    }
+
+    // ---- (B) input ----
+
+    /// Feeds bytes read from the socket at `now`. `input` is unmasked in place.
+    pub fn handle_input(
+        &mut self,
+        cfg: &ConnConfig,
+        now: Instant,
+        input: &mut [u8],
+        events: &mut Vec<ConnEvent>,
+    ) {
+        match self.phase {
+            Phase::Handshake => self.input_handshake(cfg, now, input, events),
+            // The worker answers an upgrade request before reading again; keep any
+            // pipelined bytes for after `accept`, bounded like a request head.
+            Phase::AwaitingDecision => {
+                if self.pending_input.len() + input.len() > cfg.max_message_size {
+                    self.fail(
+                        cfg,
+                        now,
+                        CloseReason::ProtocolError,
+                        1002,
+                        "no upgrade yet",
+                        events,
+                    );
+                } else {
+                    self.pending_input.extend_from_slice(input);
+                }
+            }
+            Phase::Open | Phase::ClosingByUs => self.input_frames(cfg, now, input, events),
+            Phase::Draining | Phase::Done => {}
+        }
+    }
+
+    /// The peer closed its write half (read returned 0).
+    pub fn handle_eof(&mut self, events: &mut Vec<ConnEvent>) {
+        self.lost(CloseReason::Abnormal, events);
+    }
+
+    /// A socket read or write failed with `err`.
+    pub fn handle_io_error(&mut self, err: &io::Error, events: &mut Vec<ConnEvent>) {
+        let reason = match err.kind() {
+            io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::UnexpectedEof => CloseReason::Abnormal,
+            _ => CloseReason::IoError,
+        };
+        // Whatever is still queued can never be delivered.
+        self.out.consume(self.out.queued_bytes());
+        self.lost(reason, events);
+    }
+
+    /// Runs whatever is due at `now`: a Ping, a Pong deadline, a handshake or close
+    /// deadline. Spurious or repeated calls do nothing.
+    pub fn handle_timeout(&mut self, cfg: &ConnConfig, now: Instant, events: &mut Vec<ConnEvent>) {
+        match self.phase {
+            Phase::Open => {
+                let ka = &cfg.keepalive;
+                if self.keepalive.timed_out(ka, now) {
+                    self.keepalive.stop();
+                    self.queue_close(1011, "keepalive ping timeout");
+                    self.set_closed(CloseReason::PingTimeout, events);
+                    // An unresponsive peer gets no lingering.
+                    self.phase = Phase::Done;
+                } else if let Some(payload) = self.keepalive.poll_ping(ka, now) {
+                    self.queue_frame(OpCode::Control(Control::Ping), &payload);
+                    events.push(ConnEvent::PingSent);
+                }
+            }
+            Phase::Handshake | Phase::AwaitingDecision => {
+                if self.deadline.is_some_and(|d| now >= d) {
+                    let failure = HandshakeFailure::Timeout;
+                    self.queue_refusal(failure, "request head not received in time");
+                    events.push(ConnEvent::HandshakeFailed(failure));
+                    self.set_closed(CloseReason::HandshakeTimeout, events);
+                    self.phase = Phase::Done;
+                }
+            }
+            Phase::ClosingByUs | Phase::Draining => {
+                if self.deadline.is_some_and(|d| now >= d) {
+                    self.phase = Phase::Done;
+                }
+            }
+            Phase::Done => {}
+        }
+    }
+
+    // ---- (C) commands ----
+
+    /// Accepts the upgrade: queues the 101 response (echoing `protocol` if chosen)
+    /// and starts keepalive. `jitter` in `[0, 1)` spreads the first Ping
+    /// (see [`keepalive`]). Does nothing unless an upgrade request is pending.
+    pub fn accept(
+        &mut self,
+        cfg: &ConnConfig,
+        now: Instant,
+        key: &str,
+        protocol: Option<&str>,
+        jitter: f64,
+        events: &mut Vec<ConnEvent>,
+    ) {
+        if self.phase != Phase::AwaitingDecision {
+            debug_assert!(false, "accept in phase {:?}", self.phase);
+            return;
+        }
+        let mut response = Vec::with_capacity(160);
+        write_accept(key, protocol, &mut response);
+        self.out.push(Bytes::from(response));
+        self.phase = Phase::Open;
+        self.deadline = None;
+        self.keepalive.start(&cfg.keepalive, now, jitter);
+        events.push(ConnEvent::Opened);
+        let mut early = std::mem::take(&mut self.pending_input);
+        if !early.is_empty() {
+            self.input_frames(cfg, now, &mut early, events);
+        }
+    }
+
+    /// Refuses the upgrade with `failure`'s HTTP status and `message` as the body,
+    /// then drains the connection. Does nothing unless an upgrade request is pending.
+    pub fn reject(
+        &mut self,
+        cfg: &ConnConfig,
+        now: Instant,
+        failure: HandshakeFailure,
+        message: &str,
+        events: &mut Vec<ConnEvent>,
+    ) {
+        if self.phase != Phase::AwaitingDecision {
+            debug_assert!(false, "reject in phase {:?}", self.phase);
+            return;
+        }
+        self.refuse(cfg, now, failure, message, events);
+    }
+
+    /// Queues a complete, shared frame (a push delivery). If that would exceed
+    /// `max_queued_bytes`, the connection is closed as a slow consumer (1013) instead
+    /// and `false` is returned; also `false` when not open.
+    pub fn send(&mut self, cfg: &ConnConfig, frame: Bytes, events: &mut Vec<ConnEvent>) -> bool {
+        if self.phase != Phase::Open {
+            return false;
+        }
+        if self.out.queued_bytes() + frame.len() > cfg.max_queued_bytes {
+            self.overflow(CloseReason::SlowConsumer, 1013, "slow consumer", events);
+            return false;
+        }
+        self.out.push(frame);
+        true
+    }
+
+    /// Queues an owned frame for this connection only (a protocol reply). Same limits as [`Conn::send`].
+    pub fn send_owned(
+        &mut self,
+        cfg: &ConnConfig,
+        frame: Vec<u8>,
+        events: &mut Vec<ConnEvent>,
+    ) -> bool {
+        self.send(cfg, Bytes::from(frame), events)
+    }
+
+    /// Starts the closing handshake with `code` (e.g. 1001 at shutdown). Handshaking
+    /// connections are simply dropped. Does nothing once closing.
+    pub fn close(
+        &mut self,
+        cfg: &ConnConfig,
+        now: Instant,
+        reason: CloseReason,
+        code: u16,
+        events: &mut Vec<ConnEvent>,
+    ) {
+        match self.phase {
+            Phase::Open => {
+                self.keepalive.stop();
+                self.queue_close(code, "");
+                self.set_closed(reason, events);
+                self.phase = Phase::ClosingByUs;
+                self.deadline = Some(now + cfg.close_timeout);
+            }
+            Phase::Handshake | Phase::AwaitingDecision => {
+                self.set_closed(reason, events);
+                self.phase = Phase::Done;
+            }
+            Phase::ClosingByUs | Phase::Draining | Phase::Done => {}
+        }
+    }
+
+    // ---- (D) output bookkeeping ----
+
+    /// Records that `written` bytes of the output went to the socket.
+    pub fn consume_output(&mut self, written: usize) {
+        self.out.consume(written);
+    }
+
+    /// Records that the write half was shut down. After a completed closing handshake
+    /// that ends the connection; after a failure or refusal it lingers, discarding input
+    /// until the peer's EOF or `close_timeout`, so the peer gets to read our last words.
+    pub fn on_write_shutdown(&mut self) {
+        self.write_shut = true;
+        if self.close_complete && self.phase == Phase::Draining {
+            self.phase = Phase::Done;
+        }
+    }
+
+    // ---- internals ----
+
+    fn input_handshake(
+        &mut self,
+        cfg: &ConnConfig,
+        now: Instant,
+        input: &mut [u8],
+        events: &mut Vec<ConnEvent>,
+    ) {
+        // Fast path: the whole request in one read, parsed straight from the
+        // worker's buffer with no per-connection copy.
+        let parsed = if self.pending_input.is_empty() {
+            parse_request(input, cfg.max_handshake_size).map(|r| r.map(|(n, req)| (n, req, false)))
+        } else {
+            self.pending_input.extend_from_slice(input);
+            parse_request(&self.pending_input, cfg.max_handshake_size)
+                .map(|r| r.map(|(n, req)| (n, req, true)))
+        };
+        match parsed {
+            Ok(None) => {
+                if self.pending_input.is_empty() {
+                    self.pending_input.extend_from_slice(input);
+                }
+            }
+            Ok(Some((head_len, req, buffered))) => {
+                if buffered {
+                    self.pending_input.drain(..head_len);
+                    self.pending_input.shrink_to_fit();
+                } else {
+                    self.pending_input.extend_from_slice(&input[head_len..]);
+                }
+                self.phase = Phase::AwaitingDecision;
+                events.push(ConnEvent::UpgradeRequested(Box::new(req)));
+            }
+            Err(refusal) => self.refuse(cfg, now, refusal.failure, refusal.message, events),
+        }
+    }
+
+    fn input_frames(
+        &mut self,
+        cfg: &ConnConfig,
+        now: Instant,
+        input: &mut [u8],
+        events: &mut Vec<ConnEvent>,
+    ) {
+        let limits = Limits {
+            max_message_size: cfg.max_message_size,
+        };
+        let Conn {
+            phase,
+            keepalive,
+            reader,
+            out,
+            ..
+        } = self;
+        let open = *phase == Phase::Open;
+        let mut peer_close: Option<Option<u16>> = None;
+        let mut overflow = false;
+        let result = reader.feed(input, &limits, |item| {
+            match item {
+                Inbound::Text(text) if open => {
+                    if cfg.echo {
+                        push_frame(out, OpCode::Data(Data::Text), text.as_bytes());
+                        events.push(ConnEvent::Echoed { len: text.len() });
+                    } else {
+                        events.push(ConnEvent::Message(Message {
+                            text: true,
+                            data: text.as_bytes().to_vec(),
+                        }));
+                    }
+                }
+                Inbound::Binary(data) if open => {
+                    if cfg.echo {
+                        push_frame(out, OpCode::Data(Data::Binary), data);
+                        events.push(ConnEvent::Echoed { len: data.len() });
+                    } else {
+                        events.push(ConnEvent::Message(Message {
+                            text: false,
+                            data: data.to_vec(),
+                        }));
+                    }
+                }
+                Inbound::Ping(payload) if open => {
+                    push_frame(out, OpCode::Control(Control::Pong), payload)
+                }
+                Inbound::Pong(payload) if open => {
+                    events.push(ConnEvent::Pong(keepalive.on_pong(
+                        &cfg.keepalive,
+                        now,
+                        payload,
+                    )));
+                }
+                // While closing, data and control frames other than Close are discarded.
+                Inbound::Text(_) | Inbound::Binary(_) | Inbound::Ping(_) | Inbound::Pong(_) => {}
+                Inbound::Close { code, .. } => {
+                    peer_close = Some(code);
+                    return Flow::Stop;
+                }
+            }
+            if out.queued_bytes() > cfg.max_queued_bytes {
+                overflow = true;
+                return Flow::Stop;
+            }
+            Flow::Continue
+        });
+        if overflow {
+            self.overflow(
+                CloseReason::WriteOverflow,
+                1008,
+                "output queue full",
+                events,
+            );
+            return;
+        }
+        match result {
+            Err(err) => {
+                let reason = match err {
+                    ReadError::TooBig => CloseReason::MessageTooBig,
+                    _ => CloseReason::ProtocolError,
+                };
+                self.fail(cfg, now, reason, err.close_code(), err.reason(), events);
+            }
+            Ok(_) => {
+                if let Some(code) = peer_close {
+                    self.on_peer_close(cfg, now, code, events);
+                }
+            }
+        }
+    }
+
+    fn on_peer_close(
+        &mut self,
+        cfg: &ConnConfig,
+        now: Instant,
+        code: Option<u16>,
+        events: &mut Vec<ConnEvent>,
+    ) {
+        if self.phase == Phase::Open {
+            // Echo the peer's status code (RFC 6455 §5.5.1); an empty Close gets an empty Close.
+            let mut frame = Vec::with_capacity(4);
+            match code {
+                Some(code) => encode_close(code, "", &mut frame),
+                None => encode_frame(OpCode::Control(Control::Close), &[], &mut frame),
+            }
+            self.out.push(Bytes::from(frame));
+            self.keepalive.stop();
+            self.set_closed(CloseReason::Normal, events);
+        }
+        // Open or ClosingByUs: the closing handshake is complete; the server closes TCP first.
+        self.close_complete = true;
+        self.phase = Phase::Draining;
+        self.deadline = Some(now + cfg.close_timeout);
+    }
+
+    /// Fails the connection (RFC 6455 §7.1.7): a Close frame, then drain and close TCP.
+    fn fail(
+        &mut self,
+        cfg: &ConnConfig,
+        now: Instant,
+        reason: CloseReason,
+        code: u16,
+        why: &str,
+        events: &mut Vec<ConnEvent>,
+    ) {
+        if self.phase == Phase::Open {
+            self.queue_close(code, why);
+        }
+        self.keepalive.stop();
+        self.set_closed(reason, events);
+        self.phase = Phase::Draining;
+        self.deadline = Some(now + cfg.close_timeout);
+    }
+
+    /// The peer stopped reading: cut the queue at a frame boundary, append a Close
+    /// frame, and give up on the connection after one last flush.
+    fn overflow(&mut self, reason: CloseReason, code: u16, why: &str, events: &mut Vec<ConnEvent>) {
+        self.out.discard_unstarted();
+        self.queue_close(code, why);
+        self.keepalive.stop();
+        self.set_closed(reason, events);
+        self.phase = Phase::Done;
+    }
+
+    fn refuse(
+        &mut self,
+        cfg: &ConnConfig,
+        now: Instant,
+        failure: HandshakeFailure,
+        message: &str,
+        events: &mut Vec<ConnEvent>,
+    ) {
+        self.queue_refusal(failure, message);
+        self.pending_input = Vec::new();
+        events.push(ConnEvent::HandshakeFailed(failure));
+        self.set_closed(CloseReason::Rejected, events);
+        self.phase = Phase::Draining;
+        self.deadline = Some(now + cfg.close_timeout);
+    }
+
+    /// The socket is gone (EOF or error).
+    fn lost(&mut self, reason: CloseReason, events: &mut Vec<ConnEvent>) {
+        if matches!(self.phase, Phase::Handshake | Phase::AwaitingDecision) {
+            events.push(ConnEvent::HandshakeFailed(HandshakeFailure::Disconnected));
+        }
+        self.set_closed(reason, events);
+        self.pending_input = Vec::new();
+        self.phase = Phase::Done;
+    }
+
+    /// Emits `Closed(reason)` if the connection's fate was not decided yet.
+    fn set_closed(&mut self, reason: CloseReason, events: &mut Vec<ConnEvent>) {
+        if matches!(
+            self.phase,
+            Phase::Handshake | Phase::AwaitingDecision | Phase::Open
+        ) {
+            events.push(ConnEvent::Closed(reason));
+        }
+    }
+
+    fn queue_frame(&mut self, opcode: OpCode, payload: &[u8]) {
+        push_frame(&mut self.out, opcode, payload);
+    }
+
+    fn queue_close(&mut self, code: u16, reason: &str) {
+        let mut frame = Vec::with_capacity(4 + reason.len());
+        encode_close(code, reason, &mut frame);
+        self.out.push(Bytes::from(frame));
+    }
+
+    fn queue_refusal(&mut self, failure: HandshakeFailure, message: &str) {
+        let mut response = Vec::with_capacity(160 + message.len());
+        write_refusal(failure, message, &mut response);
+        self.out.push(Bytes::from(response));
+    }
+}
+
+fn push_frame(out: &mut Outbound, opcode: OpCode, payload: &[u8]) {
+    let mut frame = Vec::with_capacity(pingwheel_proto::frame::frame_len(payload.len()));
+    encode_frame(opcode, payload, &mut frame);
+    out.push(Bytes::from(frame));
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,291 @@
+//! Keepalive: **where pings are scheduled**.
+//!
+//! The semantics are those of the Python `websockets` library (`keepalive()` in
+//! `websockets/asyncio/connection.py`):
+//!
+//! * every `ping_interval` the server sends a Ping;
+//! * with `ping_timeout` set, it then waits for the Pong: if none arrives within
+//!   `ping_timeout` the connection is broken and is closed with 1011; when the Pong
+//!   arrives after `latency`, the next Ping goes out `ping_interval` after the previous
+//!   one was sent, or right away if `latency > ping_interval` (so at most one Ping is
+//!   outstanding);
+//! * with `ping_timeout` disabled, Pings go out every `ping_interval` whether or not
+//!   Pongs come back, and nothing is ever closed for a missing Pong;
+//! * with `ping_interval` disabled, no Pings are sent at all.
+//!
+//! Each Ping carries a 4-byte big-endian sequence number. A Pong acknowledges the
+//! outstanding Ping when its payload is that Ping's number; a Pong for an earlier Ping
+//! (only possible with `ping_timeout` disabled) or with any other payload is
+//! unsolicited and ignored. An acknowledged Ping yields a round-trip time: from the
+//! moment the Ping was handed to the connection to the moment its Pong was processed,
+//! so an overloaded event loop shows up as late Pongs.
+//!
+//! **First ping jitter.** The first Ping is due `ping_interval × (1 − j/10)` after the
+//! upgrade, with `j` uniform in `[0, 1)`: up to 10 % early (2 s at the default 20 s).
+//! A reconnect storm that opens thousands of connections in the same instant therefore
+//! spreads its keepalive traffic over a tenth of the interval instead of sending every
+//! Ping in the same wheel tick; later Pings keep that spacing. The jitter is an input
+//! ([`Keepalive::start`]), so tests can pin it to zero.
+
+use std::time::{Duration, Instant};
+
+/// Keepalive timing settings, shared by every connection of a worker.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct KeepaliveConfig {
+    /// Time between Pings; `None` disables keepalive Pings.
+    pub ping_interval: Option<Duration>,
+    /// How long to wait for a Pong before closing with 1011; `None` waits forever.
+    pub ping_timeout: Option<Duration>,
+}
+
+/// What a Pong meant.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum PongOutcome {
+    /// It acknowledged the outstanding Ping, which was sent `rtt` ago.
+    Acknowledged {
+        /// Ping handed to the connection → Pong processed.
+        rtt: Duration,
+    },
+    /// It matched no outstanding Ping and was ignored.
+    Unsolicited,
+}
+
+/// Per-connection keepalive state: two instants and a counter.
+///
+/// Invariant: with `ping_timeout` set, at most one Ping is outstanding, so
+/// `next_ping.is_some()` implies `outstanding.is_none()`.
+#[derive(Clone, Debug, Default)]
+pub struct Keepalive {
+    /// When the next Ping is due; `None` while waiting for a Pong (timeout mode) or when disabled.
+    next_ping: Option<Instant>,
+    /// When the latest unacknowledged Ping was sent.
+    outstanding: Option<Instant>,
+    /// Sequence number of the latest Ping sent (its payload).
+    seq: u32,
+}
+
+impl Keepalive {
+    /// Starts keepalive at `now` (the upgrade). `jitter` in `[0, 1)` moves the first Ping
+    /// up to 10 % earlier (see the module docs).
+    pub fn start(&mut self, cfg: &KeepaliveConfig, now: Instant, jitter: f64) {
+        debug_assert!((0.0..1.0).contains(&jitter), "jitter={jitter}");
+        self.outstanding = None;
+        self.next_ping = cfg.ping_interval.map(|interval| {
+            let early = interval.mul_f64(jitter.clamp(0.0, 1.0) / 10.0);
+            now + (interval - early)
+        });
+    }
+
+    /// Stops keepalive (the connection is closing).
+    pub fn stop(&mut self) {
+        self.next_ping = None;
+        self.outstanding = None;
+    }
+
+    /// The earliest keepalive deadline: the next Ping, or the Pong deadline.
+    pub fn poll_timeout(&self, cfg: &KeepaliveConfig) -> Option<Instant> {
+        let pong_due = self.pong_deadline(cfg);
+        match (self.next_ping, pong_due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The instant by which the outstanding Ping must be answered, if any.
+    pub fn pong_deadline(&self, cfg: &KeepaliveConfig) -> Option<Instant> {
+        Some(self.outstanding? + cfg.ping_timeout?)
+    }
+
+    /// True when the Pong deadline has passed at `now`: close with 1011.
+    pub fn timed_out(&self, cfg: &KeepaliveConfig, now: Instant) -> bool {
+        self.pong_deadline(cfg).is_some_and(|d| now >= d)
+    }
+
+    /// If a Ping is due at `now`, records it as sent and returns its 4-byte payload.
+    /// Calling it early, or again at the same `now`, returns `None`.
+    pub fn poll_ping(&mut self, cfg: &KeepaliveConfig, now: Instant) -> Option<[u8; 4]> {
+        let due = self.next_ping?;
+        if now < due {
+            return None;
+        }
+        let interval = cfg.ping_interval?;
+        self.seq = self.seq.wrapping_add(1);
+        if self.outstanding.is_none() || cfg.ping_timeout.is_none() {
+            // Without a timeout, the RTT is taken against the latest Ping only.
+            self.outstanding = Some(now);
+        }
+        self.next_ping = match cfg.ping_timeout {
+            // Wait for the Pong; `on_pong` schedules the next Ping.
+            Some(_) => None,
+            // Keep the original grid unless a whole interval was missed (overload):
+            // then one Ping now and the next a full interval later, never a burst.
+            None => Some(if due + interval > now {
+                due + interval
+            } else {
+                now + interval
+            }),
+        };
+        Some(self.seq.to_be_bytes())
+    }
+
+    /// Handles a Pong with `payload` received at `now`.
+    pub fn on_pong(&mut self, cfg: &KeepaliveConfig, now: Instant, payload: &[u8]) -> PongOutcome {
+        let Some(sent) = self.outstanding else {
+            return PongOutcome::Unsolicited;
+        };
+        if payload != self.seq.to_be_bytes() {
+            return PongOutcome::Unsolicited;
+        }
+        self.outstanding = None;
+        if let (Some(interval), Some(_)) = (cfg.ping_interval, cfg.ping_timeout) {
+            // websockets sleeps `ping_interval - latency` after the Pong.
+            self.next_ping = Some((sent + interval).max(now));
+        }
+        PongOutcome::Acknowledged {
+            rtt: now.saturating_duration_since(sent),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    fn cfg(interval: Option<u64>, timeout: Option<u64>) -> KeepaliveConfig {
+        KeepaliveConfig {
+            ping_interval: interval.map(s),
+            ping_timeout: timeout.map(s),
+        }
+    }
+
+    #[test]
+    fn ping_then_pong_then_next_ping_one_interval_after_the_first() {
+        let c = cfg(Some(20), Some(20));
+        let t0 = Instant::now();
+        let mut k = Keepalive::default();
+        k.start(&c, t0, 0.0);
+        assert_eq!(k.poll_timeout(&c), Some(t0 + s(20)));
+        assert_eq!(k.poll_ping(&c, t0 + s(19)), None);
+        let p = k.poll_ping(&c, t0 + s(20)).expect("due");
+        assert_eq!(p, 1u32.to_be_bytes());
+        assert_eq!(
+            k.poll_ping(&c, t0 + s(20)),
+            None,
+            "no second ping while one is outstanding"
+        );
+        assert_eq!(k.poll_timeout(&c), Some(t0 + s(40)), "pong deadline");
+        let out = k.on_pong(&c, t0 + s(21), &p);
+        assert_eq!(out, PongOutcome::Acknowledged { rtt: s(1) });
+        assert_eq!(
+            k.poll_timeout(&c),
+            Some(t0 + s(40)),
+            "next ping at sent + interval"
+        );
+        assert!(!k.timed_out(&c, t0 + s(100)));
+    }
+
+    #[test]
+    fn slow_pong_schedules_the_next_ping_immediately() {
+        let c = cfg(Some(2), Some(20));
+        let t0 = Instant::now();
+        let mut k = Keepalive::default();
+        k.start(&c, t0, 0.0);
+        let p = k.poll_ping(&c, t0 + s(2)).unwrap();
+        k.on_pong(&c, t0 + s(7), &p);
+        assert_eq!(k.poll_timeout(&c), Some(t0 + s(7)));
+    }
+
+    #[test]
+    fn missing_pong_times_out() {
+        let c = cfg(Some(20), Some(20));
+        let t0 = Instant::now();
+        let mut k = Keepalive::default();
+        k.start(&c, t0, 0.0);
+        k.poll_ping(&c, t0 + s(20)).unwrap();
+        assert!(!k.timed_out(&c, t0 + s(39)));
+        assert!(k.timed_out(&c, t0 + s(40)));
+    }
+
+    #[test]
+    fn unsolicited_and_stale_pongs_are_ignored() {
+        let c = cfg(Some(20), Some(20));
+        let t0 = Instant::now();
+        let mut k = Keepalive::default();
+        k.start(&c, t0, 0.0);
+        assert_eq!(k.on_pong(&c, t0, b"\0\0\0\x01"), PongOutcome::Unsolicited);
+        k.poll_ping(&c, t0 + s(20)).unwrap();
+        assert_eq!(
+            k.on_pong(&c, t0 + s(21), b"hello"),
+            PongOutcome::Unsolicited
+        );
+        assert_eq!(
+            k.on_pong(&c, t0 + s(21), b"\0\0\0\x00"),
+            PongOutcome::Unsolicited
+        );
+        assert!(k.timed_out(&c, t0 + s(40)));
+    }
+
+    #[test]
+    fn without_timeout_pings_keep_coming_and_nothing_times_out() {
+        let c = cfg(Some(5), None);
+        let t0 = Instant::now();
+        let mut k = Keepalive::default();
+        k.start(&c, t0, 0.0);
+        for i in 1..=4u32 {
+            let p = k.poll_ping(&c, t0 + s(5 * u64::from(i))).unwrap();
+            assert_eq!(p, i.to_be_bytes());
+        }
+        assert_eq!(k.poll_timeout(&c), Some(t0 + s(25)));
+        assert!(!k.timed_out(&c, t0 + s(1000)));
+        // A pong for an earlier ping is not the latest one's answer.
+        assert_eq!(
+            k.on_pong(&c, t0 + s(21), &3u32.to_be_bytes()),
+            PongOutcome::Unsolicited
+        );
+        assert_eq!(
+            k.on_pong(&c, t0 + s(21), &4u32.to_be_bytes()),
+            PongOutcome::Acknowledged { rtt: s(1) }
+        );
+    }
+
+    #[test]
+    fn late_timer_does_not_drift_or_burst() {
+        let c = cfg(Some(5), None);
+        let t0 = Instant::now();
+        let mut k = Keepalive::default();
+        k.start(&c, t0, 0.0);
+        // The loop ran 1 s late: the next ping keeps the original grid.
+        k.poll_ping(&c, t0 + s(6)).unwrap();
+        assert_eq!(k.poll_timeout(&c), Some(t0 + s(10)));
+        // Far behind (overload): one ping, then one interval later — no burst.
+        k.poll_ping(&c, t0 + s(30)).unwrap();
+        assert_eq!(k.poll_timeout(&c), Some(t0 + s(35)));
+        assert_eq!(k.poll_ping(&c, t0 + s(30)), None);
+    }
+
+    #[test]
+    fn disabled_interval_sends_nothing() {
+        let c = cfg(None, Some(20));
+        let t0 = Instant::now();
+        let mut k = Keepalive::default();
+        k.start(&c, t0, 0.5);
+        assert_eq!(k.poll_timeout(&c), None);
+        assert_eq!(k.poll_ping(&c, t0 + s(1000)), None);
+    }
+
+    #[test]
+    fn jitter_moves_the_first_ping_up_to_a_tenth_earlier() {
+        let c = cfg(Some(20), Some(20));
+        let t0 = Instant::now();
+        let mut k = Keepalive::default();
+        k.start(&c, t0, 0.5);
+        assert_eq!(k.poll_timeout(&c), Some(t0 + s(19)));
+        k.start(&c, t0, 0.999_999);
+        let first = k.poll_timeout(&c).unwrap();
+        assert!(first > t0 + s(18) && first <= t0 + s(20));
+    }
+}

@@ -1,0 +1,1523 @@
+//! Who may connect, and to which channels: JWT verification at the WebSocket upgrade,
+//! the `Origin` allowlist, channels given in the URL, and the publish API key.
+//!
+//! # Client tokens
+//!
+//! A client presents a JWT in one of three places, looked up in this order (the first
+//! one found is the only one checked):
+//!
+//! 1. `Authorization: Bearer <jwt>` (an `Authorization` header with another scheme is
+//!    ignored);
+//! 2. the query parameter `?token=<jwt>`;
+//! 3. the subprotocol list: browsers cannot set headers, so a browser offers
+//!    `new WebSocket(url, ["pingwheel.v1", "bearer." + jwt])`. JWT characters
+//!    (base64url and `.`) are all valid subprotocol characters. The gateway never echoes
+//!    the token: it answers with exactly one protocol, [`PROTOCOL`], which therefore must
+//!    be offered next to the `bearer.` entry (otherwise the browser would fail the
+//!    handshake for lack of an echoed protocol, so the gateway refuses it with 400).
+//!
+//! [`PROTOCOL`] is echoed whenever the client offered it, whatever the token source.
+//!
+//! The token is verified with the configured keys, each pinned to one algorithm, so
+//! neither `alg: none` nor algorithm confusion (an RSA public key used as an HMAC
+//! secret) can work:
+//!
+//! | key | from | algorithm |
+//! |---|---|---|
+//! | shared secret | `--token-secret` | HS256 |
+//! | RSA public key (≥ 2048 bits) | `--token-public-key` PEM | RS256 |
+//! | EC P-256 public key | `--token-public-key` PEM | ES256 |
+//!
+//! The PEM file may hold several public keys (for rotation); a token is accepted if
+//! any key of its algorithm verifies it. HMAC verification compares in constant time.
+//!
+//! Claims: `exp` (required, seconds since the Unix epoch), `nbf` (optional), both with
+//! [`TOKEN_LEEWAY_SECS`] of clock-skew leeway and checked against the `now` the caller
+//! passes; `sub` (required, a string: the user id, see
+//! [`validate_user_id`]); `channels` (optional list of patterns, see
+//! [`ChannelGrant`]; absent means no channel at all, only per-user deliveries; `["*"]`
+//! grants every channel). A token carrying `aud` is refused: pingwheel has no audience
+//! of its own to match (RFC 7519 §4.1.3). Other claims are ignored.
+//!
+//! # Dev mode
+//!
+//! With neither `--token-secret` nor `--token-public-key`, every client is accepted
+//! anonymously with [`ChannelGrant::Any`], whatever token it sends (none is checked). For
+//! testing per-user delivery, `?user=<id>` then sets the connection's user; it is
+//! ignored outside dev mode.
+//!
+//! # Order of checks
+//!
+//! `Origin` (403), subprotocol shape (400), token (401), `?channel=` (403). Each
+//! refusal carries an [`AuthFailure`] (the `reason` label of
+//! `pingwheel_auth_failures_total`) and a short message for the HTTP body that names
+//! the precise problem and never contains the token or a key. The labels are coarse on
+//! purpose; the message tells them apart:
+//!
+//! | label | refusals |
+//! |---|---|
+//! | `missing` | no token; no publish API key |
+//! | `malformed` | not a JWT (including `alg: none`); bad claims (`sub`/`exp` missing, wrong types, `aud`, invalid `channels` patterns); a `bearer.` subprotocol without `pingwheel.v1`; a bad dev-mode `?user=` |
+//! | `bad_signature` | the signature does not verify, or the token's algorithm has no configured key |
+//! | `expired` | `exp` passed, or `nbf` not reached (beyond the leeway) |
+//! | `forbidden_channel` | a `?channel=` invalid, outside the claim, or too many of them |
+//! | `forbidden_origin` | `Origin` missing or not allowed |
+//! | `bad_api_key` | a wrong publish API key |
+
+use std::borrow::Cow;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use pingwheel_proto::HandshakeFailure;
+use pingwheel_proto::handshake::UpgradeRequest;
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+
+use super::channel::{ChannelGrant, validate_channel_name, validate_user_id};
+use crate::config::PushConfig;
+pub use crate::metrics::AuthFailure;
+
+/// The subprotocol the gateway speaks and echoes when offered.
+pub const PROTOCOL: &str = "pingwheel.v1";
+
+/// Prefix of the subprotocol entry that carries a token: `bearer.<jwt>`.
+pub const BEARER_PROTOCOL_PREFIX: &str = "bearer.";
+
+/// Clock-skew allowance for `exp` and `nbf`, in seconds: a token is accepted until
+/// `exp + 30` and from `nbf - 30`.
+pub const TOKEN_LEEWAY_SECS: u64 = 30;
+
+/// A refused upgrade: the HTTP failure to answer with, the metrics reason, and the
+/// response body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthRefusal {
+    /// `Unauthorized` (401) for token problems, `Forbidden` (403) for origin and
+    /// channel problems, `BadRequest` (400) for a malformed subprotocol list or `?user=`.
+    pub failure: HandshakeFailure,
+    /// The metrics label.
+    pub reason: AuthFailure,
+    /// The HTTP body: short, and never the token or a key (e.g. "token expired").
+    pub message: Cow<'static, str>,
+}
+
+impl AuthRefusal {
+    fn new(
+        failure: HandshakeFailure,
+        reason: AuthFailure,
+        message: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        AuthRefusal {
+            failure,
+            reason,
+            message: message.into(),
+        }
+    }
+
+    fn unauthorized(reason: AuthFailure, message: impl Into<Cow<'static, str>>) -> Self {
+        AuthRefusal::new(HandshakeFailure::Unauthorized, reason, message)
+    }
+
+    fn forbidden(reason: AuthFailure, message: impl Into<Cow<'static, str>>) -> Self {
+        AuthRefusal::new(HandshakeFailure::Forbidden, reason, message)
+    }
+}
+
+impl fmt::Display for AuthRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} ({}): {}",
+            self.failure.as_label(),
+            self.reason.as_label(),
+            self.message
+        )
+    }
+}
+
+impl std::error::Error for AuthRefusal {}
+
+/// An accepted client: who it is, what it may subscribe to, and what to put in the
+/// 101 response. The worker keeps it (boxed) for the life of the connection;
+/// `initial_channels` can be taken out once they are subscribed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Session {
+    /// The token's `sub` (or dev mode's `?user=`); `None` for an anonymous dev-mode
+    /// client. Per-user deliveries go to every connection with this user.
+    pub user: Option<Box<str>>,
+    /// The channels the client may subscribe to.
+    pub grant: ChannelGrant,
+    /// The distinct `?channel=` values, in URL order: valid, granted, and at most
+    /// `max_subscriptions` of them. Subscribe to them before any delivery.
+    pub initial_channels: Vec<Box<str>>,
+    /// The subprotocol to echo in the 101 (`Sec-WebSocket-Protocol`), if any.
+    pub protocol: Option<&'static str>,
+}
+
+/// The authentication settings, in plain values; built from the gateway's
+/// configuration with [`AuthSettings::from_config`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuthSettings {
+    /// The HS256 secret (`--token-secret`).
+    pub token_secret: Option<Vec<u8>>,
+    /// A PEM file of RS256/ES256 public keys (`--token-public-key`).
+    pub token_public_key: Option<PathBuf>,
+    /// Allowed `Origin` values; empty allows any (and a missing `Origin`).
+    pub allowed_origins: Vec<String>,
+    /// Longest channel name in bytes (also bounds pattern prefixes in tokens).
+    pub max_channel_name: usize,
+    /// Most `?channel=` values one URL may carry.
+    pub max_subscriptions: usize,
+}
+
+impl AuthSettings {
+    /// The settings in `config`.
+    pub fn from_config(config: &PushConfig) -> Self {
+        AuthSettings {
+            token_secret: config
+                .token_secret
+                .as_ref()
+                .map(|s| s.expose().as_bytes().to_vec()),
+            token_public_key: config.token_public_key.clone(),
+            allowed_origins: config.allowed_origins.clone(),
+            max_channel_name: config.max_channel_name,
+            max_subscriptions: config.max_subscriptions,
+        }
+    }
+}
+
+/// Why the authentication keys could not be set up (at startup).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthSetupError {
+    /// What is wrong, naming the file or flag.
+    pub message: String,
+}
+
+impl fmt::Display for AuthSetupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for AuthSetupError {}
+
+/// Verifies client upgrades. Built once at startup (keys are read and parsed then, so
+/// a bad key file stops the gateway instead of refusing every client) and shared by
+/// all workers (`Sync`).
+#[derive(Debug)]
+pub struct Authenticator {
+    /// The HS256 secret.
+    hmac: Option<DecodingKey>,
+    /// RS256 public keys, as (n, e) components.
+    rsa: Vec<DecodingKey>,
+    /// ES256 (P-256) public keys.
+    ec: Vec<DecodingKey>,
+    /// One validation per algorithm: that algorithm only, no library time checks (we
+    /// check `exp`/`nbf` against the caller's `now`), `aud` refused.
+    validations: [Validation; 3],
+    allowed_origins: Box<[Box<str>]>,
+    max_channel_name: usize,
+    max_subscriptions: usize,
+}
+
+/// The claims pingwheel reads. Types are loose where a wrong type should give a
+/// precise message rather than a generic JSON error.
+#[derive(Deserialize)]
+struct Claims {
+    #[serde(default)]
+    sub: Option<String>,
+    #[serde(default)]
+    exp: Option<f64>,
+    #[serde(default)]
+    nbf: Option<f64>,
+    #[serde(default)]
+    channels: Option<Vec<String>>,
+}
+
+/// The algorithms with a key slot, in `Authenticator::validations` order.
+const ALGORITHMS: [Algorithm; 3] = [Algorithm::HS256, Algorithm::RS256, Algorithm::ES256];
+
+/// The shortest RSA modulus accepted, in bits.
+const MIN_RSA_BITS: usize = 2048;
+
+impl Authenticator {
+    /// Builds the authenticator, reading and parsing `--token-public-key` if given.
+    ///
+    /// # Errors
+    ///
+    /// An empty secret, an unreadable key file, or a file without a usable public key
+    /// (the message names the file and the PEM block).
+    pub fn new(settings: &AuthSettings) -> Result<Self, AuthSetupError> {
+        let pem = match &settings.token_public_key {
+            Some(path) => {
+                let bytes = std::fs::read(path).map_err(|err| AuthSetupError {
+                    message: format!("--token-public-key {}: {err}", path.display()),
+                })?;
+                Some((path.as_path(), bytes))
+            }
+            None => None,
+        };
+        Self::with_public_key_pem(
+            settings,
+            pem.as_ref().map(|(path, bytes)| (*path, &bytes[..])),
+        )
+    }
+
+    /// Like [`Authenticator::new`], with the public key file's contents given (as
+    /// `(path for messages, bytes)`) instead of read.
+    pub fn with_public_key_pem(
+        settings: &AuthSettings,
+        public_key_pem: Option<(&Path, &[u8])>,
+    ) -> Result<Self, AuthSetupError> {
+        let hmac = match &settings.token_secret {
+            Some(secret) if secret.is_empty() => {
+                return Err(AuthSetupError {
+                    message: "--token-secret is empty".to_owned(),
+                });
+            }
+            Some(secret) => Some(DecodingKey::from_secret(secret)),
+            None => None,
+        };
+        let (rsa, ec) = match public_key_pem {
+            Some((path, pem)) => parse_public_keys(path, pem)?,
+            None => (Vec::new(), Vec::new()),
+        };
+        // Pin the RustCrypto backend explicitly: if feature unification ever enabled
+        // jsonwebtoken's other backend too, its automatic choice would panic on first
+        // use. Installing twice is refused harmlessly, hence the ignored result.
+        let _ = jsonwebtoken::crypto::CryptoProvider::install_default(
+            &jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER,
+        );
+        let validations = ALGORITHMS.map(|alg| {
+            let mut validation = Validation::new(alg);
+            validation.required_spec_claims.clear();
+            validation.validate_exp = false;
+            validation.validate_nbf = false;
+            validation.leeway = 0;
+            // `validate_aud` stays on with no audience configured: a token with `aud`
+            // is refused.
+            validation
+        });
+        Ok(Authenticator {
+            hmac,
+            rsa,
+            ec,
+            validations,
+            allowed_origins: settings
+                .allowed_origins
+                .iter()
+                .map(|o| o.as_str().into())
+                .collect(),
+            max_channel_name: settings.max_channel_name,
+            max_subscriptions: settings.max_subscriptions,
+        })
+    }
+
+    /// True when no key is configured: clients are accepted anonymously with any
+    /// channel. The gateway must log this loudly.
+    pub fn dev_mode(&self) -> bool {
+        self.hmac.is_none() && self.rsa.is_empty() && self.ec.is_empty()
+    }
+
+    /// Decides an upgrade request at `now_unix_secs` (seconds since the Unix epoch).
+    /// See the module docs for the rules and their order.
+    pub fn authenticate(
+        &self,
+        req: &UpgradeRequest,
+        now_unix_secs: u64,
+    ) -> Result<Session, AuthRefusal> {
+        self.check_origin(req.origin.as_deref())?;
+
+        let protocol = req
+            .protocols
+            .iter()
+            .any(|p| p == PROTOCOL)
+            .then_some(PROTOCOL);
+        let protocol_token = req
+            .protocols
+            .iter()
+            .find_map(|p| p.strip_prefix(BEARER_PROTOCOL_PREFIX));
+        if protocol_token.is_some() && protocol.is_none() {
+            return Err(AuthRefusal::new(
+                HandshakeFailure::BadRequest,
+                AuthFailure::Malformed,
+                "offer the subprotocol pingwheel.v1 together with bearer.<token>",
+            ));
+        }
+
+        let mut query_token = None;
+        let mut query_user = None;
+        let mut channels: Vec<Box<str>> = Vec::new();
+        for (name, value) in req.query_pairs() {
+            match &*name {
+                "token" if query_token.is_none() => query_token = Some(value),
+                "user" if query_user.is_none() => query_user = Some(value),
+                "channel" if !channels.iter().any(|c| **c == *value) => {
+                    channels.push(value.into());
+                }
+                _ => {}
+            }
+        }
+
+        let (user, grant) = if self.dev_mode() {
+            let user = match query_user {
+                Some(user) => {
+                    validate_user_id(&user).map_err(|err| {
+                        AuthRefusal::new(
+                            HandshakeFailure::BadRequest,
+                            AuthFailure::Malformed,
+                            format!("?user=: {err}"),
+                        )
+                    })?;
+                    Some(Box::from(&*user))
+                }
+                None => None,
+            };
+            (user, ChannelGrant::Any)
+        } else {
+            let header_token = req.authorization.as_deref().and_then(bearer_credentials);
+            let token = header_token
+                .or(query_token.as_deref())
+                .or(protocol_token)
+                .ok_or_else(|| AuthRefusal::unauthorized(AuthFailure::Missing, "missing token"))?;
+            let (user, grant) = self.verify_token(token, now_unix_secs)?;
+            (Some(user), grant)
+        };
+
+        self.check_channels(&channels, &grant)?;
+        Ok(Session {
+            user,
+            grant,
+            initial_channels: channels,
+            protocol,
+        })
+    }
+
+    fn check_origin(&self, origin: Option<&str>) -> Result<(), AuthRefusal> {
+        if self.allowed_origins.is_empty() {
+            return Ok(());
+        }
+        let origin = origin.ok_or_else(|| {
+            AuthRefusal::forbidden(AuthFailure::ForbiddenOrigin, "Origin header required")
+        })?;
+        if self
+            .allowed_origins
+            .iter()
+            .any(|allowed| allowed.eq_ignore_ascii_case(origin))
+        {
+            Ok(())
+        } else {
+            Err(AuthRefusal::forbidden(
+                AuthFailure::ForbiddenOrigin,
+                "origin not allowed",
+            ))
+        }
+    }
+
+    fn check_channels(
+        &self,
+        channels: &[Box<str>],
+        grant: &ChannelGrant,
+    ) -> Result<(), AuthRefusal> {
+        if channels.len() > self.max_subscriptions {
+            return Err(AuthRefusal::forbidden(
+                AuthFailure::ForbiddenChannel,
+                format!(
+                    "{} channels in the URL, the limit is {}",
+                    channels.len(),
+                    self.max_subscriptions
+                ),
+            ));
+        }
+        for channel in channels {
+            if let Err(err) = validate_channel_name(channel, self.max_channel_name) {
+                // Quote at most a prefix of an overlong or odd name.
+                let shown: String = channel.chars().take(64).collect();
+                return Err(AuthRefusal::forbidden(
+                    AuthFailure::ForbiddenChannel,
+                    format!("invalid channel {shown:?}: {err}"),
+                ));
+            }
+            if !grant.allows(channel) {
+                return Err(AuthRefusal::forbidden(
+                    AuthFailure::ForbiddenChannel,
+                    format!("token does not grant channel {channel}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Verifies `token` and returns its user and grant.
+    fn verify_token(&self, token: &str, now: u64) -> Result<(Box<str>, ChannelGrant), AuthRefusal> {
+        use AuthFailure as R;
+        let malformed = || AuthRefusal::unauthorized(R::Malformed, "malformed token");
+        let header = jsonwebtoken::decode_header(token).map_err(|_| malformed())?;
+        let (slot, keys): (usize, &[DecodingKey]) = match header.alg {
+            Algorithm::HS256 => (0, self.hmac.as_slice()),
+            Algorithm::RS256 => (1, &self.rsa),
+            Algorithm::ES256 => (2, &self.ec),
+            _ => (usize::MAX, &[]),
+        };
+        if keys.is_empty() {
+            return Err(AuthRefusal::unauthorized(
+                R::BadSignature,
+                format!("token algorithm {:?} not accepted", header.alg),
+            ));
+        }
+        debug_assert_eq!(self.validations[slot].algorithms, [header.alg]);
+        let mut outcome = Err(AuthRefusal::unauthorized(
+            R::BadSignature,
+            "invalid token signature",
+        ));
+        for key in keys {
+            match jsonwebtoken::decode::<Claims>(token, key, &self.validations[slot]) {
+                Ok(data) => {
+                    outcome = Ok(data.claims);
+                    break;
+                }
+                Err(err) => match err.kind() {
+                    ErrorKind::InvalidSignature => continue,
+                    ErrorKind::InvalidAudience => {
+                        outcome = Err(AuthRefusal::unauthorized(
+                            R::Malformed,
+                            "token has an aud claim; pingwheel accepts tokens without one",
+                        ));
+                        break;
+                    }
+                    // Claims that did not deserialize (the signature was good).
+                    ErrorKind::Json(_) => {
+                        outcome = Err(AuthRefusal::unauthorized(
+                            R::Malformed,
+                            "token claims have the wrong types (sub: string, exp/nbf: number, channels: list of strings)",
+                        ));
+                        break;
+                    }
+                    ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Utf8(_) => {
+                        outcome = Err(malformed());
+                        break;
+                    }
+                    _ => {
+                        outcome = Err(AuthRefusal::unauthorized(
+                            R::BadSignature,
+                            "invalid token signature",
+                        ));
+                        break;
+                    }
+                },
+            }
+        }
+        let claims = outcome?;
+
+        let exp = claims
+            .exp
+            .ok_or_else(|| AuthRefusal::unauthorized(R::Malformed, "token has no exp claim"))?;
+        // `as` saturates: a negative or fractional NumericDate rounds toward zero.
+        if now > (exp as u64).saturating_add(TOKEN_LEEWAY_SECS) {
+            return Err(AuthRefusal::unauthorized(R::Expired, "token expired"));
+        }
+        if let Some(nbf) = claims.nbf
+            && (nbf as u64) > now.saturating_add(TOKEN_LEEWAY_SECS)
+        {
+            return Err(AuthRefusal::unauthorized(R::Expired, "token not yet valid"));
+        }
+        let user = claims
+            .sub
+            .ok_or_else(|| AuthRefusal::unauthorized(R::Malformed, "token has no sub claim"))?;
+        validate_user_id(&user).map_err(|err| {
+            AuthRefusal::unauthorized(R::Malformed, format!("token sub claim: {err}"))
+        })?;
+        let grant = match &claims.channels {
+            Some(patterns) => ChannelGrant::from_patterns(patterns, self.max_channel_name)
+                .map_err(|err| {
+                    AuthRefusal::unauthorized(R::Malformed, format!("token claim {err}"))
+                })?,
+            None => ChannelGrant::none(),
+        };
+        Ok((user.into_boxed_str(), grant))
+    }
+}
+
+/// Splits one PEM file into its public keys: (RS256 keys, ES256 keys).
+fn parse_public_keys(
+    path: &Path,
+    pem: &[u8],
+) -> Result<(Vec<DecodingKey>, Vec<DecodingKey>), AuthSetupError> {
+    let fail = |message: String| AuthSetupError {
+        message: format!("--token-public-key {}: {message}", path.display()),
+    };
+    let text = std::str::from_utf8(pem).map_err(|_| fail("not a PEM text file".to_owned()))?;
+    let provider = &jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER;
+    let (mut rsa, mut ec) = (Vec::new(), Vec::new());
+    let mut rest = text;
+    let mut number = 0;
+    while let Some(start) = rest.find("-----BEGIN ") {
+        number += 1;
+        let block_and_after = &rest[start..];
+        let label_end = block_and_after["-----BEGIN ".len()..]
+            .find("-----")
+            .ok_or_else(|| fail(format!("PEM block {number}: unterminated BEGIN line")))?;
+        let label = &block_and_after["-----BEGIN ".len().."-----BEGIN ".len() + label_end];
+        let end_marker = format!("-----END {label}-----");
+        let end = block_and_after.find(&end_marker).ok_or_else(|| {
+            fail(format!(
+                "PEM block {number} ({label}): no {end_marker} line"
+            ))
+        })?;
+        let block = &block_and_after[..end + end_marker.len()];
+        rest = &block_and_after[end + end_marker.len()..];
+        let what = format!("PEM block {number} ({label})");
+        match label {
+            "PUBLIC KEY" | "RSA PUBLIC KEY" => {}
+            "PRIVATE KEY" | "RSA PRIVATE KEY" | "EC PRIVATE KEY" | "ENCRYPTED PRIVATE KEY" => {
+                return Err(fail(format!(
+                    "{what} is a private key; give the public key (openssl pkey -pubout)"
+                )));
+            }
+            _ => {
+                return Err(fail(format!(
+                    "{what} is not a public key; give a PUBLIC KEY block (RSA or EC P-256)"
+                )));
+            }
+        }
+        if let Ok(key) = DecodingKey::from_rsa_pem(block.as_bytes()) {
+            let der = key
+                .try_get_as_bytes()
+                .map_err(|_| fail(format!("{what}: unreadable RSA key")))?;
+            let (n, e) = (provider.key_utils.rsa_pub_components_from_public_key)(der)
+                .map_err(|err| fail(format!("{what}: invalid RSA public key ({err})")))?;
+            let bits = n.iter().position(|&b| b != 0).map_or(0, |first| {
+                (n.len() - first) * 8 - n[first].leading_zeros() as usize
+            });
+            if bits < MIN_RSA_BITS {
+                return Err(fail(format!(
+                    "{what}: RSA key has {bits} bits, at least {MIN_RSA_BITS} are required"
+                )));
+            }
+            rsa.push(DecodingKey::from_rsa_raw_components(&n, &e));
+        } else if let Ok(key) = DecodingKey::from_ec_pem(block.as_bytes()) {
+            (provider.verifier_factory)(&Algorithm::ES256, &key).map_err(|_| {
+                fail(format!(
+                    "{what}: EC key is not on curve P-256 (only ES256 is supported)"
+                ))
+            })?;
+            ec.push(key);
+        } else {
+            return Err(fail(format!("{what}: neither an RSA nor an EC public key")));
+        }
+    }
+    if number == 0 {
+        return Err(fail(
+            "no PEM block found (expected -----BEGIN PUBLIC KEY-----)".to_owned(),
+        ));
+    }
+    Ok((rsa, ec))
+}
+
+/// The credentials of an `Authorization: Bearer <credentials>` value (scheme
+/// case-insensitive, surrounding whitespace trimmed); `None` for another scheme.
+pub fn bearer_credentials(authorization: &str) -> Option<&str> {
+    let authorization = authorization.trim();
+    let (scheme, rest) = authorization
+        .split_once([' ', '\t'])
+        .unwrap_or((authorization, ""));
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+}
+
+/// Why a publish API request was refused.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum ApiKeyRefusal {
+    /// No `Authorization: Bearer` header: 401 with `WWW-Authenticate: Bearer`.
+    Missing,
+    /// The key does not match: 401 with `WWW-Authenticate: Bearer`.
+    Wrong,
+    /// No API key is configured and the gateway is not in dev mode: 403. (Not 503:
+    /// retrying will not help, the operator must configure `--api-key`.)
+    Disabled,
+}
+
+impl ApiKeyRefusal {
+    /// The HTTP status.
+    pub const fn status(self) -> u16 {
+        match self {
+            ApiKeyRefusal::Missing | ApiKeyRefusal::Wrong => 401,
+            ApiKeyRefusal::Disabled => 403,
+        }
+    }
+
+    /// The `WWW-Authenticate` header value to send, if any (RFC 9110 requires one on 401).
+    pub const fn www_authenticate(self) -> Option<&'static str> {
+        match self {
+            ApiKeyRefusal::Missing | ApiKeyRefusal::Wrong => Some("Bearer"),
+            ApiKeyRefusal::Disabled => None,
+        }
+    }
+
+    /// The `pingwheel_auth_failures_total` label to count, if any: a disabled API is
+    /// the operator's configuration, not a caller's failure, and is not counted there
+    /// (it shows as `pingwheel_publish_requests_total{status="403"}`).
+    pub const fn reason(self) -> Option<AuthFailure> {
+        match self {
+            ApiKeyRefusal::Missing => Some(AuthFailure::Missing),
+            ApiKeyRefusal::Wrong => Some(AuthFailure::BadApiKey),
+            ApiKeyRefusal::Disabled => None,
+        }
+    }
+
+    /// The stable `error` code of the JSON reply.
+    pub const fn code(self) -> &'static str {
+        match self {
+            ApiKeyRefusal::Missing | ApiKeyRefusal::Wrong => "unauthorized",
+            ApiKeyRefusal::Disabled => "publish_api_disabled",
+        }
+    }
+
+    /// A human-readable explanation.
+    pub const fn message(self) -> &'static str {
+        match self {
+            ApiKeyRefusal::Missing => "missing API key: send Authorization: Bearer <key>",
+            ApiKeyRefusal::Wrong => "wrong API key",
+            ApiKeyRefusal::Disabled => {
+                "the publish API is disabled: start the gateway with --api-key (or PINGWHEEL_API_KEY)"
+            }
+        }
+    }
+
+    /// The JSON reply body: `{"error":"unauthorized","message":"wrong API key"}`.
+    pub fn to_json(self) -> String {
+        super::publish::error_json(self.code(), self.message())
+    }
+}
+
+impl fmt::Display for ApiKeyRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.message())
+    }
+}
+
+impl std::error::Error for ApiKeyRefusal {}
+
+/// Checks a publish API request's `Authorization` header.
+///
+/// * A configured key is always required (even in dev mode); the presented credentials
+///   are compared with [`subtle::ConstantTimeEq`], so the time taken does not depend
+///   on where they differ. Only the key's *length* can leak (slices of different
+///   lengths compare unequal at once); that tells an attacker nothing that helps guess
+///   the bytes of a long random key.
+/// * With no key configured the API is open in dev mode and refused otherwise.
+pub fn check_api_key(
+    configured: Option<&[u8]>,
+    dev_mode: bool,
+    authorization_header: Option<&str>,
+) -> Result<(), ApiKeyRefusal> {
+    let Some(configured) = configured else {
+        return if dev_mode {
+            Ok(())
+        } else {
+            Err(ApiKeyRefusal::Disabled)
+        };
+    };
+    let presented = authorization_header
+        .and_then(bearer_credentials)
+        .ok_or(ApiKeyRefusal::Missing)?;
+    if bool::from(configured.ct_eq(presented.as_bytes())) {
+        Ok(())
+    } else {
+        Err(ApiKeyRefusal::Wrong)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header};
+    use serde_json::json;
+
+    const NOW: u64 = 1_800_000_000;
+    const SECRET: &[u8] = b"test-only-secret-0123456789abcdef";
+    const RSA_PRIVATE: &[u8] = include_bytes!("../../tests/data/test-only-rsa-private.pem");
+    const RSA_PUBLIC: &[u8] = include_bytes!("../../tests/data/test-only-rsa-public.pem");
+    const EC_PRIVATE: &[u8] = include_bytes!("../../tests/data/test-only-ec-private.pem");
+    const EC_PUBLIC: &[u8] = include_bytes!("../../tests/data/test-only-ec-public.pem");
+    const EC_P384_PUBLIC: &[u8] = include_bytes!("../../tests/data/test-only-ec-p384-public.pem");
+    const RSA_1024_PUBLIC: &[u8] = include_bytes!("../../tests/data/test-only-rsa1024-public.pem");
+
+    fn settings() -> AuthSettings {
+        AuthSettings {
+            token_secret: Some(SECRET.to_vec()),
+            token_public_key: None,
+            allowed_origins: Vec::new(),
+            max_channel_name: 128,
+            max_subscriptions: 4,
+        }
+    }
+
+    fn hs256() -> Authenticator {
+        Authenticator::new(&settings()).unwrap()
+    }
+
+    fn with_pem(pem: &[u8]) -> Result<Authenticator, AuthSetupError> {
+        Authenticator::with_public_key_pem(
+            &AuthSettings {
+                token_secret: None,
+                ..settings()
+            },
+            Some((Path::new("keys.pem"), pem)),
+        )
+    }
+
+    fn claims(sub: &str, channels: &[&str]) -> serde_json::Value {
+        json!({ "sub": sub, "exp": NOW + 3600, "channels": channels })
+    }
+
+    fn sign(alg: Algorithm, key: &EncodingKey, claims: &serde_json::Value) -> String {
+        jsonwebtoken::encode(&Header::new(alg), claims, key).unwrap()
+    }
+
+    fn hs_token(claims: &serde_json::Value) -> String {
+        sign(Algorithm::HS256, &EncodingKey::from_secret(SECRET), claims)
+    }
+
+    fn request(target: &str) -> UpgradeRequest {
+        UpgradeRequest {
+            target: target.to_owned(),
+            key: "dGhlIHNhbXBsZSBub25jZQ==".to_owned(),
+            origin: None,
+            protocols: Vec::new(),
+            authorization: None,
+            host: Some("localhost".to_owned()),
+        }
+    }
+
+    fn with_bearer(token: &str) -> UpgradeRequest {
+        UpgradeRequest {
+            authorization: Some(format!("Bearer {token}")),
+            ..request("/")
+        }
+    }
+
+    #[track_caller]
+    fn refused(result: Result<Session, AuthRefusal>) -> (HandshakeFailure, AuthFailure, String) {
+        let refusal = result.expect_err("expected a refusal");
+        (
+            refusal.failure,
+            refusal.reason,
+            refusal.message.into_owned(),
+        )
+    }
+
+    /// A token whose signature part is replaced by `signature`.
+    fn with_signature(token: &str, signature: &str) -> String {
+        let (unsigned, _) = token.rsplit_once('.').unwrap();
+        format!("{unsigned}.{signature}")
+    }
+
+    fn b64(json: &serde_json::Value) -> String {
+        use base64_url::encode;
+        encode(&json.to_string())
+    }
+
+    /// Minimal base64url (no padding) for hand-built tokens.
+    mod base64_url {
+        pub fn encode(input: &str) -> String {
+            const ALPHABET: &[u8; 64] =
+                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+            let bytes = input.as_bytes();
+            let mut out = String::new();
+            for chunk in bytes.chunks(3) {
+                let n = chunk
+                    .iter()
+                    .enumerate()
+                    .fold(0u32, |acc, (i, &b)| acc | (u32::from(b) << (16 - 8 * i)));
+                let chars = chunk.len() + 1;
+                for i in 0..chars {
+                    out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                }
+            }
+            out
+        }
+    }
+
+    #[test]
+    fn valid_token_via_authorization_header() {
+        let token = hs_token(&claims("42", &["scores", "team:*"]));
+        let session = hs256().authenticate(&with_bearer(&token), NOW).unwrap();
+        assert_eq!(session.user.as_deref(), Some("42"));
+        assert!(session.grant.allows("scores"));
+        assert!(session.grant.allows("team:9"));
+        assert!(!session.grant.allows("other"));
+        assert_eq!(session.protocol, None);
+        assert!(session.initial_channels.is_empty());
+        // Scheme is case-insensitive.
+        let req = UpgradeRequest {
+            authorization: Some(format!("bearer  {token} ")),
+            ..request("/")
+        };
+        assert!(hs256().authenticate(&req, NOW).is_ok());
+    }
+
+    #[test]
+    fn valid_token_via_query() {
+        let token = hs_token(&claims("u1", &["*"]));
+        let session = hs256()
+            .authenticate(
+                &request(&format!("/?token={token}&channel=a&channel=b&channel=a")),
+                NOW,
+            )
+            .unwrap();
+        assert_eq!(session.user.as_deref(), Some("u1"));
+        assert_eq!(session.grant, ChannelGrant::Any);
+        assert_eq!(session.initial_channels, [Box::from("a"), Box::from("b")]);
+    }
+
+    #[test]
+    fn valid_token_via_subprotocol_echoes_only_pingwheel_v1() {
+        let token = hs_token(&claims("u1", &["scores"]));
+        let req = UpgradeRequest {
+            protocols: vec![PROTOCOL.to_owned(), format!("bearer.{token}")],
+            ..request("/?channel=scores")
+        };
+        let session = hs256().authenticate(&req, NOW).unwrap();
+        assert_eq!(session.protocol, Some("pingwheel.v1"));
+        assert_eq!(session.initial_channels, [Box::from("scores")]);
+        // The bearer entry without pingwheel.v1 could not be answered: refused.
+        let req = UpgradeRequest {
+            protocols: vec![format!("bearer.{token}")],
+            ..request("/")
+        };
+        assert_eq!(
+            refused(hs256().authenticate(&req, NOW)),
+            (
+                HandshakeFailure::BadRequest,
+                AuthFailure::Malformed,
+                "offer the subprotocol pingwheel.v1 together with bearer.<token>".to_owned()
+            )
+        );
+        // pingwheel.v1 is echoed whatever the token source.
+        let req = UpgradeRequest {
+            protocols: vec!["other".to_owned(), PROTOCOL.to_owned()],
+            ..with_bearer(&token)
+        };
+        assert_eq!(
+            hs256().authenticate(&req, NOW).unwrap().protocol,
+            Some(PROTOCOL)
+        );
+    }
+
+    #[test]
+    fn header_wins_over_query_and_protocol() {
+        let good = hs_token(&claims("header", &[]));
+        let req = UpgradeRequest {
+            protocols: vec![PROTOCOL.to_owned(), "bearer.garbage".to_owned()],
+            ..with_bearer(&good)
+        };
+        let req = UpgradeRequest {
+            target: "/?token=garbage".to_owned(),
+            ..req
+        };
+        assert_eq!(
+            hs256().authenticate(&req, NOW).unwrap().user.as_deref(),
+            Some("header")
+        );
+        // A non-Bearer Authorization header is not a token source.
+        let req = UpgradeRequest {
+            authorization: Some("Basic dXNlcjpwYXNz".to_owned()),
+            ..request(&format!("/?token={good}"))
+        };
+        assert_eq!(
+            hs256().authenticate(&req, NOW).unwrap().user.as_deref(),
+            Some("header")
+        );
+    }
+
+    #[test]
+    fn missing_token() {
+        assert_eq!(
+            refused(hs256().authenticate(&request("/?channel=a"), NOW)),
+            (
+                HandshakeFailure::Unauthorized,
+                AuthFailure::Missing,
+                "missing token".to_owned()
+            )
+        );
+    }
+
+    #[test]
+    fn expired_and_not_yet_valid_with_leeway() {
+        let exp = NOW;
+        let token = hs_token(&json!({"sub": "u", "exp": exp}));
+        let auth = hs256();
+        assert!(
+            auth.authenticate(&with_bearer(&token), exp + TOKEN_LEEWAY_SECS)
+                .is_ok()
+        );
+        assert_eq!(
+            refused(auth.authenticate(&with_bearer(&token), exp + TOKEN_LEEWAY_SECS + 1)),
+            (
+                HandshakeFailure::Unauthorized,
+                AuthFailure::Expired,
+                "token expired".to_owned()
+            )
+        );
+        let token = hs_token(&json!({"sub": "u", "exp": NOW + 100, "nbf": NOW + 60}));
+        assert!(auth.authenticate(&with_bearer(&token), NOW + 30).is_ok());
+        assert_eq!(
+            refused(auth.authenticate(&with_bearer(&token), NOW + 29)),
+            (
+                HandshakeFailure::Unauthorized,
+                AuthFailure::Expired,
+                "token not yet valid".to_owned()
+            )
+        );
+        // Fractional NumericDates are accepted.
+        let token = hs_token(&json!({"sub": "u", "exp": (NOW as f64) + 0.5}));
+        assert!(auth.authenticate(&with_bearer(&token), NOW).is_ok());
+    }
+
+    #[test]
+    fn forged_signature() {
+        let forged = sign(
+            Algorithm::HS256,
+            &EncodingKey::from_secret(b"not-the-secret"),
+            &claims("42", &["*"]),
+        );
+        let (failure, reason, message) = refused(hs256().authenticate(&with_bearer(&forged), NOW));
+        assert_eq!(
+            (failure, reason),
+            (HandshakeFailure::Unauthorized, AuthFailure::BadSignature)
+        );
+        assert_eq!(message, "invalid token signature");
+        // Claims altered after signing.
+        let good = hs_token(&claims("42", &[]));
+        let parts: Vec<&str> = good.split('.').collect();
+        let tampered = format!(
+            "{}.{}.{}",
+            parts[0],
+            b64(&claims("admin", &["*"])),
+            parts[2]
+        );
+        let (_, reason, _) = refused(hs256().authenticate(&with_bearer(&tampered), NOW));
+        assert_eq!(reason, AuthFailure::BadSignature);
+    }
+
+    #[test]
+    fn wrong_algorithm_is_refused() {
+        // HS512 with the right secret: only HS256 is pinned to the secret.
+        let token = sign(
+            Algorithm::HS512,
+            &EncodingKey::from_secret(SECRET),
+            &claims("u", &[]),
+        );
+        assert_eq!(
+            refused(hs256().authenticate(&with_bearer(&token), NOW)),
+            (
+                HandshakeFailure::Unauthorized,
+                AuthFailure::BadSignature,
+                "token algorithm HS512 not accepted".to_owned()
+            )
+        );
+        // RS256 when only a secret is configured.
+        let rsa = EncodingKey::from_rsa_pem(RSA_PRIVATE).unwrap();
+        let token = sign(Algorithm::RS256, &rsa, &claims("u", &[]));
+        let (_, reason, _) = refused(hs256().authenticate(&with_bearer(&token), NOW));
+        assert_eq!(reason, AuthFailure::BadSignature);
+    }
+
+    #[test]
+    fn algorithm_confusion_is_refused() {
+        // The classic attack: HS256 signed with the RSA *public* key bytes as the secret,
+        // sent to a gateway that has only the public key.
+        let auth = with_pem(RSA_PUBLIC).unwrap();
+        let token = sign(
+            Algorithm::HS256,
+            &EncodingKey::from_secret(RSA_PUBLIC),
+            &claims("u", &["*"]),
+        );
+        let (_, reason, _) = refused(auth.authenticate(&with_bearer(&token), NOW));
+        assert_eq!(reason, AuthFailure::BadSignature);
+    }
+
+    #[test]
+    fn alg_none_is_refused() {
+        let header = json!({"alg": "none", "typ": "JWT"});
+        for signature in ["", "AAAA"] {
+            let token = format!("{}.{}.{signature}", b64(&header), b64(&claims("u", &["*"])));
+            let (failure, reason, message) =
+                refused(hs256().authenticate(&with_bearer(&token), NOW));
+            assert_eq!(failure, HandshakeFailure::Unauthorized);
+            assert_eq!(reason, AuthFailure::Malformed);
+            assert_eq!(message, "malformed token");
+        }
+    }
+
+    #[test]
+    fn malformed_tokens() {
+        for token in [
+            "",
+            "abc",
+            "a.b",
+            "a.b.c",
+            "....",
+            "eyJhbGciOiJIUzI1NiJ9.%%%.sig",
+        ] {
+            let (failure, reason, _) = refused(hs256().authenticate(&with_bearer(token), NOW));
+            assert_eq!(failure, HandshakeFailure::Unauthorized, "{token:?}");
+            assert!(
+                matches!(reason, AuthFailure::Malformed | AuthFailure::BadSignature),
+                "{token:?}: {reason:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn claim_problems() {
+        let auth = hs256();
+        let cases = [
+            (json!({"exp": NOW + 60}), "token has no sub claim"),
+            (json!({"sub": "u"}), "token has no exp claim"),
+            (
+                json!({"sub": 42, "exp": NOW + 60}),
+                "token claims have the wrong types (sub: string, exp/nbf: number, channels: list of strings)",
+            ),
+            (
+                json!({"sub": "u", "exp": "soon"}),
+                "token claims have the wrong types (sub: string, exp/nbf: number, channels: list of strings)",
+            ),
+            (
+                json!({"sub": "", "exp": NOW + 60}),
+                "token sub claim: user id is empty",
+            ),
+            (
+                json!({"sub": "u", "exp": NOW + 60, "channels": ["ok", "bad*pattern"]}),
+                "token claim channels[1] is not a valid channel pattern: channel name has a forbidden character '*' at byte 3",
+            ),
+            (
+                json!({"sub": "u", "exp": NOW + 60, "aud": "someone"}),
+                "token has an aud claim; pingwheel accepts tokens without one",
+            ),
+        ];
+        for (claims, want) in cases {
+            let token = hs_token(&claims);
+            let (failure, reason, message) = refused(auth.authenticate(&with_bearer(&token), NOW));
+            assert_eq!(
+                (failure, reason),
+                (HandshakeFailure::Unauthorized, AuthFailure::Malformed),
+                "{claims}"
+            );
+            assert_eq!(message, want, "{claims}");
+        }
+    }
+
+    #[test]
+    fn token_minted_by_the_protocol_md_python_snippet_is_accepted() {
+        // `mint_token("change-me-token-secret", "42", ["scores", "team:*"])` from
+        // docs/protocol.md, run with time.time() pinned to 1_800_000_000.
+        const TOKEN: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiI0MiIsImV4cCI6MTgwMDAwMzYwMCwiY2hhbm5lbHMiOlsic2NvcmVzIiwidGVhbToqIl19.ydaU6Cs8sYefDlOyrz2IHS0PgAUa52M9pG6jC1C7xqU";
+        let auth = Authenticator::new(&AuthSettings {
+            token_secret: Some(b"change-me-token-secret".to_vec()),
+            ..settings()
+        })
+        .unwrap();
+        let session = auth
+            .authenticate(&with_bearer(TOKEN), 1_800_000_000)
+            .unwrap();
+        assert_eq!(session.user.as_deref(), Some("42"));
+        assert!(session.grant.allows("team:7"));
+        assert_eq!(
+            refused(auth.authenticate(&with_bearer(TOKEN), 1_800_003_631)).1,
+            AuthFailure::Expired
+        );
+    }
+
+    #[test]
+    fn absent_channels_claim_grants_nothing() {
+        let token = hs_token(&json!({"sub": "u", "exp": NOW + 60}));
+        let session = hs256().authenticate(&with_bearer(&token), NOW).unwrap();
+        assert_eq!(session.grant, ChannelGrant::none());
+        assert!(!session.grant.allows("scores"));
+    }
+
+    #[test]
+    fn url_channels_outside_the_claim_are_forbidden() {
+        let token = hs_token(&claims("u", &["scores", "team:*"]));
+        let auth = hs256();
+        let req = |query: &str| UpgradeRequest {
+            target: format!("/{query}"),
+            ..with_bearer(&token)
+        };
+        assert!(
+            auth.authenticate(&req("?channel=scores&channel=team:1"), NOW)
+                .is_ok()
+        );
+        // Percent-encoded names are decoded first.
+        let session = auth.authenticate(&req("?channel=team%3A2"), NOW).unwrap();
+        assert_eq!(session.initial_channels, [Box::from("team:2")]);
+        assert_eq!(
+            refused(auth.authenticate(&req("?channel=scores&channel=admin"), NOW)),
+            (
+                HandshakeFailure::Forbidden,
+                AuthFailure::ForbiddenChannel,
+                "token does not grant channel admin".to_owned()
+            )
+        );
+        assert_eq!(
+            refused(auth.authenticate(&req("?channel=a+b"), NOW)),
+            (
+                HandshakeFailure::Forbidden,
+                AuthFailure::ForbiddenChannel,
+                "invalid channel \"a b\": channel name has a forbidden byte 0x20 at byte 1 (allowed: printable ASCII without space, '\"', '\\', '*')".to_owned()
+            )
+        );
+        let (_, reason, message) = refused(auth.authenticate(&req("?channel=%23user"), NOW));
+        assert_eq!(reason, AuthFailure::ForbiddenChannel);
+        assert!(message.contains("reserved"), "{message}");
+        // More than max_subscriptions (4) distinct channels.
+        let (failure, reason, message) = refused(auth.authenticate(
+            &req("?channel=team:1&channel=team:2&channel=team:3&channel=team:4&channel=team:5"),
+            NOW,
+        ));
+        assert_eq!(
+            (failure, reason),
+            (HandshakeFailure::Forbidden, AuthFailure::ForbiddenChannel)
+        );
+        assert_eq!(message, "5 channels in the URL, the limit is 4");
+    }
+
+    #[test]
+    fn origin_allowlist() {
+        let auth = Authenticator::new(&AuthSettings {
+            allowed_origins: vec![
+                "https://app.example.com".to_owned(),
+                "http://localhost:3000".to_owned(),
+            ],
+            ..settings()
+        })
+        .unwrap();
+        let token = hs_token(&claims("u", &[]));
+        let req = |origin: Option<&str>| UpgradeRequest {
+            origin: origin.map(str::to_owned),
+            ..with_bearer(&token)
+        };
+        assert!(
+            auth.authenticate(&req(Some("https://app.example.com")), NOW)
+                .is_ok()
+        );
+        assert!(
+            auth.authenticate(&req(Some("HTTPS://APP.EXAMPLE.COM")), NOW)
+                .is_ok()
+        );
+        assert!(
+            auth.authenticate(&req(Some("http://localhost:3000")), NOW)
+                .is_ok()
+        );
+        assert_eq!(
+            refused(auth.authenticate(&req(Some("https://evil.example.com")), NOW)),
+            (
+                HandshakeFailure::Forbidden,
+                AuthFailure::ForbiddenOrigin,
+                "origin not allowed".to_owned()
+            )
+        );
+        assert_eq!(
+            refused(auth.authenticate(&req(None), NOW)),
+            (
+                HandshakeFailure::Forbidden,
+                AuthFailure::ForbiddenOrigin,
+                "Origin header required".to_owned()
+            )
+        );
+        // The origin is checked before the token.
+        let no_token = UpgradeRequest {
+            origin: Some("https://evil.example.com".to_owned()),
+            ..request("/")
+        };
+        assert_eq!(
+            refused(auth.authenticate(&no_token, NOW)).1,
+            AuthFailure::ForbiddenOrigin
+        );
+        // No allowlist: any origin, or none.
+        assert!(
+            hs256()
+                .authenticate(&req(Some("https://evil.example.com")), NOW)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn rs256_and_es256_public_keys() {
+        let rsa = EncodingKey::from_rsa_pem(RSA_PRIVATE).unwrap();
+        let ec = EncodingKey::from_ec_pem(EC_PRIVATE).unwrap();
+        let both = [RSA_PUBLIC, b"\n", EC_PUBLIC].concat();
+        let auth = with_pem(&both).unwrap();
+        assert!(!auth.dev_mode());
+        let token = sign(Algorithm::RS256, &rsa, &claims("rsa-user", &[]));
+        assert_eq!(
+            auth.authenticate(&with_bearer(&token), NOW)
+                .unwrap()
+                .user
+                .as_deref(),
+            Some("rsa-user")
+        );
+        let token = sign(Algorithm::ES256, &ec, &claims("ec-user", &[]));
+        assert_eq!(
+            auth.authenticate(&with_bearer(&token), NOW)
+                .unwrap()
+                .user
+                .as_deref(),
+            Some("ec-user")
+        );
+        // A key of the right type but not ours.
+        let rsa_only = with_pem(RSA_PUBLIC).unwrap();
+        let (_, reason, _) = refused(rsa_only.authenticate(&with_bearer(&token), NOW));
+        assert_eq!(reason, AuthFailure::BadSignature);
+        // A signature of one key type pasted onto a token claiming another.
+        let rs_token = sign(Algorithm::RS256, &rsa, &claims("u", &[]));
+        let es_token = sign(Algorithm::ES256, &ec, &claims("u", &[]));
+        let swapped = with_signature(&es_token, rs_token.rsplit_once('.').unwrap().1);
+        assert_eq!(
+            refused(auth.authenticate(&with_bearer(&swapped), NOW)).1,
+            AuthFailure::BadSignature
+        );
+        // Secret and public key together: HS256 still works.
+        let auth =
+            Authenticator::with_public_key_pem(&settings(), Some((Path::new("k.pem"), EC_PUBLIC)))
+                .unwrap();
+        assert!(
+            auth.authenticate(&with_bearer(&hs_token(&claims("u", &[]))), NOW)
+                .is_ok()
+        );
+        let token = sign(Algorithm::ES256, &ec, &claims("u", &[]));
+        assert!(auth.authenticate(&with_bearer(&token), NOW).is_ok());
+    }
+
+    #[test]
+    fn bad_key_files_name_the_file_and_block() {
+        let cases: [(&[u8], &str); 6] = [
+            (
+                b"",
+                "--token-public-key keys.pem: no PEM block found (expected -----BEGIN PUBLIC KEY-----)",
+            ),
+            (
+                b"hello",
+                "--token-public-key keys.pem: no PEM block found (expected -----BEGIN PUBLIC KEY-----)",
+            ),
+            (
+                EC_PRIVATE,
+                "--token-public-key keys.pem: PEM block 1 (PRIVATE KEY) is a private key; give the public key (openssl pkey -pubout)",
+            ),
+            (
+                EC_P384_PUBLIC,
+                "--token-public-key keys.pem: PEM block 1 (PUBLIC KEY): EC key is not on curve P-256 (only ES256 is supported)",
+            ),
+            (
+                RSA_1024_PUBLIC,
+                "--token-public-key keys.pem: PEM block 1 (PUBLIC KEY): RSA key has 1024 bits, at least 2048 are required",
+            ),
+            (
+                b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+                "--token-public-key keys.pem: PEM block 1 (PUBLIC KEY): neither an RSA nor an EC public key",
+            ),
+        ];
+        for (pem, want) in cases {
+            assert_eq!(with_pem(pem).unwrap_err().message, want);
+        }
+        let both = [
+            EC_PUBLIC,
+            b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        ]
+        .concat();
+        assert_eq!(
+            with_pem(&both).unwrap_err().message,
+            "--token-public-key keys.pem: PEM block 2 (CERTIFICATE) is not a public key; give a PUBLIC KEY block (RSA or EC P-256)"
+        );
+        let missing = Authenticator::new(&AuthSettings {
+            token_public_key: Some(PathBuf::from("/nonexistent/pingwheel-key.pem")),
+            ..settings()
+        })
+        .unwrap_err();
+        assert!(
+            missing
+                .message
+                .starts_with("--token-public-key /nonexistent/pingwheel-key.pem: "),
+            "{missing}"
+        );
+        let empty = Authenticator::new(&AuthSettings {
+            token_secret: Some(Vec::new()),
+            ..settings()
+        });
+        assert_eq!(empty.unwrap_err().message, "--token-secret is empty");
+    }
+
+    #[test]
+    fn key_file_is_read_from_disk() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/test-only-ec-public.pem"
+        );
+        let auth = Authenticator::new(&AuthSettings {
+            token_secret: None,
+            token_public_key: Some(PathBuf::from(path)),
+            ..settings()
+        })
+        .unwrap();
+        let ec = EncodingKey::from_ec_pem(EC_PRIVATE).unwrap();
+        let token = sign(Algorithm::ES256, &ec, &claims("u", &[]));
+        assert!(auth.authenticate(&with_bearer(&token), NOW).is_ok());
+    }
+
+    #[test]
+    fn dev_mode_accepts_anyone() {
+        let auth = Authenticator::new(&AuthSettings {
+            token_secret: None,
+            ..settings()
+        })
+        .unwrap();
+        assert!(auth.dev_mode());
+        let session = auth
+            .authenticate(&request("/?channel=anything"), NOW)
+            .unwrap();
+        assert_eq!(session.user, None);
+        assert_eq!(session.grant, ChannelGrant::Any);
+        assert_eq!(session.initial_channels, [Box::from("anything")]);
+        // Tokens are not checked in dev mode; ?user= names the connection.
+        let req = UpgradeRequest {
+            authorization: Some("Bearer junk".to_owned()),
+            ..request("/?user=42")
+        };
+        assert_eq!(
+            auth.authenticate(&req, NOW).unwrap().user.as_deref(),
+            Some("42")
+        );
+        let (failure, reason, message) = refused(auth.authenticate(&request("/?user=a%0Ab"), NOW));
+        assert_eq!(
+            (failure, reason),
+            (HandshakeFailure::BadRequest, AuthFailure::Malformed)
+        );
+        assert_eq!(message, "?user=: user id contains a control character");
+        // Channel names are still checked.
+        assert_eq!(
+            refused(auth.authenticate(&request("/?channel=%23x"), NOW)).1,
+            AuthFailure::ForbiddenChannel
+        );
+        // ?user= outside dev mode is ignored.
+        let token = hs_token(&claims("real", &[]));
+        let req = UpgradeRequest {
+            target: "/?user=fake".to_owned(),
+            ..with_bearer(&token)
+        };
+        assert_eq!(
+            hs256().authenticate(&req, NOW).unwrap().user.as_deref(),
+            Some("real")
+        );
+    }
+
+    #[test]
+    fn from_config() {
+        use crate::config::Secret;
+        let config = PushConfig {
+            token_secret: Some(Secret::new("s3cret")),
+            allowed_origins: vec!["https://a.example".to_owned()],
+            ..PushConfig::default()
+        };
+        let settings = AuthSettings::from_config(&config);
+        assert_eq!(settings.token_secret.as_deref(), Some(&b"s3cret"[..]));
+        assert_eq!(settings.allowed_origins, ["https://a.example"]);
+        assert_eq!(
+            (settings.max_channel_name, settings.max_subscriptions),
+            (128, 64)
+        );
+    }
+
+    #[test]
+    fn refusal_messages_never_contain_the_token() {
+        let token = sign(
+            Algorithm::HS256,
+            &EncodingKey::from_secret(b"other"),
+            &claims("u", &[]),
+        );
+        for req in [with_bearer(&token), request(&format!("/?token={token}"))] {
+            let refusal = hs256().authenticate(&req, NOW).unwrap_err();
+            assert!(!refusal.message.contains(&token[..20]));
+            assert!(!refusal.to_string().contains(&token[..20]));
+        }
+    }
+
+    #[test]
+    fn api_key_check() {
+        let key = Some(&b"k3y-0123456789"[..]);
+        assert_eq!(
+            check_api_key(key, false, Some("Bearer k3y-0123456789")),
+            Ok(())
+        );
+        assert_eq!(
+            check_api_key(key, false, Some("bearer   k3y-0123456789 ")),
+            Ok(())
+        );
+        assert_eq!(
+            check_api_key(key, false, Some("Bearer k3y-0123456780")),
+            Err(ApiKeyRefusal::Wrong)
+        );
+        assert_eq!(
+            check_api_key(key, false, Some("Bearer k3y")),
+            Err(ApiKeyRefusal::Wrong)
+        );
+        assert_eq!(
+            check_api_key(key, false, Some("Bearer ")),
+            Err(ApiKeyRefusal::Wrong)
+        );
+        assert_eq!(check_api_key(key, false, None), Err(ApiKeyRefusal::Missing));
+        assert_eq!(
+            check_api_key(key, false, Some("Basic azNrk")),
+            Err(ApiKeyRefusal::Missing)
+        );
+        // A configured key is enforced in dev mode too.
+        assert_eq!(check_api_key(key, true, None), Err(ApiKeyRefusal::Missing));
+        // No key: open only in dev mode.
+        assert_eq!(check_api_key(None, true, None), Ok(()));
+        assert_eq!(
+            check_api_key(None, false, Some("Bearer anything")),
+            Err(ApiKeyRefusal::Disabled)
+        );
+    }
+
+    #[test]
+    fn api_key_refusal_replies() {
+        assert_eq!(ApiKeyRefusal::Missing.status(), 401);
+        assert_eq!(ApiKeyRefusal::Wrong.www_authenticate(), Some("Bearer"));
+        assert_eq!(ApiKeyRefusal::Disabled.status(), 403);
+        assert_eq!(ApiKeyRefusal::Disabled.www_authenticate(), None);
+        assert_eq!(
+            ApiKeyRefusal::Wrong.to_json(),
+            r#"{"error":"unauthorized","message":"wrong API key"}"#
+        );
+        assert_eq!(ApiKeyRefusal::Missing.reason(), Some(AuthFailure::Missing));
+        assert_eq!(ApiKeyRefusal::Wrong.reason(), Some(AuthFailure::BadApiKey));
+        assert_eq!(ApiKeyRefusal::Disabled.reason(), None);
+    }
+
+    #[test]
+    fn bearer_credentials_parsing() {
+        assert_eq!(bearer_credentials("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_credentials("BEARER\tabc"), Some("abc"));
+        assert_eq!(bearer_credentials("Bearer"), Some(""));
+        assert_eq!(bearer_credentials("Basic abc"), None);
+        assert_eq!(bearer_credentials("Bearerabc"), None);
+    }
+
+    #[test]
+    fn session_is_compact() {
+        assert_eq!(std::mem::size_of::<ChannelGrant>(), 16);
+        assert!(
+            std::mem::size_of::<Session>() <= 72,
+            "{}",
+            std::mem::size_of::<Session>()
+        );
+    }
+
+    #[test]
+    fn authenticator_is_shareable() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Authenticator>();
+    }
+}

@@ -1,0 +1,2 @@
+//! `pingwheel-baseline`: placeholder, written below.
+fn main() {}
