@@ -234,10 +234,10 @@ impl Worker {
             self.fire_timers(now);
             self.metrics.connections.set(self.conns.len() as f64);
             self.metrics.timers.set(self.wheel.len() as f64);
-            if let Some(deadline) = self.drain_deadline {
-                if self.conns.is_empty() || now >= deadline {
-                    break;
-                }
+            if let Some(deadline) = self.drain_deadline
+                && (self.conns.is_empty() || now >= deadline)
+            {
+                break;
             }
         }
         let left = self.conns.len();

@@ -47,7 +47,7 @@ use std::io::{self, IoSlice};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use pingwheel_proto::frame::{encode_close, encode_frame};
+use pingwheel_proto::frame::{encode_close, encode_frame, frame_len};
 pub use pingwheel_proto::handshake::UpgradeRequest;
 use pingwheel_proto::handshake::{parse_request, write_accept, write_refusal};
 use pingwheel_proto::inbound::{Flow, Inbound, Limits, MessageReader, ReadError};
@@ -378,7 +378,7 @@ impl Conn {
         if self.phase != Phase::Open {
             return false;
         }
-        if self.out.queued_bytes() + frame.len() > cfg.max_queued_bytes {
+        if self.out.would_overflow(frame.len(), cfg.max_queued_bytes) {
             self.overflow(CloseReason::SlowConsumer, 1013, "slow consumer", events);
             return false;
         }
@@ -497,60 +497,66 @@ impl Conn {
         let open = *phase == Phase::Open;
         let mut peer_close: Option<Option<u16>> = None;
         let mut overflow = false;
+        let max_queued = cfg.max_queued_bytes;
+        // Our replies (echoes, pongs) count against the output bound like anything else.
+        let reply = |out: &mut Outbound, opcode: OpCode, payload: &[u8]| -> bool {
+            if out.would_overflow(frame_len(payload.len()), max_queued) {
+                return false;
+            }
+            push_frame(out, opcode, payload);
+            true
+        };
         let result = reader.feed(input, &limits, |item| {
-            match item {
-                Inbound::Text(text) if open => {
-                    if cfg.echo {
-                        push_frame(out, OpCode::Data(Data::Text), text.as_bytes());
+            let replied = match item {
+                Inbound::Text(text) if open && cfg.echo => {
+                    let ok = reply(out, OpCode::Data(Data::Text), text.as_bytes());
+                    if ok {
                         events.push(ConnEvent::Echoed { len: text.len() });
-                    } else {
-                        events.push(ConnEvent::Message(Message {
-                            text: true,
-                            data: text.as_bytes().to_vec(),
-                        }));
                     }
+                    ok
+                }
+                Inbound::Binary(data) if open && cfg.echo => {
+                    let ok = reply(out, OpCode::Data(Data::Binary), data);
+                    if ok {
+                        events.push(ConnEvent::Echoed { len: data.len() });
+                    }
+                    ok
+                }
+                Inbound::Text(text) if open => {
+                    let data = text.as_bytes().to_vec();
+                    events.push(ConnEvent::Message(Message { text: true, data }));
+                    true
                 }
                 Inbound::Binary(data) if open => {
-                    if cfg.echo {
-                        push_frame(out, OpCode::Data(Data::Binary), data);
-                        events.push(ConnEvent::Echoed { len: data.len() });
-                    } else {
-                        events.push(ConnEvent::Message(Message {
-                            text: false,
-                            data: data.to_vec(),
-                        }));
-                    }
+                    let data = data.to_vec();
+                    events.push(ConnEvent::Message(Message { text: false, data }));
+                    true
                 }
                 Inbound::Ping(payload) if open => {
-                    push_frame(out, OpCode::Control(Control::Pong), payload)
+                    reply(out, OpCode::Control(Control::Pong), payload)
                 }
                 Inbound::Pong(payload) if open => {
-                    events.push(ConnEvent::Pong(keepalive.on_pong(
-                        &cfg.keepalive,
-                        now,
-                        payload,
-                    )));
+                    let outcome = keepalive.on_pong(&cfg.keepalive, now, payload);
+                    events.push(ConnEvent::Pong(outcome));
+                    true
                 }
                 // While closing, data and control frames other than Close are discarded.
-                Inbound::Text(_) | Inbound::Binary(_) | Inbound::Ping(_) | Inbound::Pong(_) => {}
+                Inbound::Text(_) | Inbound::Binary(_) | Inbound::Ping(_) | Inbound::Pong(_) => true,
                 Inbound::Close { code, .. } => {
                     peer_close = Some(code);
                     return Flow::Stop;
                 }
-            }
-            if out.queued_bytes() > cfg.max_queued_bytes {
+            };
+            if replied {
+                Flow::Continue
+            } else {
                 overflow = true;
-                return Flow::Stop;
+                Flow::Stop
             }
-            Flow::Continue
         });
         if overflow {
-            self.overflow(
-                CloseReason::WriteOverflow,
-                1008,
-                "output queue full",
-                events,
-            );
+            let reason = CloseReason::WriteOverflow;
+            self.overflow(reason, 1008, "output queue full", events);
             return;
         }
         match result {
@@ -676,7 +682,7 @@ impl Conn {
 }
 
 fn push_frame(out: &mut Outbound, opcode: OpCode, payload: &[u8]) {
-    let mut frame = Vec::with_capacity(pingwheel_proto::frame::frame_len(payload.len()));
+    let mut frame = Vec::with_capacity(frame_len(payload.len()));
     encode_frame(opcode, payload, &mut frame);
     out.push(Bytes::from(frame));
 }

@@ -43,6 +43,16 @@ impl Outbound {
         self.queued
     }
 
+    /// True when adding `extra` bytes would take a non-empty queue past `limit`.
+    ///
+    /// An empty queue always admits one frame, however large (its size is bounded
+    /// elsewhere: by `max_message_size` for echoes, by the publish body limit for
+    /// deliveries), so `limit` bounds the *backlog* a peer leaves unread, and a
+    /// queue never holds more than `limit` plus one frame.
+    pub fn would_overflow(&self, extra: usize, limit: usize) -> bool {
+        self.queued > 0 && self.queued + extra > limit
+    }
+
     /// True when the first chunk has been partly written: cutting the queue must keep it.
     pub fn head_is_partial(&self) -> bool {
         self.head_written > 0

@@ -672,7 +672,7 @@ proptest! {
     ) {
         let cfg = ConnConfig { echo, max_message_size: 512, ..ConnConfig::default() };
         let bytes: Vec<u8> = frames.concat();
-        let whole = run_chunks(&cfg, &[bytes.clone()]);
+        let whole = run_chunks(&cfg, std::slice::from_ref(&bytes));
         let pieces = run_chunks(&cfg, &split(&bytes, &cuts));
         prop_assert_eq!(whole, pieces);
     }
