@@ -10,6 +10,7 @@
 //! |---|---|---|
 //! | `GET`, `HEAD` | `/metrics` | 200, Prometheus text format 0.0.4 |
 //! | `GET`, `HEAD` | `/healthz` | 200 `ok`, or 503 `draining` once [`AdminState::set_draining`] |
+//! | `POST` | `/v1/publish`, `/v1/broadcast`, `/v1/batch` | the publish API ([`crate::publish_api`]) |
 //! | other | known path | 405 with `Allow` |
 //! | any | other path | 404 |
 //!
@@ -43,6 +44,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::oneshot;
 
 use crate::metrics::UPKEEP_INTERVAL;
+use crate::publish_api::PublishApi;
+use crate::push::publish::PublishRoute;
 
 /// Content type of the Prometheus text exposition format.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -69,6 +72,8 @@ pub struct AdminState {
     /// Set when the server starts draining; `/healthz` answers 503 from then on so load
     /// balancers stop sending new clients.
     draining: AtomicBool,
+    /// The publish API (`/v1/...`), when the process has workers to publish to.
+    publish: Option<PublishApi>,
 }
 
 impl AdminState {
@@ -77,7 +82,14 @@ impl AdminState {
         AdminState {
             metrics,
             draining: AtomicBool::new(false),
+            publish: None,
         }
+    }
+
+    /// Serves the publish API (`POST /v1/publish`, `/v1/broadcast`, `/v1/batch`) too.
+    pub fn with_publish_api(mut self, api: PublishApi) -> AdminState {
+        self.publish = Some(api);
+        self
     }
 
     /// The Prometheus handle `/metrics` renders.
@@ -233,7 +245,15 @@ async fn serve(
 /// 405 with `Allow`, an unknown path 404.
 pub async fn route(state: &AdminState, request: Request<Incoming>) -> Response<AdminBody> {
     let method = request.method();
-    match (method, request.uri().path()) {
+    let path = request.uri().path();
+    if let (Some(route), Some(api)) = (PublishRoute::from_path(path), &state.publish) {
+        return if method == Method::POST {
+            api.handle(route, request).await
+        } else {
+            method_not_allowed("POST")
+        };
+    }
+    match (method, path) {
         (&Method::GET | &Method::HEAD, "/metrics") => {
             let body = state.metrics.render();
             respond(StatusCode::OK, METRICS_CONTENT_TYPE, body)

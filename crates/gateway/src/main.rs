@@ -3,6 +3,7 @@
 //! With no arguments it serves WebSocket clients on `0.0.0.0:8080` and metrics on
 //! `127.0.0.1:9090` (see `pingwheel --help`).
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use pingwheel::config::Config;

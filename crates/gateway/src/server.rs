@@ -27,9 +27,13 @@ use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::conn::ConnConfig;
 use crate::conn::keepalive::KeepaliveConfig;
+use crate::hub::{Hub, SubscriberCounts};
 use crate::listener::bind_reuseport;
 use crate::metrics::{self, WorkerMetrics};
-use crate::worker::{self, Command, WorkerSettings};
+use crate::publish_api::PublishApi;
+use crate::push::PushLimits;
+use crate::push::auth::{AuthSettings, Authenticator};
+use crate::worker::{self, Command, PushContext, WorkerSettings};
 
 /// Size of each worker's shared read buffer.
 const READ_BUFFER_SIZE: usize = 64 << 10;
@@ -129,9 +133,29 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         })
         .map_err(|e| ServerError::Startup(format!("signal thread: {e}")))?;
 
-    let admin_state = Arc::new(AdminState::new(prometheus));
-    let admin = admin::spawn(admin_listener, Arc::clone(&admin_state))
-        .map_err(|e| ServerError::Startup(format!("admin listener: {e}")))?;
+    let auth = Authenticator::new(&AuthSettings::from_config(&config.push))
+        .map_err(|e| ServerError::Startup(e.message))?;
+    let dev_mode = auth.dev_mode();
+    if dev_mode {
+        warn!(
+            "INSECURE DEV MODE: no --token-secret or --token-public-key, so every client is \
+             accepted anonymously on any channel{}; never expose this gateway beyond loopback",
+            if config.push.api_key.is_none() {
+                " and the publish API needs no key"
+            } else {
+                ""
+            }
+        );
+    } else if config.push.api_key.is_none() {
+        warn!("no --api-key: the publish API refuses every request (403)");
+    }
+    let limits = PushLimits::from_config(&config.push);
+    let counts = Arc::new(SubscriberCounts::default());
+    let push = PushContext {
+        auth: Arc::new(auth),
+        limits: limits.clone(),
+        counts: Arc::clone(&counts),
+    };
 
     let conn = conn_config(&config);
     let mut handles = Vec::with_capacity(workers);
@@ -142,10 +166,25 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             tick: config.tick,
             read_buffer_size: READ_BUFFER_SIZE,
         };
-        let handle = worker::spawn(settings, listener, WorkerMetrics::new(id))
+        let handle = worker::spawn(settings, listener, WorkerMetrics::new(id), push.clone())
             .map_err(|e| ServerError::Startup(format!("worker {id}: {e}")))?;
         handles.push(handle);
     }
+
+    let hub = Hub::new(
+        handles.iter().map(worker::WorkerHandle::link).collect(),
+        counts,
+    );
+    let publish_api = PublishApi {
+        hub,
+        api_key: config.push.api_key.clone(),
+        dev_mode,
+        limits,
+        metrics: metrics::ApiMetrics::new(),
+    };
+    let admin_state = Arc::new(AdminState::new(prometheus).with_publish_api(publish_api));
+    let admin = admin::spawn(admin_listener, Arc::clone(&admin_state))
+        .map_err(|e| ServerError::Startup(format!("admin listener: {e}")))?;
 
     info!(
         %listen, admin = %admin_addr, workers,

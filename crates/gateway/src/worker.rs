@@ -25,9 +25,12 @@
 use std::io::{self, IoSlice, Read, Write};
 use std::net::Shutdown;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
 
 use mio::event::Event;
 use mio::net::{TcpListener, TcpStream};
@@ -38,8 +41,17 @@ use wheel::{TimerKey, Wheel};
 
 use crate::clock::TickClock;
 use crate::conn::keepalive::PongOutcome;
-use crate::conn::{CloseReason, Conn, ConnConfig, ConnEvent};
-use crate::metrics::WorkerMetrics;
+use crate::conn::{CloseReason, Conn, ConnConfig, ConnEvent, Message, UpgradeRequest};
+use crate::hub::{Delivery, DeliveryTarget, SubscriberCounts};
+use crate::metrics::{ApiMetrics, WorkerMetrics};
+use crate::push::PushLimits;
+use crate::push::auth::Authenticator;
+use crate::push::channel::ChannelGrant;
+use crate::push::protocol::{
+    ClientError, ClientOp, InboundRateLimit, RateDecision, Reply, authorize_subscribe,
+    encode_reply, parse_client_message,
+};
+use crate::session::{Session, Subscribers};
 use crate::token::{ConnId, LISTENER, WAKER};
 
 /// Connections accepted per loop iteration before other work gets a turn.
@@ -73,20 +85,63 @@ pub enum Command {
         /// When to give up on closing handshakes.
         deadline: Instant,
     },
+    /// Queue these publishes for the local subscribers, in order.
+    Deliver(Arc<[Delivery]>),
+}
+
+/// A worker's inbox: its command channel plus its waker. Cheap to clone; the hub holds
+/// one per worker.
+///
+/// Wake-ups are coalesced: the sender wakes the worker only if no wake-up is pending
+/// yet, and the worker clears the flag *before* draining its channel, so no command is
+/// ever left unnoticed and a burst of publishes costs one `eventfd` write.
+#[derive(Clone, Debug)]
+pub struct WorkerLink {
+    commands: Sender<Command>,
+    waker: Arc<Waker>,
+    wake_pending: Arc<AtomicBool>,
+}
+
+impl WorkerLink {
+    /// Sends `command` and wakes the worker. Returns false if the worker has exited.
+    pub fn send(&self, command: Command) -> bool {
+        if self.commands.send(command).is_err() {
+            return false;
+        }
+        if !self.wake_pending.swap(true, Ordering::AcqRel) {
+            return self.waker.wake().is_ok();
+        }
+        true
+    }
+}
+
+/// What the push layer needs in every worker.
+#[derive(Clone, Debug)]
+pub struct PushContext {
+    /// Checks tokens at the upgrade.
+    pub auth: Arc<Authenticator>,
+    /// Abuse limits.
+    pub limits: PushLimits,
+    /// Process-wide subscriber counts, for the publish API's replies.
+    pub counts: Arc<SubscriberCounts>,
 }
 
 /// The other threads' handle on a running worker.
 #[derive(Debug)]
 pub struct WorkerHandle {
-    commands: Sender<Command>,
-    waker: Arc<Waker>,
+    link: WorkerLink,
     thread: Option<JoinHandle<io::Result<()>>>,
 }
 
 impl WorkerHandle {
     /// Sends `command` and wakes the worker. Returns false if the worker has exited.
     pub fn send(&self, command: Command) -> bool {
-        self.commands.send(command).is_ok() && self.waker.wake().is_ok()
+        self.link.send(command)
+    }
+
+    /// A clonable inbox for this worker.
+    pub fn link(&self) -> WorkerLink {
+        self.link.clone()
     }
 
     /// True once the worker thread has ended (normally only after a shutdown).
@@ -115,23 +170,40 @@ pub fn spawn(
     settings: WorkerSettings,
     listener: std::net::TcpListener,
     metrics: WorkerMetrics,
+    push: PushContext,
 ) -> io::Result<WorkerHandle> {
     let (tx, rx) = mpsc::channel();
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+    let wake_pending = Arc::new(AtomicBool::new(false));
     let mut listener = TcpListener::from_std(listener);
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)?;
     let name = format!("pingwheel-worker-{}", settings.id);
-    let worker = Worker::new(settings, poll, listener, rx, metrics);
+    let inbox = Inbox {
+        commands: rx,
+        wake_pending: Arc::clone(&wake_pending),
+    };
+    let worker = Worker::new(settings, poll, listener, inbox, metrics, push);
     let thread = std::thread::Builder::new()
         .name(name)
         .spawn(move || worker.run())?;
-    Ok(WorkerHandle {
+    let link = WorkerLink {
         commands: tx,
         waker,
+        wake_pending,
+    };
+    Ok(WorkerHandle {
+        link,
         thread: Some(thread),
     })
+}
+
+/// The receiving end of a [`WorkerLink`].
+#[derive(Debug)]
+struct Inbox {
+    commands: Receiver<Command>,
+    wake_pending: Arc<AtomicBool>,
 }
 
 /// One connection's slot in the slab.
@@ -142,7 +214,11 @@ struct Slot {
     generation: u32,
     /// Its single wheel entry, if a deadline is armed.
     timer: Option<TimerKey>,
+    /// Deliveries were queued and the connection awaits its one flush of the batch.
+    dirty: bool,
     conn: Conn,
+    /// Push state; `None` for anonymous dev-mode connections that never subscribed.
+    session: Option<Box<Session>>,
 }
 
 /// One event loop. See the module docs.
@@ -155,7 +231,7 @@ pub struct Worker {
     accept_pending: bool,
     /// After EMFILE and friends, accepting resumes at this instant.
     accept_resume_at: Option<Instant>,
-    commands: Receiver<Command>,
+    inbox: Inbox,
     conns: Slab<Slot>,
     /// Every deadline of every connection of this worker, one entry per connection.
     wheel: Wheel<ConnId>,
@@ -170,6 +246,17 @@ pub struct Worker {
     /// Set once shutdown began.
     drain_deadline: Option<Instant>,
     metrics: WorkerMetrics,
+    /// Auth failures share the process-wide series of the publish API.
+    api_metrics: ApiMetrics,
+    push: PushContext,
+    /// Channel → connections and user → connections on this worker.
+    subscribers: Subscribers,
+    /// Connections with deliveries queued in the current command batch (reused).
+    dirty: Vec<ConnId>,
+    /// A copy of one channel's subscriber list while delivering to it (reused).
+    scratch: Vec<ConnId>,
+    /// Publish-accepted instants of the deliveries in the current batch (reused).
+    delivered_at: Vec<Instant>,
 }
 
 impl Worker {
@@ -177,8 +264,9 @@ impl Worker {
         settings: WorkerSettings,
         poll: Poll,
         listener: TcpListener,
-        commands: Receiver<Command>,
+        inbox: Inbox,
         metrics: WorkerMetrics,
+        push: PushContext,
     ) -> Worker {
         let now = Instant::now();
         Worker {
@@ -190,13 +278,19 @@ impl Worker {
             listener: Some(listener),
             accept_pending: true,
             accept_resume_at: None,
-            commands,
+            inbox,
             conns: Slab::with_capacity(1024),
             events: Vec::with_capacity(16),
             fired: Vec::with_capacity(TIMER_BATCH),
             next_generation: 0,
             drain_deadline: None,
             metrics,
+            api_metrics: ApiMetrics::new(),
+            push,
+            subscribers: Subscribers::default(),
+            dirty: Vec::new(),
+            scratch: Vec::new(),
+            delivered_at: Vec::new(),
         }
     }
 
@@ -234,6 +328,12 @@ impl Worker {
             self.fire_timers(now);
             self.metrics.connections.set(self.conns.len() as f64);
             self.metrics.timers.set(self.wheel.len() as f64);
+            self.metrics
+                .subscriptions
+                .set(self.subscribers.subscription_count() as f64);
+            self.metrics
+                .channels
+                .set(self.subscribers.channel_count() as f64);
             if let Some(deadline) = self.drain_deadline
                 && (self.conns.is_empty() || now >= deadline)
             {
@@ -250,6 +350,8 @@ impl Worker {
         }
         self.metrics.connections.set(0.0);
         self.metrics.timers.set(0.0);
+        self.metrics.subscriptions.set(0.0);
+        self.metrics.channels.set(0.0);
         debug!(worker = self.settings.id, "worker stopped");
         Ok(())
     }
@@ -326,7 +428,9 @@ impl Worker {
             sock,
             generation: id.generation,
             timer: None,
+            dirty: false,
             conn,
+            session: None,
         });
         self.metrics.connections_opened.increment(1);
         self.settle(id, now);
@@ -335,19 +439,23 @@ impl Worker {
     // ---- commands ----
 
     fn run_commands(&mut self, now: Instant) {
+        // Clear first: a command sent from here on wakes us again (see `WorkerLink`).
+        self.inbox.wake_pending.store(false, Ordering::Release);
         loop {
-            match self.commands.try_recv() {
+            match self.inbox.commands.try_recv() {
                 Ok(Command::Shutdown { deadline }) => self.begin_drain(now, deadline),
-                Err(TryRecvError::Empty) => return,
+                Ok(Command::Deliver(batch)) => self.deliver(&batch, now),
+                Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
                     // The server is gone without saying so: shut down promptly.
                     if self.drain_deadline.is_none() {
                         self.begin_drain(now, now + self.settings.conn.close_timeout);
                     }
-                    return;
+                    break;
                 }
             }
         }
+        self.flush_deliveries();
     }
 
     fn begin_drain(&mut self, now: Instant, deadline: Instant) {
@@ -490,6 +598,9 @@ impl Worker {
             if let Some(key) = slot.timer {
                 self.wheel.cancel(key);
             }
+            if let Some(session) = slot.session {
+                self.forget_session(id, &session);
+            }
             // Dropping the socket closes it and removes it from epoll.
             return;
         }
@@ -530,24 +641,15 @@ impl Worker {
     fn handle_event(&mut self, id: ConnId, event: ConnEvent, now: Instant) {
         let m = &self.metrics;
         match event {
-            ConnEvent::UpgradeRequested(request) => {
-                let Some(slot) = self.conns.get_mut(id.index as usize) else {
-                    return;
-                };
-                slot.conn.accept(
-                    &self.settings.conn,
-                    now,
-                    &request.key,
-                    None,
-                    fastrand::f64(),
-                    &mut self.events,
-                );
-            }
+            ConnEvent::UpgradeRequested(request) => self.upgrade(id, &request, now),
             ConnEvent::Opened => {}
             ConnEvent::HandshakeFailed(failure) => {
                 m.handshake_failures[failure.index()].increment(1)
             }
-            ConnEvent::Message(_) => m.messages_received.increment(1),
+            ConnEvent::Message(message) => {
+                m.messages_received.increment(1);
+                self.client_message(id, message, now);
+            }
             ConnEvent::Echoed { .. } => {
                 m.messages_received.increment(1);
                 m.messages_sent.increment(1);
@@ -567,6 +669,229 @@ impl Worker {
                     _ => {}
                 }
             }
+        }
+    }
+
+    // ---- push ----
+
+    /// The worker's millisecond clock (wrapping), for rate limits.
+    fn now_ms(&self, now: Instant) -> u32 {
+        let since_start = now.saturating_duration_since(self.clock.instant(wheel::Tick(0)));
+        since_start.as_millis() as u32
+    }
+
+    /// Answers an upgrade request: authenticate, then accept (subscribing the channels
+    /// in the URL before any delivery can arrive) or refuse with the HTTP status.
+    fn upgrade(&mut self, id: ConnId, request: &UpgradeRequest, now: Instant) {
+        let unix_now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let now_ms = self.now_ms(now);
+        let cfg = &self.settings.conn;
+        let Some(slot) = self.conns.get_mut(id.index as usize) else {
+            return;
+        };
+        match self.push.auth.authenticate(request, unix_now) {
+            Err(refusal) => {
+                self.api_metrics.auth_failed(refusal.reason).increment(1);
+                slot.conn.reject(
+                    cfg,
+                    now,
+                    refusal.failure,
+                    &refusal.message,
+                    &mut self.events,
+                );
+            }
+            Ok(granted) => {
+                let jitter = fastrand::f64();
+                slot.conn.accept(
+                    cfg,
+                    now,
+                    &request.key,
+                    granted.protocol,
+                    jitter,
+                    &mut self.events,
+                );
+                let anonymous = granted.user.is_none() && granted.initial_channels.is_empty();
+                if anonymous && self.push.auth.dev_mode() {
+                    return; // nothing to remember until it subscribes
+                }
+                let mut session = Box::new(Session {
+                    user: granted.user,
+                    grant: granted.grant,
+                    channels: Vec::with_capacity(granted.initial_channels.len()),
+                    rate: InboundRateLimit::new(now_ms, &self.push.limits),
+                });
+                for channel in &granted.initial_channels {
+                    if !session.is_subscribed(channel) {
+                        session
+                            .channels
+                            .push(self.subscribers.subscribe(channel, id));
+                        self.push.counts.add_channel(channel);
+                    }
+                }
+                if let Some(user) = &session.user {
+                    self.subscribers.add_user(user, id);
+                    self.push.counts.add_user(user);
+                }
+                slot.session = Some(session);
+            }
+        }
+    }
+
+    /// Handles one client message: rate limit, parse, subscribe/unsubscribe/ping, reply.
+    fn client_message(&mut self, id: ConnId, message: Message, now: Instant) {
+        let now_ms = self.now_ms(now);
+        let cfg = &self.settings.conn;
+        let limits = &self.push.limits;
+        let Some(Slot { conn, session, .. }) = self.conns.get_mut(id.index as usize) else {
+            return;
+        };
+        if !conn.is_open() {
+            return;
+        }
+        // Only dev mode has session-less connections: anonymous, any channel.
+        let session = session.get_or_insert_with(|| {
+            Box::new(Session {
+                user: None,
+                grant: ChannelGrant::any(),
+                channels: Vec::new(),
+                rate: InboundRateLimit::new(now_ms, limits),
+            })
+        });
+        let events = &mut self.events;
+        let reply = |conn: &mut Conn, events: &mut Vec<ConnEvent>, reply: &Reply<'_>| {
+            conn.send_owned(cfg, encode_reply(reply), events);
+        };
+        match session.rate.check(now_ms, limits) {
+            RateDecision::Allow => {}
+            RateDecision::Limited => {
+                return reply(conn, events, &ClientError::rate_limited().reply());
+            }
+            RateDecision::Flood => {
+                return conn.close(cfg, now, CloseReason::PolicyViolation, 1008, events);
+            }
+        }
+        let text = match std::str::from_utf8(&message.data) {
+            Ok(text) if message.text => text,
+            _ => return reply(conn, events, &ClientError::binary_message().reply()),
+        };
+        let request = match parse_client_message(text, limits) {
+            Ok(request) => request,
+            Err(error) => return reply(conn, events, &error.reply()),
+        };
+        match &request.op {
+            ClientOp::Subscribe { channel } => {
+                let already = session.is_subscribed(channel);
+                let count = session.channels.len();
+                let grant = &session.grant;
+                if let Err(error) =
+                    authorize_subscribe(grant, channel, already, count, limits, request.id)
+                {
+                    return reply(conn, events, &error.reply());
+                }
+                if !already {
+                    session
+                        .channels
+                        .push(self.subscribers.subscribe(channel, id));
+                    self.push.counts.add_channel(channel);
+                }
+            }
+            ClientOp::Unsubscribe { channel } => {
+                let Some(pos) = session.channels.iter().position(|c| **c == **channel) else {
+                    let error = ClientError::not_subscribed(channel, request.id);
+                    return reply(conn, events, &error.reply());
+                };
+                session.channels.remove(pos);
+                self.subscribers.unsubscribe(channel, id);
+                self.push.counts.remove_channel(channel);
+            }
+            ClientOp::Ping => {}
+        }
+        reply(conn, events, &request.ack());
+    }
+
+    /// Removes a departing connection from the indexes and counts.
+    fn forget_session(&mut self, id: ConnId, session: &Session) {
+        for channel in &session.channels {
+            self.subscribers.unsubscribe(channel, id);
+            self.push.counts.remove_channel(channel);
+        }
+        if let Some(user) = &session.user {
+            self.subscribers.remove_user(user, id);
+            self.push.counts.remove_user(user);
+        }
+    }
+
+    /// Queues every delivery of `batch` for its local subscribers. The writes happen
+    /// once per connection in [`Worker::flush_deliveries`], so a burst of publishes
+    /// goes out in one `writev` per subscriber.
+    fn deliver(&mut self, batch: &[Delivery], now: Instant) {
+        if self.drain_deadline.is_some() {
+            return;
+        }
+        for delivery in batch {
+            let ids = match &delivery.target {
+                DeliveryTarget::Channel(channel) => self.subscribers.channel(channel),
+                DeliveryTarget::User(user) => self.subscribers.user(user),
+            };
+            if ids.is_empty() {
+                continue;
+            }
+            let mut scratch = std::mem::take(&mut self.scratch);
+            scratch.clear();
+            scratch.extend_from_slice(ids);
+            // One worker-local reference count for all local subscribers, so workers
+            // never contend on the shared frame's counter once per subscriber.
+            let frame = Bytes::from_owner(delivery.frame.clone());
+            let mut queued = 0;
+            for &id in &scratch {
+                let Some(slot) = self.conns.get_mut(id.index as usize) else {
+                    continue;
+                };
+                if slot.generation != id.generation {
+                    continue;
+                }
+                if slot
+                    .conn
+                    .send(&self.settings.conn, frame.clone(), &mut self.events)
+                {
+                    queued += 1;
+                }
+                if !slot.dirty {
+                    slot.dirty = true;
+                    self.dirty.push(id);
+                }
+                if !self.events.is_empty() {
+                    // A slow consumer was just closed: count it now.
+                    self.handle_events(id, now);
+                }
+            }
+            self.scratch = scratch;
+            self.metrics.deliveries.increment(queued);
+            self.delivered_at.push(delivery.accepted_at);
+        }
+    }
+
+    /// Writes out every connection that got deliveries in this batch, once each.
+    fn flush_deliveries(&mut self) {
+        if self.dirty.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for id in dirty.drain(..) {
+            match self.conns.get_mut(id.index as usize) {
+                Some(slot) if slot.generation == id.generation => slot.dirty = false,
+                _ => continue,
+            }
+            self.settle(id, now);
+        }
+        self.dirty = dirty;
+        let written = Instant::now();
+        for accepted in self.delivered_at.drain(..) {
+            let lag = written.saturating_duration_since(accepted);
+            self.metrics.delivery_lag.record(lag.as_secs_f64());
         }
     }
 

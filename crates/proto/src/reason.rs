@@ -25,6 +25,8 @@ pub enum CloseReason {
     WriteOverflow,
     /// A push subscriber fell behind its outbound queue bound: closed with 1013 (try again later).
     SlowConsumer,
+    /// The client kept flooding past its inbound message rate: closed with 1008.
+    PolicyViolation,
     /// The gateway is shutting down: closed with 1001 (going away).
     Shutdown,
     /// The peer vanished without a closing handshake (EOF or reset before a Close frame: 1006).
@@ -35,7 +37,7 @@ pub enum CloseReason {
 
 impl CloseReason {
     /// Every reason, in label order (for registering one counter handle per reason).
-    pub const ALL: [CloseReason; 11] = [
+    pub const ALL: [CloseReason; 12] = [
         CloseReason::Normal,
         CloseReason::PingTimeout,
         CloseReason::HandshakeTimeout,
@@ -44,6 +46,7 @@ impl CloseReason {
         CloseReason::MessageTooBig,
         CloseReason::WriteOverflow,
         CloseReason::SlowConsumer,
+        CloseReason::PolicyViolation,
         CloseReason::Shutdown,
         CloseReason::Abnormal,
         CloseReason::IoError,
@@ -60,6 +63,7 @@ impl CloseReason {
             CloseReason::MessageTooBig => "message_too_big",
             CloseReason::WriteOverflow => "write_overflow",
             CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::PolicyViolation => "policy_violation",
             CloseReason::Shutdown => "shutdown",
             CloseReason::Abnormal => "abnormal",
             CloseReason::IoError => "io_error",

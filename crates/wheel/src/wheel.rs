@@ -400,7 +400,7 @@ impl<T> Wheel<T> {
             // Nothing happens strictly between `now` and `tick`, so the clock may jump
             // to just before it; it reaches `tick` once all of `tick`'s work is done.
             self.now = tick - 1;
-            if self.heads[OVERFLOW_HEAD] != NIL && self.rescan_at == tick {
+            if self.heads[OVERFLOW_HEAD] != NIL && self.rescan_at == tick && tick % 2 == 0 {
                 self.rescan_overflow();
             }
             if tick % BLOCK_TICKS == 0 {
