@@ -21,7 +21,8 @@ Fixtures
 
 Each gateway's stderr (its log) is kept in ``target/test-logs/<test>-<n>.stderr.log``.
 Environment: ``PINGWHEEL_TOKEN_SECRET`` and ``PINGWHEEL_API_KEY`` are removed from the
-gateway's environment unless passed in ``env``, so tests are hermetic.
+gateway's environment unless passed in ``env``, so tests are hermetic; ``NO_COLOR=1`` keeps
+the logs plain text.
 """
 
 from __future__ import annotations
@@ -356,6 +357,7 @@ def start_gateway(request, pingwheel_bin: Path) -> Iterator[Callable[..., Gatewa
         args += flags
 
         child_env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
+        child_env["NO_COLOR"] = "1"  # plain-text logs in target/test-logs/
         child_env.update(env or {})
         log_path = LOG_DIR / _log_name(request.node.name, len(processes))
         with open(log_path, "wb") as log:

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use serde::{Deserialize, Serialize};
 
+use crate::engine::SubscribeMode;
 use crate::units::{parse_duration, parse_rate};
 
 /// What a run does with its connections.
@@ -168,6 +169,12 @@ pub struct Args {
     /// push: number of channels `lt-0` … `lt-{M-1}`; client i subscribes to i mod M.
     #[arg(long, value_name = "M", default_value_t = 10, help_heading = "Push")]
     pub channels: u32,
+
+    /// push: how clients subscribe: `url` (`?channel=` in the URL, subscribed at the
+    /// upgrade — pingwheel), `url-ack` (`?channel=`, then wait for
+    /// `{"op":"subscribed"}`), `op` (send `{"op":"subscribe"}`, wait for the reply).
+    #[arg(long, value_enum, value_name = "MODE", default_value = "url", help_heading = "Push")]
+    pub subscribe: SubscribeMode,
 
     /// push: base URL of the publish API; requests go to `{URL}/v1/publish`.
     #[arg(long, value_name = "URL", help_heading = "Push")]

@@ -161,8 +161,11 @@ impl PingCounters {
 /// Push: subscriptions and deliveries as the clients saw them.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PushCounters {
-    /// Subscription acknowledgements received.
+    /// Connections that became subscribers (by acknowledgement, or at the upgrade with
+    /// `--subscribe url`).
     pub subscribed: u64,
+    /// `{"op":"subscribed"}` acknowledgements received.
+    pub acks: u64,
     /// Subscribed, still-open connections per channel when the hold began.
     pub subscribed_by_channel: Vec<u64>,
     /// Deliveries received, duplicates excluded.
@@ -180,6 +183,7 @@ pub struct PushCounters {
 impl PushCounters {
     fn merge(&mut self, other: &Self) {
         self.subscribed += other.subscribed;
+        self.acks += other.acks;
         if self.subscribed_by_channel.len() < other.subscribed_by_channel.len() {
             self.subscribed_by_channel
                 .resize(other.subscribed_by_channel.len(), 0);

@@ -84,6 +84,7 @@ impl ConnId {
 
 /// Which latency the scenario is judged by (`--max-p99`, the plot, the timeline).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum MainLatency {
     /// TCP connect + handshake.
     Connect,
@@ -95,6 +96,18 @@ pub enum MainLatency {
     Echo,
 }
 
+impl MainLatency {
+    /// The name used in reports (`connect`, `client_rtt`, `push`, `echo`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::ClientRtt => "client_rtt",
+            Self::Push => "push",
+            Self::Echo => "echo",
+        }
+    }
+}
+
 /// Push-client settings.
 #[derive(Debug, Clone)]
 pub struct PushClients {
@@ -102,6 +115,22 @@ pub struct PushClients {
     pub channels: u32,
     /// HS256 secret for the clients' tokens.
     pub token_secret: Vec<u8>,
+    /// How a client subscribes to its channel.
+    pub subscribe: SubscribeMode,
+}
+
+/// How a push client subscribes to its channel (`--subscribe`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SubscribeMode {
+    /// `?channel=` in the URL; subscribed once the upgrade succeeds (no acknowledgement
+    /// expected; one that arrives anyway is counted in `acks`). pingwheel's protocol.
+    Url,
+    /// `?channel=` in the URL, then wait for `{"op":"subscribed","channel":..}`.
+    UrlAck,
+    /// Send `{"op":"subscribe","channel":..}` after the upgrade and wait for
+    /// `{"op":"subscribed",..}`.
+    Op,
 }
 
 /// Echo settings.
@@ -1039,9 +1068,24 @@ fn upgrade_path(ctx: &Ctx, local_index: u32) -> String {
     let global = ctx.config.first_index + u64::from(local_index);
     let expires = ctx.now_unix_ns / 1_000_000_000 + 3600;
     let token = jwt::client_token(&push.token_secret, global, expires);
-    let channel = ctx.channel_of(local_index);
     let separator = if base.contains('?') { '&' } else { '?' };
+    if push.subscribe == SubscribeMode::Op {
+        return format!("{base}{separator}token={token}");
+    }
+    let channel = ctx.channel_of(local_index);
     format!("{base}{separator}token={token}&channel=lt-{channel}")
+}
+
+/// A push connection became a subscriber of its channel.
+fn subscribed(conn: &mut Conn, ctx: &mut Ctx) {
+    debug_assert!(conn.is_pending(), "subscribed twice: {:?}", conn.state);
+    conn.state = State::Open;
+    ctx.pending -= 1;
+    let channel = ctx.channel_of(conn.local_index);
+    ctx.live_subscribers[channel] += 1;
+    if let Some(push) = ctx.report.push.as_mut() {
+        push.subscribed += 1;
+    }
 }
 
 /// Writes `bytes` after whatever is already queued; queues what the socket refuses.
@@ -1175,8 +1219,19 @@ fn on_established(conn: &mut Conn, ctx: &mut Ctx) -> Result<(), End> {
         codec::encode_close(&mut ctx.scratch, 1000, mask);
         return write_bytes(conn, &ctx.scratch);
     }
-    if ctx.config.push.is_some() {
-        conn.state = State::Subscribing;
+    if let Some(push) = &ctx.config.push {
+        match push.subscribe {
+            SubscribeMode::Url => subscribed(conn, ctx),
+            SubscribeMode::UrlAck => conn.state = State::Subscribing,
+            SubscribeMode::Op => {
+                conn.state = State::Subscribing;
+                let op = format!(
+                    r#"{{"op":"subscribe","channel":"lt-{}"}}"#,
+                    ctx.channel_of(conn.local_index)
+                );
+                send_frame(conn, ctx, OpCode::Data(Data::Text), op.as_bytes())?;
+            }
+        }
     } else {
         conn.state = State::Open;
         ctx.pending -= 1;
@@ -1364,18 +1419,19 @@ fn on_push_message(conn: &mut Conn, ctx: &mut Ctx, payload: &[u8]) {
         .and_then(|name| name.strip_prefix("lt-"))
         .and_then(|n| n.parse::<usize>().ok())
         == Some(channel);
+    let is_ack = message.op.as_deref() == Some("subscribed") && ours;
+    if is_ack && conn.state == State::Subscribing {
+        subscribed(conn, ctx);
+    }
     let Some(push) = ctx.report.push.as_mut() else {
         return;
     };
+    if is_ack {
+        push.acks += 1;
+        return;
+    }
     if conn.state == State::Subscribing {
-        if message.op.as_deref() == Some("subscribed") && ours {
-            push.subscribed += 1;
-            conn.state = State::Open;
-            ctx.pending -= 1;
-            ctx.live_subscribers[channel] += 1;
-        } else {
-            push.unexpected += 1;
-        }
+        push.unexpected += 1;
         return;
     }
     let (Some(seq), Some(sent_unix_ns)) = (message.seq, message.data.and_then(|d| d.t)) else {

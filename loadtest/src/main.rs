@@ -46,11 +46,11 @@ fn main() -> ExitCode {
             return ExitCode::from(USAGE_ERROR);
         }
     }
-    if let Some(path) = &plan.args.plot {
-        if let Err(message) = plot::draw(path, &report, &histogram) {
-            eprintln!("pingwheel-loadtest: {message}");
-            return ExitCode::from(USAGE_ERROR);
-        }
+    if let Some(path) = &plan.args.plot
+        && let Err(message) = plot::draw(path, &report, &histogram)
+    {
+        eprintln!("pingwheel-loadtest: {message}");
+        return ExitCode::from(USAGE_ERROR);
     }
     if report.ok {
         ExitCode::SUCCESS

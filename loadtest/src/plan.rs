@@ -220,6 +220,7 @@ impl Plan {
             push: (args.scenario == Scenario::Push).then(|| PushClients {
                 channels: self.channels(),
                 token_secret: args.token_secret.clone().unwrap_or_default().into_bytes(),
+                subscribe: args.subscribe,
             }),
             echo: (args.scenario == Scenario::Echo).then_some(EchoLoad {
                 message_size: args.message_size,

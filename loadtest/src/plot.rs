@@ -22,7 +22,7 @@ fn draw_inner(
     let root = SVGBackend::new(path, (1000, 800)).into_drawing_area();
     root.fill(&WHITE)?;
     let (upper, lower) = root.split_vertically(400);
-    let what = format!("{:?}", report.config.main_latency).to_lowercase();
+    let what = report.config.main_latency.name();
     let title = format!(
         "{} · {} latency · {} connections · {}",
         report.scenario.name(),
@@ -80,6 +80,9 @@ fn draw_inner(
         .build_cartesian_2d((x_min..x_max).log_scale(), 0.0..100.0)?;
     chart
         .configure_mesh()
+        .light_line_style(TRANSPARENT)
+        .x_labels(8)
+        .x_label_formatter(&|v| short_number(*v))
         .x_desc("latency (ms, log scale)")
         .y_desc("percent of samples ≤ x")
         .draw()?;
@@ -89,4 +92,24 @@ fn draw_inner(
     ))?;
     root.present()?;
     Ok(())
+}
+
+/// `0.30000000000000004` → `0.3`, `1200.0` → `1200`: axis labels without float noise.
+fn short_number(value: f64) -> String {
+    let text = format!("{value:.3}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    if text.is_empty() { "0".to_owned() } else { text.to_owned() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn axis_labels_lose_float_noise() {
+        assert_eq!(short_number(0.300_000_000_000_000_04), "0.3");
+        assert_eq!(short_number(1200.0), "1200");
+        assert_eq!(short_number(0.0001), "0");
+        assert_eq!(short_number(0.125), "0.125");
+    }
 }

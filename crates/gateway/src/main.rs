@@ -16,9 +16,12 @@ fn main() -> ExitCode {
     };
     // `--log-level` was validated while loading.
     let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour only on a terminal, and never when NO_COLOR is set (https://no-color.org).
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .init();
     match pingwheel::server::run(config) {
         Ok(()) => ExitCode::SUCCESS,
