@@ -22,7 +22,7 @@
 //! never re-registered: a writable edge only arrives after the kernel's send buffer
 //! was full, which is exactly when queued output is waiting.
 
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice, Read};
 use std::net::Shutdown;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -554,7 +554,14 @@ impl Worker {
             let result = {
                 let mut iov = [IoSlice::new(&[]); MAX_IOV];
                 let n = slot.conn.io_slices(&mut iov);
-                (&slot.sock).write_vectored(&iov[..n])
+                // send(2)/sendmsg(2) rather than write(2)/writev(2): sockets only, so the
+                // VFS layer (file position locking and all) is skipped on every write.
+                let sock = socket2::SockRef::from(&slot.sock);
+                if n == 1 {
+                    sock.send_with_flags(&iov[0], libc::MSG_NOSIGNAL)
+                } else {
+                    sock.send_vectored_with_flags(&iov[..n], libc::MSG_NOSIGNAL)
+                }
             };
             match result {
                 Ok(0) => {
