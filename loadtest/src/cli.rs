@@ -173,7 +173,13 @@ pub struct Args {
     /// push: how clients subscribe: `url` (`?channel=` in the URL, subscribed at the
     /// upgrade — pingwheel), `url-ack` (`?channel=`, then wait for
     /// `{"op":"subscribed"}`), `op` (send `{"op":"subscribe"}`, wait for the reply).
-    #[arg(long, value_enum, value_name = "MODE", default_value = "url", help_heading = "Push")]
+    #[arg(
+        long,
+        value_enum,
+        value_name = "MODE",
+        default_value = "url",
+        help_heading = "Push"
+    )]
     pub subscribe: SubscribeMode,
 
     /// push: base URL of the publish API; requests go to `{URL}/v1/publish`.

@@ -146,7 +146,7 @@ impl ProgressLine {
         };
         let bar = ProgressBar::with_draw_target(Some(plan.args.connections), target);
         if let Ok(style) =
-            ProgressStyle::with_template("{elapsed_precise} [{bar:24}] {pos}/{len} {msg}")
+            ProgressStyle::with_template("{elapsed_precise} [{bar:16}] {pos}/{len} {msg}")
         {
             bar.set_style(style.progress_chars("=> "));
         }
@@ -180,12 +180,12 @@ impl ProgressLine {
         }
         self.bar.set_position(total.open);
         self.bar.set_message(format!(
-            "{} · est {} ({:.0}/s) · failed {} · lost {} · pings {:.0}/s · msgs {:.0}/s",
+            "{} est {} fail {} lost {} | {:.0} conn/s {:.0} ping/s {:.0} msg/s",
             self.phase,
             total.established,
-            self.rates.0,
             total.failed,
             total.lost,
+            self.rates.0,
             self.rates.1,
             self.rates.2
         ));
@@ -302,7 +302,7 @@ pub fn execute(plan: &Plan) -> Result<(Report, LatencyHistogram), String> {
     if !tracker.all_reported_or_gone() {
         fleet.kill();
     }
-    fleet.wait();
+    let endings = fleet.wait();
     // Late `Exited` events (after the reports) are informational only.
     while let Ok((index, event)) = fleet.events.try_recv() {
         tracker.handle(index, event);
@@ -318,7 +318,8 @@ pub fn execute(plan: &Plan) -> Result<(Report, LatencyHistogram), String> {
                 let detail = tracker.exited[index]
                     .clone()
                     .unwrap_or_else(|| "did not report in time".into());
-                engine_failures.push(format!("engine {index}: {detail}"));
+                let ending = endings.get(index).map_or("", String::as_str);
+                engine_failures.push(format!("engine {index}: {detail} ({ending})"));
                 // Count every connection of a dead engine as failed or lost.
                 let (_, share) = plan.share(index, engines);
                 let last = tracker.last[index];
@@ -348,7 +349,7 @@ pub fn execute(plan: &Plan) -> Result<(Report, LatencyHistogram), String> {
         total,
         processes: engines,
         engine_failures,
-        ramp_completed: ramp_completed && (0..engines).all(|i| !tracker.gone(i)),
+        ramp_completed,
         ramp_seconds,
         hold_seconds,
         total_seconds: started.elapsed().as_secs_f64(),

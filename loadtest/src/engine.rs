@@ -3,7 +3,7 @@
 //!
 //! # Memory per connection
 //!
-//! A connection is a [`Conn`] of under 200 bytes plus the kernel's socket. Reads go into
+//! A connection is a `Conn` of under 200 bytes plus the kernel's socket. Reads go into
 //! the engine's shared buffer; a connection keeps heap bytes only for a partial frame,
 //! a fragmented message or unsent output, and frees them as soon as they are complete.
 //! Nothing per connection is kept in histograms: every sample goes straight into the

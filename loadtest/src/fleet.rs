@@ -144,14 +144,18 @@ impl Fleet {
         }
     }
 
-    /// Waits for every engine thread or process to end.
-    pub fn wait(&mut self) {
+    /// Waits for every engine thread or process to end; returns how each ended
+    /// (`"thread"`, `"exit status 0"`, `"signal 9"`, ...).
+    pub fn wait(&mut self) -> Vec<String> {
+        use std::os::unix::process::ExitStatusExt;
+        let mut endings = Vec::with_capacity(self.members.len());
         for member in &mut self.members {
             match member {
                 Member::Local { thread, .. } => {
                     if let Some(thread) = thread.take() {
                         let _ = thread.join();
                     }
+                    endings.push("thread".to_owned());
                 }
                 Member::Child {
                     child,
@@ -159,13 +163,22 @@ impl Fleet {
                     reader,
                 } => {
                     *stdin = None;
-                    let _ = child.wait();
+                    let ending = match child.wait() {
+                        Ok(status) => match (status.code(), status.signal()) {
+                            (Some(code), _) => format!("exit status {code}"),
+                            (None, Some(signal)) => format!("signal {signal}"),
+                            (None, None) => status.to_string(),
+                        },
+                        Err(e) => format!("wait failed: {e}"),
+                    };
                     if let Some(reader) = reader.take() {
                         let _ = reader.join();
                     }
+                    endings.push(ending);
                 }
             }
         }
+        endings
     }
 }
 

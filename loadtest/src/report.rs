@@ -1123,7 +1123,10 @@ mod tests {
         assert_eq!(server.bytes_per_connection, Some(512.0));
         assert_eq!(server.cpu_seconds_hold, Some(0.5));
         assert_eq!(server.cpu_percent_of_core, Some(5.0));
-        assert_eq!(server.cpu_per_ping_us, None, "pings are not the work in echo");
+        assert_eq!(
+            server.cpu_per_ping_us, None,
+            "pings are not the work in echo"
+        );
         assert_eq!(server.cpu_per_message_us, Some(1000.0));
         assert!(assertion(&report, "echo_payloads_match").ok);
     }

@@ -768,7 +768,7 @@ impl Worker {
         });
         let events = &mut self.events;
         let reply = |conn: &mut Conn, events: &mut Vec<ConnEvent>, reply: &Reply<'_>| {
-            conn.send_owned(cfg, encode_reply(reply), events);
+            conn.send_owned(cfg, now, encode_reply(reply), events);
         };
         match session.rate.check(now_ms, limits) {
             RateDecision::Allow => {}
@@ -861,7 +861,7 @@ impl Worker {
                 }
                 if slot
                     .conn
-                    .send(&self.settings.conn, frame.clone(), &mut self.events)
+                    .send(&self.settings.conn, now, frame.clone(), &mut self.events)
                 {
                     queued += 1;
                 }

@@ -174,8 +174,8 @@ impl<T> Wheel<T> {
     ///
     /// # Panics
     ///
-    /// If the wheel already holds [`MAX_TIMERS`] timers (2³¹), or if growing the arena
-    /// fails to allocate.
+    /// If the arena is full at [`MAX_TIMERS`] entries (2³¹) with none free, or if
+    /// growing it fails to allocate.
     pub fn insert(&mut self, deadline: Tick, value: T) -> TimerKey {
         let timer = |generation| Timer {
             deadline: deadline.0,
@@ -215,10 +215,11 @@ impl<T> Wheel<T> {
     /// Moves a live timer to `deadline`; returns `false` (and does nothing) for a stale
     /// key.
     ///
-    /// Moving a timer later is the cheap case: unless the new deadline is more than
-    /// [`NEAR_TICKS`] ahead of a timer in the near ring, the timer stays where it is
-    /// filed and only its deadline changes; it is re-filed once, when its old slot
-    /// comes up. Moving it earlier re-files it at once. Both are O(1).
+    /// Moving a timer later is the cheap case: the timer stays where it is filed and only
+    /// its deadline and two counters change; it is re-filed once, when its old slot comes
+    /// up. (The exception: a near-ring timer moved more than [`NEAR_TICKS`] past
+    /// [`now`](Self::now) is re-filed at once.) Moving it earlier re-files it at once.
+    /// Both are O(1).
     pub fn reset(&mut self, key: TimerKey, deadline: Tick) -> bool {
         let new = deadline.0;
         let now = self.now;
@@ -400,7 +401,7 @@ impl<T> Wheel<T> {
             // Nothing happens strictly between `now` and `tick`, so the clock may jump
             // to just before it; it reaches `tick` once all of `tick`'s work is done.
             self.now = tick - 1;
-            if self.heads[OVERFLOW_HEAD] != NIL && self.rescan_at == tick && tick % 2 == 0 {
+            if self.heads[OVERFLOW_HEAD] != NIL && self.rescan_at == tick {
                 self.rescan_overflow();
             }
             if tick % BLOCK_TICKS == 0 {

@@ -29,7 +29,7 @@
 //!                               │ output flushed, write half shut; then at once after a
 //!                               │ complete closing handshake, else at EOF or close_timeout
 //!                               ▼
-//!                              Done  (ping timeout and write overflow jump straight here)
+//!                              Done  (a ping timeout jumps straight here)
 //! ```
 //!
 //! # Memory
@@ -371,29 +371,51 @@ impl Conn {
         self.refuse(cfg, now, failure, message, events);
     }
 
-    /// Queues a complete, shared frame (a push delivery). If that would exceed
-    /// `max_queued_bytes`, the connection is closed as a slow consumer (1013) instead
-    /// and `false` is returned; also `false` when not open.
-    pub fn send(&mut self, cfg: &ConnConfig, frame: Bytes, events: &mut Vec<ConnEvent>) -> bool {
+    /// Queues a complete, shared frame (a push delivery). If that would take the
+    /// backlog past `max_queued_bytes` (see [`Outbound::would_overflow`]), the
+    /// connection is closed as a slow consumer (1013) instead and `false` is returned;
+    /// also `false` when not open.
+    pub fn send(
+        &mut self,
+        cfg: &ConnConfig,
+        now: Instant,
+        frame: Bytes,
+        events: &mut Vec<ConnEvent>,
+    ) -> bool {
+        let slow = (CloseReason::SlowConsumer, 1013, "slow consumer");
+        self.queue_bounded(cfg, now, frame, slow, events)
+    }
+
+    /// Queues an owned frame for this connection only (a protocol reply). A peer that
+    /// sends requests without reading the replies is closed for write overflow (1008).
+    pub fn send_owned(
+        &mut self,
+        cfg: &ConnConfig,
+        now: Instant,
+        frame: Vec<u8>,
+        events: &mut Vec<ConnEvent>,
+    ) -> bool {
+        let overflow = (CloseReason::WriteOverflow, 1008, "output queue full");
+        self.queue_bounded(cfg, now, Bytes::from(frame), overflow, events)
+    }
+
+    fn queue_bounded(
+        &mut self,
+        cfg: &ConnConfig,
+        now: Instant,
+        frame: Bytes,
+        (reason, code, why): (CloseReason, u16, &str),
+        events: &mut Vec<ConnEvent>,
+    ) -> bool {
         if self.phase != Phase::Open {
             return false;
         }
         if self.out.would_overflow(frame.len(), cfg.max_queued_bytes) {
-            self.overflow(CloseReason::SlowConsumer, 1013, "slow consumer", events);
+            self.overflow(cfg, now, reason, code, why, events);
             return false;
         }
         self.out.push(frame);
         true
-    }
-
-    /// Queues an owned frame for this connection only (a protocol reply). Same limits as [`Conn::send`].
-    pub fn send_owned(
-        &mut self,
-        cfg: &ConnConfig,
-        frame: Vec<u8>,
-        events: &mut Vec<ConnEvent>,
-    ) -> bool {
-        self.send(cfg, Bytes::from(frame), events)
     }
 
     /// Starts the closing handshake with `code` (e.g. 1001 at shutdown). Handshaking
@@ -556,7 +578,7 @@ impl Conn {
         });
         if overflow {
             let reason = CloseReason::WriteOverflow;
-            self.overflow(reason, 1008, "output queue full", events);
+            self.overflow(cfg, now, reason, 1008, "output queue full", events);
             return;
         }
         match result {
@@ -618,14 +640,25 @@ impl Conn {
         self.deadline = Some(now + cfg.close_timeout);
     }
 
-    /// The peer stopped reading: cut the queue at a frame boundary, append a Close
-    /// frame, and give up on the connection after one last flush.
-    fn overflow(&mut self, reason: CloseReason, code: u16, why: &str, events: &mut Vec<ConnEvent>) {
+    /// The peer stopped reading: cut the queue at a frame boundary and append a Close
+    /// frame. The connection then drains like a failed one: the Close goes out if the
+    /// peer ever reads again, and the socket goes at EOF or after `close_timeout`.
+    /// What it holds meanwhile is at most the partly written frame plus the Close.
+    fn overflow(
+        &mut self,
+        cfg: &ConnConfig,
+        now: Instant,
+        reason: CloseReason,
+        code: u16,
+        why: &str,
+        events: &mut Vec<ConnEvent>,
+    ) {
         self.out.discard_unstarted();
         self.queue_close(code, why);
         self.keepalive.stop();
         self.set_closed(reason, events);
-        self.phase = Phase::Done;
+        self.phase = Phase::Draining;
+        self.deadline = Some(now + cfg.close_timeout);
     }
 
     fn refuse(

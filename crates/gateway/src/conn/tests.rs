@@ -576,9 +576,15 @@ fn a_peer_that_stops_reading_is_closed_at_the_queue_limit() {
         events.last(),
         Some(&ConnEvent::Closed(CloseReason::WriteOverflow))
     );
-    assert!(h.conn.is_done());
+    // The Close waits for the peer to read again, or for close_timeout.
+    assert_eq!(h.conn.phase(), Phase::Draining);
     let frames = h.frames();
     assert_eq!(frames.last().unwrap().close_code(), Some(1008));
+    assert!(h.conn.wants_write_shutdown());
+    h.conn.on_write_shutdown();
+    h.advance_to_next_deadline();
+    assert_eq!(h.elapsed(), secs(10));
+    assert!(h.conn.is_done());
 }
 
 #[test]
@@ -596,7 +602,7 @@ fn slow_consumer_is_closed_with_1013() {
     );
     let mut ev = Vec::new();
     let mut accepted = 0;
-    while h.conn.send(&h.cfg, frame.clone(), &mut ev) {
+    while h.conn.send(&h.cfg, h.now, frame.clone(), &mut ev) {
         accepted += 1;
     }
     assert_eq!(accepted, 9);

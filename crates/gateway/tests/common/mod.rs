@@ -16,9 +16,19 @@ pub struct Gateway {
 
 impl Gateway {
     /// Starts `pingwheel` on free loopback ports with `args`, and waits for its
-    /// `ready listen=… admin=…` line (bounded).
+    /// `ready listen=… admin=…` line (bounded). The gateway sees neither
+    /// `PINGWHEEL_TOKEN_SECRET` nor `PINGWHEEL_API_KEY`, whatever the test's environment.
     pub fn start(args: &[&str]) -> Gateway {
+        Gateway::start_with_env(args, &[])
+    }
+
+    /// Like [`Gateway::start`], with `env` (`(name, value)` pairs, e.g.
+    /// `PINGWHEEL_TOKEN_SECRET`) set in the gateway's environment.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Gateway {
         let mut child = Command::new(env!("CARGO_BIN_EXE_pingwheel"))
+            .env_remove("PINGWHEEL_TOKEN_SECRET")
+            .env_remove("PINGWHEEL_API_KEY")
+            .envs(env.iter().copied())
             .args([
                 "--listen",
                 "127.0.0.1:0",
@@ -167,6 +177,57 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (status, body)
+}
+
+/// A reply from [`http_post`].
+#[derive(Debug)]
+pub struct HttpReply {
+    pub status: u16,
+    /// The response head's header lines, as sent (`Name: value`).
+    pub headers: Vec<String>,
+    pub body: String,
+}
+
+impl HttpReply {
+    /// The value of header `name` (case-insensitive), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// A minimal HTTP/1.1 POST of `body` with extra `headers` (`"Name: value"`), with
+/// `Connection: close` and a bounded read.
+pub fn http_post(addr: SocketAddr, path: &str, headers: &[&str], body: &str) -> HttpReply {
+    let mut s = TcpStream::connect(addr).expect("connect admin");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for header in headers {
+        request.push_str(header);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    s.write_all(request.as_bytes()).unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("read response");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a response head");
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
+    HttpReply {
+        status,
+        headers: lines.map(str::to_owned).collect(),
+        body: body.to_owned(),
+    }
 }
 
 /// Sends a raw request head and returns the whole response head (up to the blank line).

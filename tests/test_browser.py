@@ -1,0 +1,213 @@
+"""A real browser: headless Chromium runs the browser snippet of docs/protocol.md.
+
+The test serves a small page over HTTP on loopback. The page defines ``token`` (minted
+by the page's own ``mint_token``), then runs ``doc_example("browser-client")``
+verbatim except for the gateway's address, and reports everything the snippet logs
+(``console.log``/``warn``) plus the ``open`` event's ``ws.protocol`` back to the test
+server with ``fetch``. The subscribe acknowledgement is the page's readiness signal:
+only then does the test publish, so every publish is guaranteed to reach the page.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from conftest import LOG_DIR, Gateway
+from test_protocol_docs import adapt, doc_example, doc_mint_token
+
+SECRET = "browser-test-token-secret-32-bytes!"
+API_KEY = "browser-test-api-key"
+ENV = {"PINGWHEEL_TOKEN_SECRET": SECRET, "PINGWHEEL_API_KEY": API_KEY}
+#: How long the page may take to load, connect and report.
+PAGE_TIMEOUT = 30.0
+
+PAGE = """<!doctype html>
+<meta charset="utf-8">
+<title>pingwheel browser test</title>
+<script>
+// Everything the snippet logs goes back to the test server, numbered.
+let reportNumber = 0;
+function report(kind, detail) {
+  fetch("/report", {method: "POST", body: JSON.stringify({n: reportNumber++, kind, detail})});
+}
+for (const level of ["log", "warn", "error"]) {
+  const original = console[level].bind(console);
+  console[level] = (...args) => { report("console." + level, args); original(...args); };
+}
+const token = %(token)s;
+// ---- docs/protocol.md, example browser-client ----
+%(snippet)s
+// ---- end of the example ----
+ws.addEventListener("open", () => report("open", {protocol: ws.protocol}));
+</script>
+"""
+
+
+def chromium_binary() -> str:
+    """``$CHROMIUM_BIN`` (set by scripts/test) or ``chromium`` on the PATH; fails (never
+    skips) when there is none."""
+    binary = os.environ.get("CHROMIUM_BIN") or shutil.which("chromium") or shutil.which(
+        "chromium-browser")
+    if not binary or not os.access(binary, os.X_OK):
+        pytest.fail("Chromium not found: run scripts/test (it installs Debian's chromium) "
+                    "or set CHROMIUM_BIN", pytrace=False)
+    return binary
+
+
+class PageServer:
+    """Serves :attr:`page` at ``/`` and collects what the page POSTs to ``/report``.
+    The port (hence the origin) is known before the page is: set :attr:`page` before
+    a browser loads it."""
+
+    def __init__(self):
+        self.page = ""
+        self.reports: "queue.Queue[dict]" = queue.Queue()
+        self.seen: list[dict] = []
+        owner, reports = self, self.reports
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path != "/":
+                    self.send_error(404)
+                    return
+                body = owner.page.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", 0))
+                reports.put(json.loads(self.rfile.read(length)))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass  # keep pytest's output clean
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def origin(self) -> str:
+        return "http://127.0.0.1:%d" % self.server.server_address[1]
+
+    def wait_for(self, matches: Callable[[dict], bool], what: str) -> dict:
+        """The first report (already seen or arriving within PAGE_TIMEOUT) that matches."""
+        for seen in self.seen:
+            if matches(seen):
+                return seen
+        deadline = time.monotonic() + PAGE_TIMEOUT
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                report = self.reports.get(timeout=max(remaining, 0.01))
+            except queue.Empty:
+                pytest.fail(f"the page never reported {what}; it reported: {self.seen}")
+            self.seen.append(report)
+            if matches(report):
+                return report
+
+    def __enter__(self) -> "PageServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@contextlib.contextmanager
+def chromium(url: str, profile: Path, log_name: str) -> Iterator[subprocess.Popen]:
+    """Headless Chromium showing ``url``, ended (by PID) on exit."""
+    args = [
+        chromium_binary(), "--headless", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--disable-dev-shm-usage", f"--user-data-dir={profile}",
+    ]
+    if os.geteuid() == 0:
+        args.append("--no-sandbox")  # Chromium refuses to run its sandbox as root
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    with open(LOG_DIR / log_name, "wb") as log:
+        browser = subprocess.Popen(args + [url], stdin=subprocess.DEVNULL, stdout=log,
+                                   stderr=log, start_new_session=True)
+    try:
+        yield browser
+    finally:
+        # Its helper processes are in the process group we gave it (led by its PID,
+        # which cannot be reused before we reap it): end them all, then reap.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(browser.pid, signal.SIGKILL)
+        browser.wait(10)
+
+
+def browser_page(gw: Gateway) -> str:
+    mint_token = doc_mint_token()
+    tok = mint_token(SECRET, "42", ["scores", "team:*"])
+    return PAGE % {"token": json.dumps(tok), "snippet": adapt(doc_example("browser-client"), gw)}
+
+
+def logged(report: dict, *prefix) -> bool:
+    """Whether ``report`` is a console.log call whose first arguments are ``prefix``."""
+    return report["kind"] == "console.log" and report["detail"][:len(prefix)] == list(prefix)
+
+
+def publish(gw: Gateway, body: dict) -> dict:
+    response = gw.post("/v1/publish", json=body, headers={"Authorization": f"Bearer {API_KEY}"})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_browser_snippet_subscribes_and_receives_in_chromium(start_gateway, tmp_path):
+    with PageServer() as server:
+        gw = start_gateway("--allowed-origin", server.origin, env=ENV)
+        server.page = browser_page(gw)
+        with chromium(server.origin + "/", tmp_path / "profile", "chromium-allowed.log"):
+            opened = server.wait_for(lambda r: r["kind"] == "open", "the open event")
+            assert opened["detail"] == {"protocol": "pingwheel.v1"}, "subprotocol token"
+            # The page is connected and on `scores` and `team:7`: now publish.
+            reply = server.wait_for(lambda r: logged(r, "reply"), "the subscribe reply")
+            assert reply["detail"] == ["reply", {"op": "subscribed", "channel": "team:7", "id": 1}]
+
+            scores = publish(gw, {"channel": "scores", "data": {"home": 2, "away": 1}})
+            team = publish(gw, {"channel": "team:7", "data": {"goal": "Ana"}})
+            user = publish(gw, {"user": "42", "data": {"text": "your order shipped"}})
+            assert [r["subscribers"] for r in (scores, team, user)] == [1, 1, 1]
+
+            for expected in (
+                ["scores", scores["seq"], {"home": 2, "away": 1}],
+                ["team:7", team["seq"], {"goal": "Ana"}],
+                ["for this user", user["seq"], {"text": "your order shipped"}],
+            ):
+                report = server.wait_for(lambda r: logged(r, *expected[:2]), f"{expected}")
+                assert report["detail"] == expected
+            assert not [r for r in server.seen if r["kind"] == "console.warn"], server.seen
+    assert gw.metric("pingwheel_auth_failures_total") == 0
+
+
+def test_origin_allowlist_refuses_a_page_from_another_origin(start_gateway, tmp_path):
+    with PageServer() as allowed, PageServer() as other:
+        gw = start_gateway("--allowed-origin", allowed.origin, env=ENV)
+        other.page = browser_page(gw)
+        with chromium(other.origin + "/", tmp_path / "profile", "chromium-refused.log"):
+            # Browsers hide the 403: the socket just fails with 1006.
+            closed = other.wait_for(lambda r: logged(r, "closed"), "the close event")
+            assert closed["detail"][1] == 1006
+            assert not [r for r in other.seen if r["kind"] == "open"]
+        refused = gw.metric("pingwheel_auth_failures_total", reason="forbidden_origin")
+        assert refused >= 1
+        assert gw.metric("pingwheel_auth_failures_total") == refused, "refused for its origin"
