@@ -7,8 +7,9 @@
 //! * with `ping_timeout` set, it then waits for the Pong: if none arrives within
 //!   `ping_timeout` the connection is broken and is closed with 1011; when the Pong
 //!   arrives after `latency`, the next Ping goes out `ping_interval` after the previous
-//!   one was sent, or right away if `latency > ping_interval` (so at most one Ping is
-//!   outstanding);
+//!   one was due, or right away if `latency > ping_interval` (so at most one Ping is
+//!   outstanding). Unlike `websockets`, which sleeps after each Pong, pings stay on
+//!   their grid: a timer that fires a tick late does not delay every later Ping;
 //! * with `ping_timeout` disabled, Pings go out every `ping_interval` whether or not
 //!   Pongs come back, and nothing is ever closed for a missing Pong;
 //! * with `ping_interval` disabled, no Pings are sent at all.
@@ -52,11 +53,12 @@ pub enum PongOutcome {
 
 /// Per-connection keepalive state: two instants and a counter.
 ///
-/// Invariant: with `ping_timeout` set, at most one Ping is outstanding, so
-/// `next_ping.is_some()` implies `outstanding.is_none()`.
+/// Invariant: with `ping_timeout` set, at most one Ping is outstanding: `poll_ping`
+/// sends nothing while `outstanding` is set.
 #[derive(Clone, Debug, Default)]
 pub struct Keepalive {
-    /// When the next Ping is due; `None` while waiting for a Pong (timeout mode) or when disabled.
+    /// When the next Ping is due (its slot on the `ping_interval` grid); `None` when
+    /// disabled. In timeout mode it also waits for the outstanding Pong.
     next_ping: Option<Instant>,
     /// When the latest unacknowledged Ping was sent.
     outstanding: Option<Instant>,
@@ -82,13 +84,10 @@ impl Keepalive {
         self.outstanding = None;
     }
 
-    /// The earliest keepalive deadline: the next Ping, or the Pong deadline.
+    /// The earliest keepalive deadline: the Pong deadline while a Ping is outstanding
+    /// in timeout mode (the next Ping waits for the Pong), else the next Ping.
     pub fn poll_timeout(&self, cfg: &KeepaliveConfig) -> Option<Instant> {
-        let pong_due = self.pong_deadline(cfg);
-        match (self.next_ping, pong_due) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        self.pong_deadline(cfg).or(self.next_ping)
     }
 
     /// The instant by which the outstanding Ping must be answered, if any.
@@ -102,34 +101,31 @@ impl Keepalive {
     }
 
     /// If a Ping is due at `now`, records it as sent and returns its 4-byte payload.
-    /// Calling it early, or again at the same `now`, returns `None`.
+    /// Calling it early, again at the same `now`, or (in timeout mode) while a Ping is
+    /// still unanswered, returns `None`.
     pub fn poll_ping(&mut self, cfg: &KeepaliveConfig, now: Instant) -> Option<[u8; 4]> {
         let due = self.next_ping?;
-        if now < due {
+        let interval = cfg.ping_interval?;
+        if now < due || self.pong_deadline(cfg).is_some() {
             return None;
         }
-        let interval = cfg.ping_interval?;
         self.seq = self.seq.wrapping_add(1);
-        if self.outstanding.is_none() || cfg.ping_timeout.is_none() {
-            // Without a timeout, the RTT is taken against the latest Ping only.
-            self.outstanding = Some(now);
-        }
-        self.next_ping = match cfg.ping_timeout {
-            // Wait for the Pong; `on_pong` schedules the next Ping.
-            Some(_) => None,
-            // Keep the original grid unless a whole interval was missed (overload):
-            // then one Ping now and the next a full interval later, never a burst.
-            None => Some(if due + interval > now {
-                due + interval
-            } else {
-                now + interval
-            }),
-        };
+        // Without a timeout several Pings may be outstanding; the RTT is then taken
+        // against the latest one only.
+        self.outstanding = Some(now);
+        // Pings stay on their grid (a late timer does not push every later Ping back),
+        // unless a whole interval was missed (overload): then the next Ping is a full
+        // interval after this one, never a burst.
+        self.next_ping = Some(if due + interval > now {
+            due + interval
+        } else {
+            now + interval
+        });
         Some(self.seq.to_be_bytes())
     }
 
     /// Handles a Pong with `payload` received at `now`.
-    pub fn on_pong(&mut self, cfg: &KeepaliveConfig, now: Instant, payload: &[u8]) -> PongOutcome {
+    pub fn on_pong(&mut self, now: Instant, payload: &[u8]) -> PongOutcome {
         let Some(sent) = self.outstanding else {
             return PongOutcome::Unsolicited;
         };
@@ -137,9 +133,10 @@ impl Keepalive {
             return PongOutcome::Unsolicited;
         }
         self.outstanding = None;
-        if let (Some(interval), Some(_)) = (cfg.ping_interval, cfg.ping_timeout) {
-            // websockets sleeps `ping_interval - latency` after the Pong.
-            self.next_ping = Some((sent + interval).max(now));
+        // A Pong later than the next Ping's slot (latency > interval) lets that Ping go
+        // at once, as in `websockets`.
+        if let Some(next) = self.next_ping {
+            self.next_ping = Some(next.max(now));
         }
         PongOutcome::Acknowledged {
             rtt: now.saturating_duration_since(sent),
@@ -178,7 +175,7 @@ mod tests {
             "no second ping while one is outstanding"
         );
         assert_eq!(k.poll_timeout(&c), Some(t0 + s(40)), "pong deadline");
-        let out = k.on_pong(&c, t0 + s(21), &p);
+        let out = k.on_pong(t0 + s(21), &p);
         assert_eq!(out, PongOutcome::Acknowledged { rtt: s(1) });
         assert_eq!(
             k.poll_timeout(&c),
@@ -189,13 +186,28 @@ mod tests {
     }
 
     #[test]
+    fn late_timers_do_not_accumulate_drift_in_timeout_mode() {
+        let c = cfg(Some(20), Some(20));
+        let t0 = Instant::now();
+        let mut k = Keepalive::default();
+        k.start(&c, t0, 0.0);
+        let late = Duration::from_millis(10);
+        for n in 1..=5u64 {
+            // The timer fires one tick late each time; the pong comes 1 ms later.
+            let p = k.poll_ping(&c, t0 + s(20 * n) + late).expect("due");
+            k.on_pong(t0 + s(20 * n) + late + Duration::from_millis(1), &p);
+            assert_eq!(k.poll_timeout(&c), Some(t0 + s(20 * (n + 1))), "ping {n}");
+        }
+    }
+
+    #[test]
     fn slow_pong_schedules_the_next_ping_immediately() {
         let c = cfg(Some(2), Some(20));
         let t0 = Instant::now();
         let mut k = Keepalive::default();
         k.start(&c, t0, 0.0);
         let p = k.poll_ping(&c, t0 + s(2)).unwrap();
-        k.on_pong(&c, t0 + s(7), &p);
+        k.on_pong(t0 + s(7), &p);
         assert_eq!(k.poll_timeout(&c), Some(t0 + s(7)));
     }
 
@@ -216,14 +228,11 @@ mod tests {
         let t0 = Instant::now();
         let mut k = Keepalive::default();
         k.start(&c, t0, 0.0);
-        assert_eq!(k.on_pong(&c, t0, b"\0\0\0\x01"), PongOutcome::Unsolicited);
+        assert_eq!(k.on_pong(t0, b"\0\0\0\x01"), PongOutcome::Unsolicited);
         k.poll_ping(&c, t0 + s(20)).unwrap();
+        assert_eq!(k.on_pong(t0 + s(21), b"hello"), PongOutcome::Unsolicited);
         assert_eq!(
-            k.on_pong(&c, t0 + s(21), b"hello"),
-            PongOutcome::Unsolicited
-        );
-        assert_eq!(
-            k.on_pong(&c, t0 + s(21), b"\0\0\0\x00"),
+            k.on_pong(t0 + s(21), b"\0\0\0\x00"),
             PongOutcome::Unsolicited
         );
         assert!(k.timed_out(&c, t0 + s(40)));
@@ -243,11 +252,11 @@ mod tests {
         assert!(!k.timed_out(&c, t0 + s(1000)));
         // A pong for an earlier ping is not the latest one's answer.
         assert_eq!(
-            k.on_pong(&c, t0 + s(21), &3u32.to_be_bytes()),
+            k.on_pong(t0 + s(21), &3u32.to_be_bytes()),
             PongOutcome::Unsolicited
         );
         assert_eq!(
-            k.on_pong(&c, t0 + s(21), &4u32.to_be_bytes()),
+            k.on_pong(t0 + s(21), &4u32.to_be_bytes()),
             PongOutcome::Acknowledged { rtt: s(1) }
         );
     }

@@ -558,7 +558,7 @@ impl Conn {
                     reply(out, OpCode::Control(Control::Pong), payload)
                 }
                 Inbound::Pong(payload) if open => {
-                    let outcome = keepalive.on_pong(&cfg.keepalive, now, payload);
+                    let outcome = keepalive.on_pong(now, payload);
                     events.push(ConnEvent::Pong(outcome));
                     true
                 }
