@@ -58,8 +58,11 @@ use crate::token::{ConnId, LISTENER, WAKER};
 const ACCEPT_BATCH: usize = 256;
 /// Timers fired per loop iteration before IO gets a turn.
 const TIMER_BATCH: usize = 4096;
-/// Slices per `writev`.
+/// Slices per `sendmsg`.
 const MAX_IOV: usize = 64;
+/// Full reads from one socket per turn (4 MiB with the default buffer): a peer that
+/// sends faster than we read gets its next turn after everyone else's events.
+const READS_PER_TURN: usize = 64;
 /// How long to pause accepting after running out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -242,6 +245,9 @@ pub struct Worker {
     events: Vec<ConnEvent>,
     /// Timers fired in the current batch (reused).
     fired: Vec<ConnId>,
+    /// Connections that used up their read turn with data still waiting (edge-triggered:
+    /// no new event will come for it, so they are read again next iteration).
+    read_again: Vec<ConnId>,
     next_generation: u32,
     /// Set once shutdown began.
     drain_deadline: Option<Instant>,
@@ -282,6 +288,7 @@ impl Worker {
             conns: Slab::with_capacity(1024),
             events: Vec::with_capacity(16),
             fired: Vec::with_capacity(TIMER_BATCH),
+            read_again: Vec::new(),
             next_generation: 0,
             drain_deadline: None,
             metrics,
@@ -325,6 +332,16 @@ impl Worker {
             if self.accept_pending {
                 self.accept(now);
             }
+            for id in std::mem::take(&mut self.read_again) {
+                if self
+                    .conns
+                    .get(id.index as usize)
+                    .is_some_and(|s| s.generation == id.generation)
+                {
+                    self.read(id, now, false);
+                    self.settle(id, now);
+                }
+            }
             self.fire_timers(now);
             self.metrics.connections.set(self.conns.len() as f64);
             self.metrics.timers.set(self.wheel.len() as f64);
@@ -357,7 +374,7 @@ impl Worker {
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if self.accept_pending && self.listener.is_some() {
+        if (self.accept_pending && self.listener.is_some()) || !self.read_again.is_empty() {
             return Some(Duration::ZERO);
         }
         let mut deadline = self
@@ -506,10 +523,11 @@ impl Worker {
     }
 
     /// Reads until `WouldBlock`, a short read, EOF or an error, feeding each chunk to
-    /// the connection and settling it in between.
+    /// the connection and settling it in between; at most [`READS_PER_TURN`] full reads,
+    /// then the connection waits in `read_again` for its next turn.
     fn read(&mut self, id: ConnId, now: Instant, read_closed: bool) {
         let index = id.index as usize;
-        loop {
+        for _ in 0..READS_PER_TURN {
             let Some(slot) = self.conns.get_mut(index) else {
                 return;
             };
@@ -543,6 +561,8 @@ impl Worker {
                 }
             }
         }
+        // Turn used up with data left: come back after the other connections.
+        self.read_again.push(id);
     }
 
     /// Writes queued output until it is gone or the socket would block.

@@ -264,3 +264,53 @@ fn healthz_and_metrics_are_served() {
         assert!(m.keys().any(|k| k.starts_with(name)), "{name} missing");
     }
 }
+
+#[test]
+fn a_flooding_client_does_not_starve_others_on_its_worker() {
+    // No ping timeout: the flooder (which never reads its pings) stays for the whole test.
+    let gw = Gateway::start(&[
+        "--workers",
+        "1",
+        "--ping-interval",
+        "1",
+        "--ping-timeout",
+        "off",
+    ]);
+    let (mut good, _) = connect(gw.ws_url()).expect("upgrade");
+    set_read_timeout(&good, Duration::from_millis(50));
+    // The flooder: valid but pointless traffic (unsolicited pongs, masked), as fast as
+    // the socket takes it, for the whole test.
+    let mut flood = TcpStream::connect(gw.listen).unwrap();
+    flood.write_all(upgrade_request("/").as_bytes()).unwrap();
+    let chunk: Vec<u8> =
+        std::iter::repeat_n([0x8A, 0x84, 0, 0, 0, 0, b'f', b'l', b'o', b'o'], 6_000)
+            .flatten()
+            .collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooder = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut sent = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match flood.write_all(&chunk) {
+                    Ok(()) => sent += chunk.len(),
+                    Err(_) => break,
+                }
+            }
+            sent
+        })
+    };
+    let pings = hold_tungstenite(&mut good, Duration::from_secs(4));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let flooded = flooder.join().unwrap();
+    assert!(flooded > 10 << 20, "the flood was real: {flooded} bytes");
+    assert!(
+        pings >= 3,
+        "the quiet client still got its pings: {pings} in 4 s"
+    );
+    assert_eq!(
+        gw.metric("pingwheel_connections", &[]),
+        2.0,
+        "nobody was dropped"
+    );
+}
