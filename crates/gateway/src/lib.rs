@@ -8,7 +8,11 @@
 //! | [`config`] | CLI flags, the TOML file, embedded defaults | no |
 //! | [`clock`] | `Instant` ↔ wheel [`wheel::Tick`], rounding deadlines up | no |
 //! | [`conn`] | the sans-IO per-connection state machine: handshake, frames, keepalive, close | no |
-//! | [`worker`] | one `mio` event loop per core: sockets, the slab, the one timer wheel | **yes** (the only place) |
+//! | [`worker`] | one `mio` event loop per core: sockets, the slab, the one timer wheel; its push half in `worker/push.rs` | **yes** (the only place) |
+//! | [`session`] | per-connection push state, each worker's channel → connections index | no |
+//! | [`hub`] | cross-worker fan-out: a publish becomes one shared frame sent to every worker | channels + wakers |
+//! | [`push`] | JWT auth, channel rules, the client protocol, publish API parsing | no |
+//! | [`publish_api`] | the `/v1/*` routes on the admin listener | (admin thread) |
 //! | [`listener`] | `SO_REUSEPORT` listening sockets | yes (setup only) |
 //! | [`metrics`] | metric names, histogram buckets, per-worker handles | no |
 //! | [`admin`] | the hyper admin listener: `/metrics`, `/healthz` | yes (its own thread) |

@@ -1,7 +1,7 @@
 //! Process setup and teardown: listeners, workers, the admin thread, signals, draining.
 //!
 //! Startup binds everything first (so a busy port fails fast, naming the flag), then
-//! starts one [`worker`](crate::worker) per `--workers`, then prints exactly one line
+//! starts one [`worker`](crate::worker::spawn) per `--workers`, then prints exactly one line
 //! on stdout for scripts and tests:
 //!
 //! ```text
