@@ -739,3 +739,18 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Everything an idle connection costs in user space is its slab slot plus one
+    /// wheel entry; keep the slot small (see docs/benchmarks.md for the measured total).
+    #[test]
+    fn an_idle_connection_is_one_small_slot() {
+        // slab's entry adds an enum tag (and padding) to the slot.
+        let slot = std::mem::size_of::<Slot>();
+        println!("slot {slot} B, of which Conn {} B", std::mem::size_of::<Conn>());
+        assert!(slot <= 200, "slot is {slot} bytes");
+    }
+}
