@@ -56,11 +56,13 @@
 //! Stated on the fields in `wheel.rs`, checked with `debug_assert!` where they are
 //! relied on, and all checked by [`Wheel::check_invariants`]:
 //!
-//! 1. A near timer is filed at a tick `t` with `now < t <= deadline <= now + 4096`, and
-//!    counted once, at `deadline mod 4096`.
+//! 1. A near timer is filed at a tick `t` with `now < t <= deadline`, and counted once,
+//!    at `deadline mod 4096`. It was filed with `deadline <= now + 4096`; a `reset` may
+//!    have moved it further out since, and then its count stands for an earlier tick
+//!    (which makes `next_expiry` early, never late) until `advance` re-files it.
 //! 2. A far timer is filed under a block `b` that has not been drained yet
-//!    (`b * 64 > now`) with `b * 64 <= deadline`; the live blocks are fewer than 1024,
-//!    so slots never collide.
+//!    (`b * 64 > now`) with `b * 64 <= deadline`; the live blocks lie within 1024
+//!    consecutive blocks, so slots never collide.
 //! 3. Every overflow deadline is at least `overflow_min`, and the next rescan comes
 //!    after `now` and no later than the first tick of that deadline's block, so the
 //!    timer moves to the far ring before its block is drained.
@@ -80,7 +82,7 @@
 //! | [`insert`](Wheel::insert) | O(1) | one arena entry (free list or end), the old head of its list |
 //! | [`cancel`](Wheel::cancel) | O(1) | the entry and its two list neighbours |
 //! | [`reset`](Wheel::reset) later | O(1) | the entry and two due counters (no list change) |
-//! | [`reset`](Wheel::reset) earlier, or a near timer moved beyond 4096 ticks | O(1) | as cancel + insert |
+//! | [`reset`](Wheel::reset) earlier | O(1) | as cancel + insert |
 //! | [`next_expiry`](Wheel::next_expiry) | O(1) | three two-level bitmap searches |
 //! | [`advance`](Wheel::advance) | O(1) per call + O(1) per timer fired or re-filed | the lists of the ticks passed |
 //! | [`deadline`](Wheel::deadline), [`len`](Wheel::len) | O(1) | |
@@ -145,9 +147,10 @@
 //! # Memory
 //!
 //! 32 bytes per arena entry for an 8-byte `T` (such as pingwheel's `ConnId`), a free
-//! entry counting the same; plus a fixed 37 KiB per wheel: 5 122 list heads and 4 096 due
-//! counters (4 bytes each, on the heap) and three bitmaps (1.2 KiB, inline). The arena only grows; size it with
-//! [`Wheel::with_capacity`].
+//! entry counting the same, aligned so that an entry never straddles two cache lines;
+//! plus a fixed 37 KiB per wheel: 5 122 list heads (4 bytes each, on the heap), 4 096
+//! due counters (4 bytes each) and three bitmaps (1.2 KiB), the last two inline in the
+//! `Wheel` value. The arena only grows; size it with [`Wheel::with_capacity`].
 //!
 //! # The end of time
 //!

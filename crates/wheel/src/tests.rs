@@ -262,6 +262,27 @@ fn reset_later_in_the_near_ring_moves_the_deadline_without_firing_early() {
 }
 
 #[test]
+fn a_near_timer_moved_far_out_fires_on_time_with_at_most_two_idle_wakeups() {
+    for offset in [
+        NEAR_TICKS + 1,
+        NEAR_TICKS + 100,
+        3 * NEAR_TICKS + 7,
+        FAR_TICKS + 5,
+        1 << 40,
+    ] {
+        let mut wheel = Wheel::new(Tick(0));
+        let key = wheel.insert(Tick(4_000), "moved");
+        assert!(wheel.reset(key, Tick(100 + offset)));
+        wheel.check_invariants();
+        assert!(wheel.next_expiry().unwrap() <= Tick(100 + offset));
+        let (fired, idle) = run_event_loop(&mut wheel, 100);
+        assert_eq!(fired, [(100 + offset, "moved")], "offset {offset}");
+        // Its count's stand-in tick (at most twice) + far block / overflow moves.
+        assert!(idle <= 5, "offset {offset}: {idle} idle wake-ups");
+    }
+}
+
+#[test]
 fn reset_earlier_refiles_at_once() {
     let mut wheel = Wheel::new(Tick(0));
     let near = wheel.insert(Tick(500), "near");
@@ -286,7 +307,7 @@ fn reset_later_from_every_place() {
     assert!(wheel.reset(overdue, Tick(95)));
     assert_eq!(wheel.next_expiry(), Some(Tick(100)));
     assert!(wheel.reset(overdue, Tick(300)));
-    // Near -> beyond the near window (goes to the far ring).
+    // Near -> beyond the near window (stays filed where it is until its slot comes up).
     assert!(wheel.reset(near, Tick(100 + NEAR_TICKS + 500)));
     // Far -> later in the far ring, and beyond it.
     assert!(wheel.reset(far, Tick(20_000)));

@@ -12,9 +12,10 @@ use crate::{Tick, TimerKey};
 
 /// Ticks covered by the near ring: one slot per tick.
 ///
-/// A timer whose deadline is at most `NEAR_TICKS` ticks after [`Wheel::now`] when it is
-/// inserted (or moved) is filed in the near ring, and [`Wheel::next_expiry`] reports
-/// its deadline exactly.
+/// A timer given a deadline at most `NEAR_TICKS` ticks after [`Wheel::now`] (by
+/// `insert`, or by a `reset` that moves it earlier) is filed in the near ring, where
+/// [`Wheel::next_expiry`] sees its deadline exactly. A `reset` that moves a timer later
+/// leaves it where it is filed.
 pub const NEAR_TICKS: u64 = 1 << NEAR_BITS;
 const NEAR_BITS: u32 = 12;
 const NEAR_MASK: u64 = NEAR_TICKS - 1;
@@ -33,7 +34,8 @@ const FAR_MASK: u64 = FAR_SLOTS - 1;
 /// ring), so each far-off timer is visited at most once per `RESCAN_INTERVAL` ticks.
 const RESCAN_INTERVAL: u64 = FAR_TICKS / 2;
 
-/// Most live timers one wheel can hold: arena indices must leave [`HEAD_FLAG`] clear.
+/// Most live timers one wheel can hold (2³¹): arena indices must leave the top bit of a
+/// list link free to mark list heads.
 pub const MAX_TIMERS: usize = HEAD_FLAG as usize;
 
 // List heads, all in one array: near slot `s` is head `s`, far slot `f` is head
@@ -59,7 +61,10 @@ const _: () = {
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 enum Place {
     /// In near slot `t % NEAR_TICKS` for some tick `t` with `now < t <= deadline`, and
-    /// counted in `near_counts[deadline % NEAR_TICKS]`.
+    /// counted in `near_counts[deadline % NEAR_TICKS]`. Filed only with `deadline <= now
+    /// + NEAR_TICKS`; a later `reset` may move the deadline further out, and then its
+    /// count stands for an earlier tick of the window (`next_expiry` is early for it,
+    /// never late) until `advance` reaches its slot and re-files it.
     Near,
     /// In the far slot of block `b` with `b * 64 <= deadline`, not yet drained.
     Far,
@@ -87,6 +92,12 @@ struct Timer<T> {
     place: Place,
 }
 
+/// Keeps a 32-byte [`Entry`] inside one cache line: large allocations start 16 bytes
+/// into a line, so with its natural 8-byte alignment every other entry would straddle
+/// two lines and cost two cache misses instead of one.
+#[repr(align(32))]
+struct Aligned<E>(E);
+
 /// An arena slot.
 enum Entry<T> {
     Occupied(Timer<T>),
@@ -104,7 +115,7 @@ enum Entry<T> {
 pub struct Wheel<T> {
     /// The arena. Every `Occupied` entry is on exactly one list; every non-retired
     /// `Vacant` entry is on the free list.
-    entries: Vec<Entry<T>>,
+    entries: Vec<Aligned<Entry<T>>>,
     /// First free arena slot, or `NIL`.
     free_head: u32,
     /// Number of `Occupied` entries.
@@ -113,11 +124,13 @@ pub struct Wheel<T> {
     /// Only ever increases.
     now: u64,
     /// First entry of each list (see `FAR_HEAD0` and friends), or `NIL`.
-    heads: Box<[u32]>,
+    heads: Box<[u32; HEADS]>,
     /// `near_counts[s]` = number of `Near` timers whose deadline is `≡ s (mod
-    /// NEAR_TICKS)`; all such deadlines lie in `now + 1 ..= now + NEAR_TICKS`, so the
-    /// count is exact for one tick.
-    near_counts: Box<[u32]>,
+    /// NEAR_TICKS)`. Exactly one tick of the window `now + 1 ..= now + NEAR_TICKS` is in
+    /// that class, so the first slot with a non-zero count is the earliest near
+    /// deadline (or earlier, for a timer moved beyond the window; see `Place::Near`).
+    /// Inline, not boxed: `reset` then reaches it without loading a pointer.
+    near_counts: [u32; NEAR_TICKS as usize],
     /// Bit `s` set exactly when near list `s` is non-empty.
     near_filed: Bits<64>,
     /// Bit `s` set exactly when `near_counts[s] > 0`.
@@ -142,15 +155,17 @@ impl<T> Wheel<T> {
     /// before the arena grows.
     ///
     /// Besides the arena (`capacity` entries; 32 bytes each for an 8-byte `T`), a wheel
-    /// owns a fixed ~37 KiB of list heads, counters and bitmaps.
+    /// owns a fixed ~37 KiB: 20 KiB of list heads on the heap, and 16 KiB of due counters
+    /// and 1.2 KiB of bitmaps inline (so a `Wheel` value is ~17.6 KiB; box it rather than
+    /// move it around).
     pub fn with_capacity(start: Tick, capacity: usize) -> Self {
         Self {
             entries: Vec::with_capacity(capacity.min(MAX_TIMERS)),
             free_head: NIL,
             len: 0,
             now: start.0,
-            heads: vec![NIL; HEADS].into_boxed_slice(),
-            near_counts: vec![0; NEAR_TICKS as usize].into_boxed_slice(),
+            heads: Box::new([NIL; HEADS]),
+            near_counts: [0; NEAR_TICKS as usize],
             near_filed: Bits::new(),
             near_due: Bits::new(),
             far_filed: Bits::new(),
@@ -187,7 +202,7 @@ impl<T> Wheel<T> {
         };
         let (index, generation) = if self.free_head != NIL {
             let index = self.free_head;
-            let slot = &mut self.entries[index as usize];
+            let slot = &mut self.entries[index as usize].0;
             let Entry::Vacant {
                 generation,
                 next_free,
@@ -204,7 +219,7 @@ impl<T> Wheel<T> {
                 index < MAX_TIMERS,
                 "a wheel holds at most {MAX_TIMERS} timers"
             );
-            self.entries.push(Entry::Occupied(timer(0)));
+            self.entries.push(Aligned(Entry::Occupied(timer(0))));
             (index as u32, 0)
         };
         self.len += 1;
@@ -215,36 +230,48 @@ impl<T> Wheel<T> {
     /// Moves a live timer to `deadline`; returns `false` (and does nothing) for a stale
     /// key.
     ///
-    /// Moving a timer later is the cheap case: the timer stays where it is filed and only
-    /// its deadline and two counters change; it is re-filed once, when its old slot comes
-    /// up. (The exception: a near-ring timer moved more than [`NEAR_TICKS`] past
-    /// [`now`](Self::now) is re-filed at once.) Moving it earlier re-files it at once.
-    /// Both are O(1).
+    /// Moving a timer later is the cheap case, and the common one (a keepalive): the
+    /// timer stays where it is filed and only its deadline and two due counters change;
+    /// it is re-filed once, when its old slot comes up, however often it moved. Moving
+    /// it earlier re-files it at once. Both are O(1).
+    #[inline]
     pub fn reset(&mut self, key: TimerKey, deadline: Tick) -> bool {
         let new = deadline.0;
-        let now = self.now;
-        let near_limit = now.saturating_add(NEAR_TICKS);
-        let Some(Entry::Occupied(timer)) = self.entries.get_mut(key.index as usize) else {
+        let Some(Aligned(entry)) = self.entries.get_mut(key.index as usize) else {
             return false;
         };
-        if timer.generation != key.generation {
+        // The hot path, kept small so it inlines and back-to-back calls overlap their
+        // cache misses: a near timer moved later. The slot it is filed in stays at or
+        // before its deadline; only its due count moves (see `Place::Near`).
+        if let Entry::Occupied(timer) = entry
+            && timer.place == Place::Near
+            && timer.generation == key.generation
+            && timer.deadline <= new
+        {
+            let old = mem::replace(&mut timer.deadline, new);
+            self.uncount(old);
+            self.count(new);
+            return true;
+        }
+        self.reset_other(key, new)
+    }
+
+    /// `reset` off the hot path: stale keys, and every case but "near, later".
+    #[inline(never)]
+    fn reset_other(&mut self, key: TimerKey, new: u64) -> bool {
+        if self.live(key).is_none() {
             return false;
         }
-        let old = timer.deadline;
-        let place = timer.place;
-        let stays = match place {
-            // Still at or after its slot's tick, and its count can move within the ring.
-            Place::Near => new >= old && new <= near_limit,
+        let now = self.now;
+        let timer = self.timer_mut(key.index);
+        let stays = match timer.place {
+            Place::Near => false, // moved earlier (later is the hot path)
             // Still at or after the block / overflow lower bound it is filed under.
-            Place::Far | Place::Overflow => new >= old,
+            Place::Far | Place::Overflow => new >= timer.deadline,
             Place::Overdue => new <= now,
         };
         if stays {
             timer.deadline = new;
-            if place == Place::Near && new != old {
-                self.uncount(old);
-                self.count(new);
-            }
         } else {
             self.unlink(key.index);
             self.timer_mut(key.index).deadline = new;
@@ -310,7 +337,7 @@ impl<T> Wheel<T> {
     /// capacity. O(capacity).
     pub fn clear(&mut self) {
         for index in 0..self.entries.len() {
-            if matches!(self.entries[index], Entry::Occupied(_)) {
+            if matches!(self.entries[index].0, Entry::Occupied(_)) {
                 self.release(index as u32);
             }
         }
@@ -329,13 +356,16 @@ impl<T> Wheel<T> {
     ///
     /// * A timer that is already due (overdue, or left over by a call that ran out of
     ///   budget) makes this at most the `now` of the last `advance`.
-    /// * Otherwise this is exactly the earliest deadline, as long as every live timer
-    ///   was inserted or last moved to a deadline at most [`NEAR_TICKS`] after
-    ///   [`now`](Self::now) at the time.
-    /// * Timers filed further out make it a lower bound: the first tick of the 64-tick
-    ///   block holding the earliest of them (where `advance` moves that block into the
-    ///   near ring), or the next overflow rescan. An `advance` at that tick may fire
-    ///   nothing; the answer after it is closer to the deadline.
+    /// * Otherwise it is exactly the earliest deadline, as long as no live timer has
+    ///   been given a deadline more than [`NEAR_TICKS`] after [`now`](Self::now) at the
+    ///   time (by `insert` or `reset`).
+    /// * Such far-off timers make it a lower bound instead: the first tick of the
+    ///   64-tick block holding the earliest of them (where `advance` moves the block
+    ///   into the near ring), the next overflow rescan, or, for a near timer moved more
+    ///   than [`NEAR_TICKS`] ahead, the tick of the window congruent to its deadline
+    ///   (at most twice, until `advance` reaches its old slot and re-files it). An
+    ///   `advance` at such a tick may fire nothing; the answer after it is closer to
+    ///   the deadline.
     ///
     /// It is never later than the earliest deadline.
     #[must_use]
@@ -460,7 +490,7 @@ impl<T> Wheel<T> {
             );
             assert!(!on_free_list[i], "free list cycles at {i}");
             on_free_list[i] = true;
-            let Entry::Vacant { next_free, .. } = self.entries[i] else {
+            let Entry::Vacant { next_free, .. } = self.entries[i].0 else {
                 panic!("occupied entry {i} on the free list");
             };
             free += 1;
@@ -502,7 +532,7 @@ impl<T> Wheel<T> {
                 assert!(!seen[i], "entry {i} is on two lists or a list cycles");
                 seen[i] = true;
                 listed += 1;
-                let Entry::Occupied(timer) = &self.entries[i] else {
+                let Entry::Occupied(timer) = &self.entries[i].0 else {
                     panic!("vacant entry {i} on list {head}");
                 };
                 assert_eq!(timer.prev, prev, "entry {i} on list {head}: bad prev link");
@@ -513,7 +543,7 @@ impl<T> Wheel<T> {
                         // The tick this slot stands for in the window now+1 ..= now+N.
                         let slot_tick = now + 1 + ((s as u64).wrapping_sub(now + 1) & NEAR_MASK);
                         assert!(
-                            slot_tick <= d && d <= now.saturating_add(NEAR_TICKS),
+                            now < slot_tick && slot_tick <= d,
                             "near entry {i}: slot tick {slot_tick}, deadline {d}, now {now}"
                         );
                         counts[(d & NEAR_MASK) as usize] += 1;
@@ -568,7 +598,7 @@ impl<T> Wheel<T> {
         // Retired slots are the only vacant entries off the free list.
         let mut retired = 0usize;
         for (i, entry) in self.entries.iter().enumerate() {
-            if let Entry::Vacant { generation, .. } = entry
+            if let Entry::Vacant { generation, .. } = &entry.0
                 && !on_free_list[i]
             {
                 assert_eq!(
@@ -591,14 +621,16 @@ impl<T> Wheel<T> {
     #[inline]
     fn live(&self, key: TimerKey) -> Option<&Timer<T>> {
         match self.entries.get(key.index as usize) {
-            Some(Entry::Occupied(timer)) if timer.generation == key.generation => Some(timer),
+            Some(Aligned(Entry::Occupied(timer))) if timer.generation == key.generation => {
+                Some(timer)
+            }
             _ => None,
         }
     }
 
     #[inline]
     fn timer(&self, index: u32) -> &Timer<T> {
-        match &self.entries[index as usize] {
+        match &self.entries[index as usize].0 {
             Entry::Occupied(timer) => timer,
             Entry::Vacant { .. } => unreachable!("linked entry {index} is vacant"),
         }
@@ -606,7 +638,7 @@ impl<T> Wheel<T> {
 
     #[inline]
     fn timer_mut(&mut self, index: u32) -> &mut Timer<T> {
-        match &mut self.entries[index as usize] {
+        match &mut self.entries[index as usize].0 {
             Entry::Occupied(timer) => timer,
             Entry::Vacant { .. } => unreachable!("linked entry {index} is vacant"),
         }
@@ -617,10 +649,10 @@ impl<T> Wheel<T> {
     fn count(&mut self, deadline: u64) {
         let slot = (deadline & NEAR_MASK) as usize;
         let count = &mut self.near_counts[slot];
-        if *count == 0 {
+        *count += 1;
+        if *count == 1 {
             self.near_due.set(slot);
         }
-        *count += 1;
     }
 
     /// Reverses [`count`](Self::count).
@@ -737,7 +769,8 @@ impl<T> Wheel<T> {
                 next_free: mem::replace(&mut self.free_head, index),
             }
         };
-        let Entry::Occupied(timer) = mem::replace(&mut self.entries[index as usize], vacant) else {
+        let Entry::Occupied(timer) = mem::replace(&mut self.entries[index as usize].0, vacant)
+        else {
             unreachable!("releasing vacant entry {index}");
         };
         self.len -= 1;
@@ -832,7 +865,7 @@ impl<T> Wheel<T> {
     }
 
     #[cfg(test)]
-    pub(crate) const ENTRY_SIZE_U64: usize = mem::size_of::<Entry<u64>>();
+    pub(crate) const ENTRY_SIZE_U64: usize = mem::size_of::<Aligned<Entry<u64>>>();
 }
 
 impl<T> fmt::Debug for Wheel<T> {
