@@ -300,13 +300,15 @@ fn a_flooding_client_does_not_starve_others_on_its_worker() {
             sent
         })
     };
-    let pings = hold_tungstenite(&mut good, Duration::from_secs(4));
+    // 1 s pings: 4 or 5 are due in 5 s; 3 leaves room for a debug build on a loaded CI
+    // machine (the pings are timed, the test must not be).
+    let pings = hold_tungstenite(&mut good, Duration::from_secs(5));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let flooded = flooder.join().unwrap();
     assert!(flooded > 10 << 20, "the flood was real: {flooded} bytes");
     assert!(
         pings >= 3,
-        "the quiet client still got its pings: {pings} in 4 s"
+        "the quiet client still got its pings: {pings} in 5 s"
     );
     assert_eq!(
         gw.metric("pingwheel_connections", &[]),
