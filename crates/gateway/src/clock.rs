@@ -45,6 +45,19 @@ impl TickClock {
         Tick(self.nanos_since_epoch(deadline).div_ceil(self.tick_nanos))
     }
 
+    /// Like [`TickClock::deadline_tick`], but a deadline that may be served up to
+    /// `slack` late is filed under the next multiple of `slack` (on this clock's tick
+    /// grid), so deadlines with slack that fall in the same window share one tick and
+    /// fire in one batch. Never early; late by less than `slack` plus one tick.
+    pub fn deadline_tick_with_slack(&self, deadline: Instant, slack: Duration) -> Tick {
+        let exact = self.deadline_tick(deadline);
+        let window = u64::try_from(slack.as_nanos()).unwrap_or(u64::MAX) / self.tick_nanos;
+        if window <= 1 {
+            return exact;
+        }
+        Tick(exact.0.div_ceil(window).saturating_mul(window))
+    }
+
     /// The instant at which `tick` starts.
     pub fn instant(&self, tick: Tick) -> Instant {
         let nanos = u128::from(tick.0) * u128::from(self.tick_nanos);
@@ -93,6 +106,34 @@ mod tests {
             // advance(now_tick) fires when now_tick >= tick, i.e. from instant(tick) on.
             assert!(c.instant(tick) >= deadline);
             assert!(c.instant(tick) - deadline < c.tick());
+        }
+    }
+
+    #[test]
+    fn slack_batches_deadlines_of_one_window_without_firing_early() {
+        let t0 = Instant::now();
+        let c = TickClock::new(t0, ms(10));
+        let slack = Duration::from_secs(1);
+        // Deadlines anywhere in (0 s, 1 s] share the tick at 1 s.
+        for d in [1, 10, 333, 999, 1000] {
+            assert_eq!(
+                c.deadline_tick_with_slack(t0 + ms(d), slack),
+                Tick(100),
+                "{d} ms"
+            );
+        }
+        assert_eq!(c.deadline_tick_with_slack(t0 + ms(1001), slack), Tick(200));
+        // No slack (or less than a tick): the exact tick.
+        assert_eq!(
+            c.deadline_tick_with_slack(t0 + ms(333), Duration::ZERO),
+            Tick(34)
+        );
+        assert_eq!(c.deadline_tick_with_slack(t0 + ms(333), ms(5)), Tick(34));
+        for d in [7u64, 1234, 98_765] {
+            let deadline = t0 + ms(d);
+            let tick = c.deadline_tick_with_slack(deadline, slack);
+            assert!(c.instant(tick) >= deadline);
+            assert!(c.instant(tick) - deadline < slack + c.tick());
         }
     }
 

@@ -433,7 +433,8 @@ struct Cli {
     #[arg(long, value_name = "N", value_parser = parse_workers)]
     workers: Option<NonZeroUsize>,
 
-    /// Keepalive ping period; '0' or 'off' disables pings. [default: 20s]
+    /// Keepalive ping period; '0' or 'off' disables pings. Pings are batched: each may
+    /// go out up to min(interval/20, 1s) late. [default: 20s]
     #[arg(long, value_name = "DURATION", value_parser = parse_optional_duration)]
     ping_interval: Option<Toggle>,
 

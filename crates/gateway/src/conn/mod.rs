@@ -231,6 +231,16 @@ impl Conn {
         }
     }
 
+    /// How late the [`Conn::poll_timeout`] deadline may be served without harm: the
+    /// ping slack when the next deadline is a keepalive Ping (see [`keepalive`]), zero
+    /// for every other deadline. The worker uses it to batch Pings.
+    pub fn timeout_slack(&self, cfg: &ConnConfig) -> Duration {
+        match self.phase {
+            Phase::Open => self.keepalive.timeout_slack(&cfg.keepalive),
+            _ => Duration::ZERO,
+        }
+    }
+
     /// Fills `iov` with the unsent output, oldest first; returns how many slices are used.
     pub fn io_slices<'a>(&'a self, iov: &mut [IoSlice<'a>]) -> usize {
         self.out.io_slices(iov)

@@ -629,10 +629,13 @@ impl Worker {
             // Dropping the socket closes it and removes it from epoll.
             return;
         }
+        // Ping deadlines may be served a little late (the ping slack): filing them
+        // on a coarser grid sends many connections' pings in one wake-up.
+        let slack = slot.conn.timeout_slack(&self.settings.conn);
         let due = slot
             .conn
             .poll_timeout(&self.settings.conn)
-            .map(|t| self.clock.deadline_tick(t));
+            .map(|t| self.clock.deadline_tick_with_slack(t, slack));
         match (slot.timer, due) {
             (Some(key), Some(tick)) => {
                 if self.wheel.deadline(key) != Some(tick) {
@@ -750,7 +753,10 @@ mod tests {
     fn an_idle_connection_is_one_small_slot() {
         // slab's entry adds an enum tag (and padding) to the slot.
         let slot = std::mem::size_of::<Slot>();
-        println!("slot {slot} B, of which Conn {} B", std::mem::size_of::<Conn>());
+        println!(
+            "slot {slot} B, of which Conn {} B",
+            std::mem::size_of::<Conn>()
+        );
         assert!(slot <= 200, "slot is {slot} bytes");
     }
 }
