@@ -268,6 +268,12 @@ class Gateway:
         """SIGTERM, wait for the exit, return the exit code (negative: killed by a signal).
         Fails the test, after killing the process, if it does not exit within ``timeout``."""
         self.signal(signal.SIGTERM)
+        return self.wait_exit(timeout)
+
+    def wait_exit(self, timeout: float = TERMINATE_TIMEOUT) -> int:
+        """Waits for the exit (sending nothing: a second SIGTERM means "exit now", code
+        1) and returns the exit code. Fails the test, after killing the process, if it
+        does not exit within ``timeout``."""
         try:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:

@@ -204,4 +204,4 @@ def test_sigterm_closes_python_client_with_1001(start_gateway):
             while True:
                 ws.recv(timeout=5)
         assert ws.close_code == 1001, f"close code {ws.close_code}: {closed.value!r}"
-    assert gw.terminate() == 0
+    assert gw.wait_exit() == 0
