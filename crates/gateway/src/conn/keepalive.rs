@@ -33,7 +33,7 @@
 //! multiple of that slack on its wheel clock, so the Pings of thousands of connections
 //! that fall due within the same second go out together, in one wake-up, instead of one
 //! small batch per 10 ms tick. On this project's test VM that makes a keepalive round
-//! trip about a third cheaper (docs/benchmarks.md). Pings still keep their interval on
+//! trip about a quarter cheaper (docs/benchmarks.md). Pings still keep their interval on
 //! average (the grid is the exact due time; only the send is rounded), each interval
 //! is within `± slack` of the configured one, and the first-ping jitter (a tenth of the
 //! interval, two slack windows) still spreads a reconnect storm. Pong deadlines,
