@@ -663,12 +663,10 @@ impl Conn {
         why: &str,
         events: &mut Vec<ConnEvent>,
     ) {
+        // Only an open connection queues output, so `fail` queues the Close.
+        debug_assert_eq!(self.phase, Phase::Open);
         self.out.discard_unstarted();
-        self.queue_close(code, why);
-        self.keepalive.stop();
-        self.set_closed(reason, events);
-        self.phase = Phase::Draining;
-        self.deadline = Some(now + cfg.close_timeout);
+        self.fail(cfg, now, reason, code, why, events);
     }
 
     fn refuse(
