@@ -305,7 +305,6 @@ impl Conn {
             Phase::Open => {
                 let ka = &cfg.keepalive;
                 if self.keepalive.timed_out(ka, now) {
-                    self.keepalive.stop();
                     self.queue_close(1011, "keepalive ping timeout");
                     self.set_closed(CloseReason::PingTimeout, events);
                     // An unresponsive peer gets no lingering.
@@ -440,11 +439,9 @@ impl Conn {
     ) {
         match self.phase {
             Phase::Open => {
-                self.keepalive.stop();
                 self.queue_close(code, "");
                 self.set_closed(reason, events);
-                self.phase = Phase::ClosingByUs;
-                self.deadline = Some(now + cfg.close_timeout);
+                self.linger(Phase::ClosingByUs, cfg, now);
             }
             Phase::Handshake | Phase::AwaitingDecision => {
                 self.set_closed(reason, events);
@@ -622,13 +619,11 @@ impl Conn {
                 None => encode_frame(OpCode::Control(Control::Close), &[], &mut frame),
             }
             self.out.push(Bytes::from(frame));
-            self.keepalive.stop();
             self.set_closed(CloseReason::Normal, events);
         }
         // Open or ClosingByUs: the closing handshake is complete; the server closes TCP first.
         self.close_complete = true;
-        self.phase = Phase::Draining;
-        self.deadline = Some(now + cfg.close_timeout);
+        self.linger(Phase::Draining, cfg, now);
     }
 
     /// Fails the connection (RFC 6455 §7.1.7): a Close frame, then drain and close TCP.
@@ -644,10 +639,8 @@ impl Conn {
         if self.phase == Phase::Open {
             self.queue_close(code, why);
         }
-        self.keepalive.stop();
         self.set_closed(reason, events);
-        self.phase = Phase::Draining;
-        self.deadline = Some(now + cfg.close_timeout);
+        self.linger(Phase::Draining, cfg, now);
     }
 
     /// The peer stopped reading: cut the queue at a frame boundary and append a Close
@@ -681,8 +674,7 @@ impl Conn {
         self.pending_input = Vec::new();
         events.push(ConnEvent::HandshakeFailed(failure));
         self.set_closed(CloseReason::Rejected, events);
-        self.phase = Phase::Draining;
-        self.deadline = Some(now + cfg.close_timeout);
+        self.linger(Phase::Draining, cfg, now);
     }
 
     /// The socket is gone (EOF or error).
@@ -695,8 +687,17 @@ impl Conn {
         self.phase = Phase::Done;
     }
 
-    /// Emits `Closed(reason)` if the connection's fate was not decided yet.
+    /// Moves to a closing `phase` that ends by `close_timeout` at the latest.
+    fn linger(&mut self, phase: Phase, cfg: &ConnConfig, now: Instant) {
+        debug_assert!(matches!(phase, Phase::ClosingByUs | Phase::Draining));
+        self.phase = phase;
+        self.deadline = Some(now + cfg.close_timeout);
+    }
+
+    /// Stops keepalive (a closing connection sends no Pings and expects no Pongs) and
+    /// emits `Closed(reason)` if the connection's fate was not decided yet.
     fn set_closed(&mut self, reason: CloseReason, events: &mut Vec<ConnEvent>) {
+        self.keepalive.stop();
         if matches!(
             self.phase,
             Phase::Handshake | Phase::AwaitingDecision | Phase::Open
