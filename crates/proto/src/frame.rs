@@ -39,7 +39,14 @@ pub fn header(opcode: OpCode, payload_len: usize) -> ([u8; MAX_HEADER_LEN], usiz
     );
     let mut bytes = [0u8; MAX_HEADER_LEN];
     bytes[0] = 0x80 | u8::from(opcode);
-    let len = if payload_len <= 125 {
+    let len = put_length(&mut bytes, payload_len);
+    (bytes, len)
+}
+
+/// Writes the minimal length encoding of `payload_len` from `bytes[1]` on (mask bit
+/// clear) and returns the header length: 2, 4 or 10.
+fn put_length(bytes: &mut [u8; MAX_HEADER_LEN], payload_len: usize) -> usize {
+    if payload_len <= 125 {
         bytes[1] = payload_len as u8;
         2
     } else if let Ok(short) = u16::try_from(payload_len) {
@@ -50,8 +57,35 @@ pub fn header(opcode: OpCode, payload_len: usize) -> ([u8; MAX_HEADER_LEN], usiz
         bytes[1] = 127;
         bytes[2..10].copy_from_slice(&(payload_len as u64).to_be_bytes());
         10
-    };
-    (bytes, len)
+    }
+}
+
+/// Appends a masked client frame to `out`: `first_byte` as given (FIN, RSV and opcode
+/// bits, unchecked, so tests can build invalid frames too), the minimal length encoding
+/// with the mask bit set, `mask`, and `payload` masked with it.
+///
+/// The gateway never sends one; the benches and tests use it to play the client.
+///
+/// # Examples
+///
+/// ```
+/// use pingwheel_proto::frame::encode_client_frame;
+/// // RFC 6455 §5.7: a single-frame masked text message containing "Hello".
+/// let mut out = Vec::new();
+/// encode_client_frame(0x81, b"Hello", [0x37, 0xfa, 0x21, 0x3d], &mut out);
+/// assert_eq!(out, [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58]);
+/// ```
+pub fn encode_client_frame(first_byte: u8, payload: &[u8], mask: [u8; 4], out: &mut Vec<u8>) {
+    let mut bytes = [0u8; MAX_HEADER_LEN];
+    bytes[0] = first_byte;
+    let len = put_length(&mut bytes, payload.len());
+    bytes[1] |= 0x80;
+    out.reserve(len + 4 + payload.len());
+    out.extend_from_slice(&bytes[..len]);
+    out.extend_from_slice(&mask);
+    let start = out.len();
+    out.extend_from_slice(payload);
+    crate::mask::apply_mask(&mut out[start..], mask, 0);
 }
 
 /// Size on the wire of a server frame carrying `payload_len` bytes: header plus payload.

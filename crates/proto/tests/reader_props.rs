@@ -12,6 +12,7 @@
 //!   that delivers the byte proving it bad, not earlier and not later, however the
 //!   message is fragmented and the stream is split.
 
+use pingwheel_proto::frame::encode_client_frame;
 use pingwheel_proto::inbound::{Flow, Inbound, Limits, MAX_HEADER_LEN, MessageReader, ReadError};
 use proptest::{collection::vec, prelude::*, sample::Index};
 
@@ -77,20 +78,7 @@ struct Stream {
 
 /// Appends a masked client frame with the minimal length encoding.
 fn push_frame(out: &mut Vec<u8>, fin: bool, opcode: u8, payload: &[u8], mask: [u8; 4]) {
-    out.push(u8::from(fin) << 7 | opcode);
-    match payload.len() {
-        len @ 0..=125 => out.push(0x80 | len as u8),
-        len @ 126..=65535 => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        len => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    encode_client_frame(u8::from(fin) << 7 | opcode, payload, mask, out);
 }
 
 /// A deterministic sequence of masks (splitmix-style), so a failing case replays.

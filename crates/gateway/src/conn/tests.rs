@@ -3,6 +3,7 @@
 use std::io::{Cursor, IoSlice};
 use std::time::{Duration, Instant};
 
+use pingwheel_proto::frame::encode_client_frame;
 use proptest::prelude::*;
 use tungstenite::protocol::frame::FrameHeader;
 
@@ -25,20 +26,13 @@ fn request() -> Vec<u8> {
 
 /// A masked client frame.
 fn client_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
-    let mask = [0x37, 0xfa, 0x21, 0x3d];
-    let mut f = vec![(u8::from(fin) << 7) | opcode];
-    let len = payload.len();
-    if len < 126 {
-        f.push(0x80 | len as u8);
-    } else if len < 65536 {
-        f.push(0x80 | 126);
-        f.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        f.push(0x80 | 127);
-        f.extend_from_slice(&(len as u64).to_be_bytes());
-    }
-    f.extend_from_slice(&mask);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    let mut f = Vec::new();
+    encode_client_frame(
+        (u8::from(fin) << 7) | opcode,
+        payload,
+        [0x37, 0xfa, 0x21, 0x3d],
+        &mut f,
+    );
     f
 }
 

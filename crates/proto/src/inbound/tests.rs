@@ -1,6 +1,7 @@
 //! Byte-literal tests of the frame reader: RFC 6455 vectors, every violation, UTF-8.
 
 use super::*;
+use crate::frame::encode_client_frame;
 
 const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 const TEXT: u8 = 0x1;
@@ -16,20 +17,8 @@ const LIMITS: Limits = Limits {
 
 /// A masked client frame with the minimal length encoding.
 fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![u8::from(fin) << 7 | opcode];
-    match payload.len() {
-        len @ 0..=125 => out.push(0x80 | len as u8),
-        len @ 126..=65535 => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        len => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&MASK);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+    let mut out = Vec::new();
+    encode_client_frame(u8::from(fin) << 7 | opcode, payload, MASK, &mut out);
     out
 }
 
