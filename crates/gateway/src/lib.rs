@@ -27,6 +27,7 @@ pub mod admin;
 pub mod clock;
 pub mod config;
 pub mod conn;
+pub mod engine;
 pub mod hub;
 pub mod listener;
 pub mod metrics;
