@@ -35,13 +35,15 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use pingwheel_proto::frame::{self, Data, OpCode};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::channel::{ChannelGrant, USER_CHANNEL, validate_channel_name};
 use super::{PushLimits, json_str};
+use crate::engine::history::FrameEncoder;
+use crate::engine::position::{EPOCH_LEN, Position};
 
 /// The stable error codes of `{"op":"error"}` replies. Clients match on these
 /// strings; the `message` next to them is for humans and may change.
@@ -490,9 +492,8 @@ fn needs_no_json_escape(s: &str) -> bool {
     s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\')
 }
 
-/// Appends `n` in decimal to `out`, without allocating.
-fn push_decimal(n: u64, out: &mut Vec<u8>) {
-    let mut digits = [0u8; 20];
+/// `n` in decimal, written into the end of `digits` (no allocation).
+fn format_decimal(n: u64, digits: &mut [u8; 20]) -> &[u8] {
     let mut at = digits.len();
     let mut rest = n;
     loop {
@@ -503,7 +504,7 @@ fn push_decimal(n: u64, out: &mut Vec<u8>) {
             break;
         }
     }
-    out.extend_from_slice(&digits[at..]);
+    &digits[at..]
 }
 
 /// Number of decimal digits of `n`.
@@ -511,57 +512,141 @@ fn decimal_digits(n: u64) -> usize {
     n.checked_ilog10().map_or(1, |log| log as usize + 1)
 }
 
-/// Encodes one delivery, `{"channel":<channel>,"seq":<seq>,"data":<data>}`, as one
-/// complete unmasked WebSocket text frame in a single allocation of exactly its size.
+/// One delivery's frame, `{"channel":<channel>,"seq":<seq>,"epoch":<epoch>,"data":<data>}`
+/// (field order fixed), encoded once per publish: the engine's history asks for its
+/// length and has it written straight into the block it keeps it in, and every
+/// subscriber on every worker is sent that same [`Bytes`] slice.
 ///
 /// `channel` is JSON-escaped (valid channel names never need it; [`USER_CHANNEL`] is
 /// used for per-user deliveries); `data` is inserted verbatim, so it must be the JSON
-/// that was validated when it was published. The frame is built once per publish and
-/// shared by every subscriber: cloning the returned [`Bytes`] only bumps a count.
+/// that was validated when it was published.
+#[derive(Copy, Clone, Debug)]
+pub struct DeliveryFrame<'a> {
+    /// The channel as it goes on the wire (`#user` for a user's stream), unescaped.
+    pub channel: &'a str,
+    /// The published JSON.
+    pub data: &'a RawValue,
+}
+
+const DELIVERY_HEAD: &[u8] = br#"{"channel":""#;
+const DELIVERY_SEQ: &[u8] = br#"","seq":"#;
+const DELIVERY_EPOCH: &[u8] = br#","epoch":""#;
+const DELIVERY_DATA: &[u8] = br#"","data":"#;
+const DELIVERY_TAIL: &[u8] = b"}";
+
+impl DeliveryFrame<'_> {
+    /// The channel as it appears between the JSON quotes.
+    fn channel_json(&self) -> Cow<'_, str> {
+        if needs_no_json_escape(self.channel) {
+            Cow::Borrowed(self.channel)
+        } else {
+            // Serializing a str into a String cannot fail.
+            let quoted = serde_json::to_string(self.channel).unwrap_or_default();
+            Cow::Owned(quoted[1..quoted.len() - 1].to_owned())
+        }
+    }
+
+    fn payload_len(&self, channel_json: &str, seq: u64) -> usize {
+        DELIVERY_HEAD.len()
+            + channel_json.len()
+            + DELIVERY_SEQ.len()
+            + decimal_digits(seq)
+            + DELIVERY_EPOCH.len()
+            + EPOCH_LEN
+            + DELIVERY_DATA.len()
+            + self.data.get().len()
+            + DELIVERY_TAIL.len()
+    }
+
+    /// The frame as a new exact-size [`Bytes`] (what history does for large frames and
+    /// for streams that keep none; tests use it too).
+    pub fn encode(&self, position: &Position) -> Bytes {
+        let mut out = BytesMut::with_capacity(self.frame_len(position));
+        self.write(position, &mut out);
+        out.freeze()
+    }
+}
+
+impl FrameEncoder for DeliveryFrame<'_> {
+    fn frame_len(&self, position: &Position) -> usize {
+        frame::frame_len(self.payload_len(&self.channel_json(), position.seq))
+    }
+
+    fn write(&self, position: &Position, out: &mut BytesMut) {
+        let channel_json = self.channel_json();
+        let payload_len = self.payload_len(&channel_json, position.seq);
+        let start = out.len();
+        let (header, header_len) = frame::header(OpCode::Data(Data::Text), payload_len);
+        let mut digits = [0u8; 20];
+        out.extend_from_slice(&header[..header_len]);
+        out.extend_from_slice(DELIVERY_HEAD);
+        out.extend_from_slice(channel_json.as_bytes());
+        out.extend_from_slice(DELIVERY_SEQ);
+        out.extend_from_slice(format_decimal(position.seq, &mut digits));
+        out.extend_from_slice(DELIVERY_EPOCH);
+        out.extend_from_slice(position.epoch.as_bytes());
+        out.extend_from_slice(DELIVERY_DATA);
+        out.extend_from_slice(self.data.get().as_bytes());
+        out.extend_from_slice(DELIVERY_TAIL);
+        debug_assert_eq!(
+            out.len() - start,
+            frame::frame_len(payload_len),
+            "delivery frame size mismatch: channel={:?} position={position:?} data_len={}",
+            self.channel,
+            self.data.get().len()
+        );
+    }
+}
+
+/// Encodes one delivery in the old position-less format (kept only until the fan-out
+/// carries positions).
 pub fn encode_delivery(channel: &str, seq: u64, data: &RawValue) -> Bytes {
     let escaped;
     let channel_json: &str = if needs_no_json_escape(channel) {
         channel
     } else {
-        // Serializing a str into a String cannot fail.
         escaped = serde_json::to_string(channel).unwrap_or_default();
         &escaped[1..escaped.len() - 1]
     };
-    const HEAD: &[u8] = br#"{"channel":""#;
     const SEQ: &[u8] = br#"","seq":"#;
     const DATA: &[u8] = br#","data":"#;
-    const TAIL: &[u8] = b"}";
     let data = data.get().as_bytes();
-    let payload_len = HEAD.len()
+    let mut digits = [0u8; 20];
+    let seq = format_decimal(seq, &mut digits);
+    let payload_len = DELIVERY_HEAD.len()
         + channel_json.len()
         + SEQ.len()
-        + decimal_digits(seq)
+        + seq.len()
         + DATA.len()
         + data.len()
-        + TAIL.len();
-    let frame_len = frame::frame_len(payload_len);
+        + DELIVERY_TAIL.len();
     let (header, header_len) = frame::header(OpCode::Data(Data::Text), payload_len);
-    let mut frame = Vec::with_capacity(frame_len);
+    let mut frame = Vec::with_capacity(frame::frame_len(payload_len));
     frame.extend_from_slice(&header[..header_len]);
-    frame.extend_from_slice(HEAD);
+    frame.extend_from_slice(DELIVERY_HEAD);
     frame.extend_from_slice(channel_json.as_bytes());
     frame.extend_from_slice(SEQ);
-    push_decimal(seq, &mut frame);
+    frame.extend_from_slice(seq);
     frame.extend_from_slice(DATA);
     frame.extend_from_slice(data);
-    frame.extend_from_slice(TAIL);
-    debug_assert_eq!(
-        frame.len(),
-        frame_len,
-        "delivery frame size mismatch: channel={channel:?} seq={seq} data_len={}",
-        data.len()
-    );
+    frame.extend_from_slice(DELIVERY_TAIL);
     Bytes::from(frame)
 }
 
-/// Encodes a per-user delivery: [`encode_delivery`] on [`USER_CHANNEL`].
+/// A per-user delivery in the old format: [`encode_delivery`] on [`USER_CHANNEL`].
 pub fn encode_user_delivery(seq: u64, data: &RawValue) -> Bytes {
     encode_delivery(USER_CHANNEL, seq, data)
+}
+
+/// The JSON text of a delivery frame (its payload, after the WebSocket header): what
+/// the history API lists. `frame` must be an unmasked frame as [`DeliveryFrame`] builds.
+pub fn delivery_json(frame: &[u8]) -> &[u8] {
+    let header_len = match frame.get(1).map(|b| b & 0x7f) {
+        Some(126) => 4,
+        Some(127) => 10,
+        _ => 2,
+    };
+    frame.get(header_len..).unwrap_or_default()
 }
 
 /// What to do with an inbound client message, from [`InboundRateLimit::check`].
@@ -961,13 +1046,80 @@ mod tests {
         assert_eq!(payload, br##"{"channel":"#user","seq":7,"data":null}"##);
     }
 
+    fn position(seq: u64) -> Position {
+        Position {
+            seq,
+            epoch: crate::engine::position::Epoch::parse("Xy3kP0aQ").unwrap(),
+        }
+    }
+
+    #[test]
+    fn positioned_delivery_bytes_are_exact() {
+        let data = RawValue::from_string(r#"{"home":2,"away":1}"#.to_owned()).unwrap();
+        let d = DeliveryFrame {
+            channel: "scores",
+            data: &data,
+        };
+        let frame = d.encode(&position(42));
+        let payload =
+            br#"{"channel":"scores","seq":42,"epoch":"Xy3kP0aQ","data":{"home":2,"away":1}}"#;
+        let mut want = vec![0x81, payload.len() as u8];
+        want.extend_from_slice(payload);
+        assert_eq!(&frame[..], &want[..]);
+        assert_eq!(d.frame_len(&position(42)), want.len());
+        assert_eq!(delivery_json(&frame), payload);
+    }
+
+    #[test]
+    fn positioned_deliveries_of_every_length_class_parse_back() {
+        // 71 bytes of envelope around the data here (20 digits of seq, the quotes).
+        for (data_len, header_len) in [(0, 2), (54, 2), (55, 4), (65_464, 4), (65_465, 10)] {
+            let data = RawValue::from_string(format!("\"{}\"", "d".repeat(data_len))).unwrap();
+            let frame = DeliveryFrame {
+                channel: "c",
+                data: &data,
+            }
+            .encode(&position(u64::MAX));
+            let (opcode, fin, masked, payload) = decode_frame(&frame);
+            assert_eq!(
+                (opcode, fin, masked),
+                (OpCode::Data(Data::Text), true, false)
+            );
+            assert_eq!(payload.len(), data_len + 71, "data_len={data_len}");
+            assert_eq!(
+                frame.len() - payload.len(),
+                header_len,
+                "data_len={data_len}"
+            );
+            assert_eq!(delivery_json(&frame), payload);
+            let json: serde_json::Value = serde_json::from_slice(payload).unwrap();
+            assert_eq!(json["seq"], u64::MAX);
+            assert_eq!(json["epoch"], "Xy3kP0aQ");
+        }
+    }
+
+    #[test]
+    fn positioned_delivery_escapes_odd_channels() {
+        let data = RawValue::from_string("null".to_owned()).unwrap();
+        let d = DeliveryFrame {
+            channel: "we\"ird\\\n",
+            data: &data,
+        };
+        let frame = d.encode(&position(0));
+        assert_eq!(d.frame_len(&position(0)), frame.len());
+        let (_, _, _, payload) = decode_frame(&frame);
+        assert_eq!(
+            payload,
+            br#"{"channel":"we\"ird\\\n","seq":0,"epoch":"Xy3kP0aQ","data":null}"#
+        );
+    }
+
     #[test]
     fn decimal_digit_counts() {
         for n in [0, 1, 9, 10, 99, 100, 12345, u64::MAX] {
             assert_eq!(decimal_digits(n), n.to_string().len(), "{n}");
-            let mut out = Vec::new();
-            push_decimal(n, &mut out);
-            assert_eq!(out, n.to_string().as_bytes());
+            let mut digits = [0u8; 20];
+            assert_eq!(format_decimal(n, &mut digits), n.to_string().as_bytes());
         }
     }
 
@@ -1075,6 +1227,21 @@ mod tests {
                 let json: serde_json::Value = serde_json::from_slice(payload).unwrap();
                 prop_assert_eq!(json["channel"].as_str(), Some(channel.as_str()));
                 prop_assert_eq!(json["seq"].as_u64(), Some(seq));
+                prop_assert_eq!(json["data"].as_str(), Some(text.as_str()));
+            }
+
+            #[test]
+            fn positioned_deliveries_round_trip(channel in "\\PC{0,40}", seq: u64, text in "\\PC{0,300}") {
+                let data = RawValue::from_string(serde_json::to_string(&text).unwrap()).unwrap();
+                let d = DeliveryFrame { channel: &channel, data: &data };
+                let frame = d.encode(&position(seq));
+                prop_assert_eq!(frame.len(), d.frame_len(&position(seq)));
+                let (opcode, fin, masked, payload) = decode_frame(&frame);
+                prop_assert_eq!((opcode, fin, masked), (OpCode::Data(Data::Text), true, false));
+                let json: serde_json::Value = serde_json::from_slice(payload).unwrap();
+                prop_assert_eq!(json["channel"].as_str(), Some(channel.as_str()));
+                prop_assert_eq!(json["seq"].as_u64(), Some(seq));
+                prop_assert_eq!(json["epoch"].as_str(), Some("Xy3kP0aQ"));
                 prop_assert_eq!(json["data"].as_str(), Some(text.as_str()));
             }
 
