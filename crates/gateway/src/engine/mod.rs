@@ -5,10 +5,12 @@
 //! | [`position`] | `(epoch, seq)`, the recovery decision, the URL `since` syntax | yes |
 //! | [`namespace`] | `[[namespace]]` options, longest-prefix matching | yes |
 //! | [`history`] | positions and bounded history in memory: blocks, TTL, byte bound, idle forgetting | yes (takes `now`) |
+//! | [`recovery`] | the worker's half: per-subscription watermarks, merging an answer with buffered live frames | yes |
 
 pub mod history;
 pub mod namespace;
 pub mod position;
+pub mod recovery;
 
 /// A stream of publishes with its own position: a channel, or one user's personal
 /// stream (delivered as channel `#user`).
