@@ -11,6 +11,7 @@
 //! | [`channel`] | channel name rules, [`channel::ChannelGrant`] patterns, `#user` | all of the below |
 //! | [`protocol`] | client JSON ops in, replies and delivery frames out, inbound rate limit | worker |
 //! | [`publish`] | publish API bodies and replies, `seq` allocation | admin |
+//! | [`history`] | the history API's query and reply | admin |
 
 use std::borrow::Cow;
 
@@ -18,6 +19,7 @@ use serde_json::value::RawValue;
 
 pub mod auth;
 pub mod channel;
+pub mod history;
 pub mod protocol;
 pub mod publish;
 
@@ -151,7 +153,7 @@ mod protocol_md {
             let got = match parse_client_message(request, &limits) {
                 Err(err) => err.reply().to_json(),
                 Ok(req) => match &req.op {
-                    ClientOp::Subscribe { channel } => {
+                    ClientOp::Subscribe { channel, .. } => {
                         let already = subscribed.contains(&&**channel);
                         match authorize_subscribe(&grant, channel, already, 2, &limits, req.id) {
                             Err(err) => err.reply().to_json(),

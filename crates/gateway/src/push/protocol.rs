@@ -43,7 +43,7 @@ use serde_json::value::RawValue;
 use super::channel::{ChannelGrant, USER_CHANNEL, validate_channel_name};
 use super::{PushLimits, json_str};
 use crate::engine::history::FrameEncoder;
-use crate::engine::position::{EPOCH_LEN, Position};
+use crate::engine::position::{EPOCH_LEN, Epoch, Position, Since};
 
 /// The stable error codes of `{"op":"error"}` replies. Clients match on these
 /// strings; the `message` next to them is for humans and may change.
@@ -113,8 +113,11 @@ pub enum ClientOp<'a> {
     /// [`parse_client_message`]); whether the token grants it is checked by
     /// [`authorize_subscribe`].
     Subscribe {
-        /// The channel name (borrowed unless the JSON string had escapes).
+        /// The channel name (borrowed unless the JSON string had escapes), or
+        /// [`USER_CHANNEL`] for the connection's own user stream.
         channel: Cow<'a, str>,
+        /// The client's last position, to recover from (`"since":{"seq":..,"epoch":..}`).
+        since: Option<Since>,
     },
     /// `{"op":"unsubscribe","channel":..}`: the channel name is valid.
     Unsubscribe {
@@ -139,9 +142,11 @@ impl ClientRequest<'_> {
     /// The success reply: `subscribed`, `unsubscribed` or `pong`, with the `id`.
     pub fn ack(&self) -> Reply<'_> {
         match &self.op {
-            ClientOp::Subscribe { channel } => Reply::Subscribed {
+            ClientOp::Subscribe { channel, .. } => Reply::Subscribed {
                 channel,
                 id: self.id,
+                position: None,
+                recovered: None,
             },
             ClientOp::Unsubscribe { channel } => Reply::Unsubscribed {
                 channel,
@@ -234,6 +239,18 @@ struct Envelope<'a> {
     channel: Option<&'a RawValue>,
     #[serde(borrow, default)]
     id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    since: Option<&'a RawValue>,
+}
+
+/// `since` as clients send it; any other field is refused, so a typo is not silently
+/// a fresh subscribe.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SinceJson<'a> {
+    seq: u64,
+    #[serde(borrow)]
+    epoch: Cow<'a, str>,
 }
 
 /// The longest `op` quoted back in an `unknown_op` message, in characters.
@@ -337,10 +354,35 @@ pub fn parse_client_message<'a>(
         .channel
         .ok_or_else(|| bad_request("missing `channel`"))?;
     let channel = json_str(channel).ok_or_else(|| bad_request("`channel` must be a string"))?;
-    validate_channel_name(&channel, limits.max_channel_name)
-        .map_err(|err| ClientError::new(ErrorCode::InvalidChannel, err.to_string(), id))?;
-    let op = if op == "subscribe" {
-        ClientOp::Subscribe { channel }
+    let subscribe = op == "subscribe";
+    if channel == USER_CHANNEL {
+        // The user stream is implicit: it can be asked for its position (and be
+        // recovered in place) but never left.
+        if !subscribe {
+            return Err(ClientError::new(
+                ErrorCode::InvalidChannel,
+                "the user stream #user cannot be unsubscribed",
+                id,
+            ));
+        }
+    } else {
+        validate_channel_name(&channel, limits.max_channel_name)
+            .map_err(|err| ClientError::new(ErrorCode::InvalidChannel, err.to_string(), id))?;
+    }
+    let op = if subscribe {
+        let since = match envelope.since {
+            None => None,
+            Some(raw) if raw.get() == "null" => None,
+            Some(raw) => {
+                let since: SinceJson<'_> = serde_json::from_str(raw.get()).map_err(|_| {
+                    bad_request(
+                        "`since` must be {\"seq\":<the last seq you have>,\"epoch\":<its epoch>}",
+                    )
+                })?;
+                Some(Since::new(since.seq, &since.epoch))
+            }
+        };
+        ClientOp::Subscribe { channel, since }
     } else {
         ClientOp::Unsubscribe { channel }
     };
@@ -386,12 +428,25 @@ pub fn authorize_subscribe<'a>(
 /// A message from the gateway to a client (other than a delivery).
 #[derive(Copy, Clone, Debug)]
 pub enum Reply<'a> {
-    /// `{"op":"subscribed","channel":..,"id":..}`
+    /// `{"op":"subscribed","channel":..,"id":..,"seq":..,"epoch":..,"recovered":..}`
     Subscribed {
-        /// The channel now subscribed.
+        /// The channel now subscribed (`#user` for the user stream).
         channel: &'a str,
         /// The request's id.
         id: Option<&'a RawValue>,
+        /// The stream's current position (every reply from the engine has one).
+        position: Option<Position>,
+        /// With `since`: whether the missed messages follow (`None`: no `since`).
+        recovered: Option<bool>,
+    },
+    /// `{"op":"position_lost","channel":..,"seq":..,"epoch":..}`: the gateway could
+    /// not deliver every message of the subscription; the client resubscribes with
+    /// `since` set to its last position (and is recovered, or told to reload).
+    PositionLost {
+        /// The channel.
+        channel: &'a str,
+        /// The stream's position as the gateway knows it.
+        position: Position,
     },
     /// `{"op":"unsubscribed","channel":..,"id":..}`
     Unsubscribed {
@@ -428,6 +483,12 @@ struct ReplyJson<'a> {
     message: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    epoch: Option<Epoch>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recovered: Option<bool>,
 }
 
 impl<'a> Reply<'a> {
@@ -438,12 +499,30 @@ impl<'a> Reply<'a> {
             code: None,
             message: None,
             id: None,
+            seq: None,
+            epoch: None,
+            recovered: None,
         };
         match *self {
-            Reply::Subscribed { channel, id } => ReplyJson {
+            Reply::Subscribed {
+                channel,
+                id,
+                position,
+                recovered,
+            } => ReplyJson {
                 op: "subscribed",
                 channel: Some(channel),
                 id,
+                seq: position.map(|p| p.seq),
+                epoch: position.map(|p| p.epoch),
+                recovered,
+                ..blank
+            },
+            Reply::PositionLost { channel, position } => ReplyJson {
+                op: "position_lost",
+                channel: Some(channel),
+                seq: Some(position.seq),
+                epoch: Some(position.epoch),
                 ..blank
             },
             Reply::Unsubscribed { channel, id } => ReplyJson {
@@ -790,7 +869,8 @@ mod tests {
         assert_eq!(
             req.op,
             ClientOp::Subscribe {
-                channel: "scores".into()
+                channel: "scores".into(),
+                since: None,
             }
         );
         assert!(req.id.is_none());
@@ -811,7 +891,8 @@ mod tests {
         assert_eq!(
             req.op,
             ClientOp::Subscribe {
-                channel: "a:b".into()
+                channel: "a:b".into(),
+                since: None,
             }
         );
     }
@@ -838,6 +919,91 @@ mod tests {
         );
         // `"id": null` is the same as no id.
         assert!(parse(r#"{"op":"ping","id":null}"#).unwrap().id.is_none());
+    }
+
+    #[test]
+    fn subscribe_with_since_and_the_user_stream() {
+        let req = parse(
+            r#"{"op":"subscribe","channel":"scores","since":{"seq":40,"epoch":"Xy3kP0aQ"},"id":1}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            req.op,
+            ClientOp::Subscribe {
+                channel: "scores".into(),
+                since: Some(Since::new(40, "Xy3kP0aQ")),
+            }
+        );
+        // Any epoch text is taken: one that is not an epoch matches no stream.
+        let req =
+            parse(r#"{"op":"subscribe","channel":"s","since":{"epoch":"","seq":0}}"#).unwrap();
+        assert_eq!(
+            req.op,
+            ClientOp::Subscribe {
+                channel: "s".into(),
+                since: Some(Since {
+                    seq: 0,
+                    epoch: None
+                }),
+            }
+        );
+        let req = parse(r##"{"op":"subscribe","channel":"#user","since":null}"##).unwrap();
+        assert_eq!(
+            req.op,
+            ClientOp::Subscribe {
+                channel: "#user".into(),
+                since: None,
+            }
+        );
+        for bad in [
+            r#"{"op":"subscribe","channel":"s","since":40,"id":2}"#,
+            r#"{"op":"subscribe","channel":"s","since":{"seq":40},"id":2}"#,
+            r#"{"op":"subscribe","channel":"s","since":{"seq":-1,"epoch":"x"},"id":2}"#,
+            r#"{"op":"subscribe","channel":"s","since":{"seq":"40","epoch":"x"},"id":2}"#,
+            r#"{"op":"subscribe","channel":"s","since":{"seq":4,"epoch":"x","sqe":1},"id":2}"#,
+        ] {
+            let (code, message, id) = err_code(bad);
+            assert_eq!(code, ErrorCode::BadRequest, "{bad}");
+            assert_eq!(
+                message,
+                r#"`since` must be {"seq":<the last seq you have>,"epoch":<its epoch>}"#
+            );
+            assert_eq!(id.as_deref(), Some("2"));
+        }
+    }
+
+    #[test]
+    fn subscribed_and_position_lost_replies() {
+        let p = position(42);
+        let id = RawValue::from_string("1".to_owned()).unwrap();
+        let reply = Reply::Subscribed {
+            channel: "scores",
+            id: Some(&id),
+            position: Some(p),
+            recovered: Some(true),
+        };
+        assert_eq!(
+            reply_json(&reply),
+            r#"{"op":"subscribed","channel":"scores","id":1,"seq":42,"epoch":"Xy3kP0aQ","recovered":true}"#
+        );
+        let reply = Reply::Subscribed {
+            channel: "#user",
+            id: None,
+            position: Some(p),
+            recovered: None,
+        };
+        assert_eq!(
+            reply_json(&reply),
+            r##"{"op":"subscribed","channel":"#user","seq":42,"epoch":"Xy3kP0aQ"}"##
+        );
+        let reply = Reply::PositionLost {
+            channel: "scores",
+            position: p,
+        };
+        assert_eq!(
+            reply_json(&reply),
+            r#"{"op":"position_lost","channel":"scores","seq":42,"epoch":"Xy3kP0aQ"}"#
+        );
     }
 
     #[test]
@@ -917,10 +1083,13 @@ mod tests {
 
     #[test]
     fn invalid_channels() {
-        let (code, message, id) = err_code(r##"{"op":"subscribe","channel":"#user","id":1}"##);
+        let (code, message, id) = err_code(r##"{"op":"subscribe","channel":"#news","id":1}"##);
         assert_eq!(code, ErrorCode::InvalidChannel);
         assert_eq!(message, "channel names starting with '#' are reserved");
         assert_eq!(id.as_deref(), Some("1"));
+        let (code, message, _) = err_code(r##"{"op":"unsubscribe","channel":"#user"}"##);
+        assert_eq!(code, ErrorCode::InvalidChannel);
+        assert_eq!(message, "the user stream #user cannot be unsubscribed");
         let (code, _, _) = err_code(r#"{"op":"subscribe","channel":""}"#);
         assert_eq!(code, ErrorCode::InvalidChannel);
         let long = "c".repeat(129);

@@ -126,7 +126,7 @@ impl Worker {
             Err(error) => return reply(conn, events, &error.reply()),
         };
         match &request.op {
-            ClientOp::Subscribe { channel } => {
+            ClientOp::Subscribe { channel, .. } => {
                 let already = session.is_subscribed(channel);
                 let count = session.channels.len();
                 let grant = &session.grant;
