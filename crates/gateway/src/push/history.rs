@@ -146,10 +146,10 @@ pub fn history_json(target: &Target<'_>, position: Position, frames: &[bytes::By
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::borrow::Cow;
     use crate::engine::position::Epoch;
     use crate::push::protocol::DeliveryFrame;
     use serde_json::value::RawValue;
+    use std::borrow::Cow;
 
     fn parse(q: &str) -> Result<HistoryQuery<'_>, String> {
         parse_history_query(q, &PushLimits::default()).map_err(|e| e.to_string())
