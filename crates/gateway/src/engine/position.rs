@@ -21,11 +21,17 @@ const EPOCH_ALPHABET: &[u8; 62] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqr
 /// `CHANNEL:SEQ:EPOCH` parses from the right).
 ///
 /// Invariant: every byte is in `[A-Za-z0-9]` (kept by [`Epoch::random`] and
-/// [`Epoch::parse`], the only constructors), so [`Epoch::as_str`] needs no check.
+/// [`Epoch::parse`], the only public constructors; the crate's `Epoch::NONE`
+/// sentinel never leaves the structures that use it), so [`Epoch::as_str`] needs no
+/// check.
 #[derive(Copy, Clone, PartialEq, Eq, Hash)]
 pub struct Epoch([u8; EPOCH_LEN]);
 
 impl Epoch {
+    /// Not an epoch (all zero bytes, which [`Epoch::parse`] never returns): a compact
+    /// "none" for structures that cannot afford an `Option`'s extra word.
+    pub(crate) const NONE: Epoch = Epoch([0; EPOCH_LEN]);
+
     /// A fresh random epoch (62^8 ≈ 2·10^14 values).
     pub fn random(rng: &mut fastrand::Rng) -> Epoch {
         let mut bytes = [0u8; EPOCH_LEN];

@@ -19,6 +19,7 @@
 //! Pure: frames in, frames out.
 
 use std::collections::VecDeque;
+use std::fmt;
 
 use bytes::Bytes;
 
@@ -28,32 +29,59 @@ use super::position::{Epoch, Position, Since};
 /// reported by [`Merged::lost`] if the answer does not cover them).
 pub const MAX_PENDING_FRAMES: usize = 4096;
 
-/// The last position delivered on one subscription (`seq` 0 and no epoch: nothing yet).
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+/// The last position delivered on one subscription (nothing yet: no epoch, seq 0).
+/// 16 bytes: the worker keeps one per subscription in its index.
+#[derive(Copy, Clone, PartialEq, Eq)]
 pub struct Watermark {
-    /// The epoch of the last delivery (or of the position the subscription started at).
-    pub epoch: Option<Epoch>,
+    /// The epoch of the last delivery (or of the position the subscription started
+    /// at); [`Epoch::NONE`] for none.
+    epoch: Epoch,
     /// The last seq delivered (or the seq the subscription started after).
-    pub seq: u64,
+    seq: u64,
+}
+
+impl Default for Watermark {
+    fn default() -> Self {
+        Watermark {
+            epoch: Epoch::NONE,
+            seq: 0,
+        }
+    }
+}
+
+impl fmt::Debug for Watermark {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Watermark({:?}, {})", self.epoch(), self.seq)
+    }
 }
 
 impl Watermark {
     /// A subscription that starts after `position`.
     pub fn at(position: Position) -> Watermark {
         Watermark {
-            epoch: Some(position.epoch),
+            epoch: position.epoch,
             seq: position.seq,
         }
+    }
+
+    /// The epoch of the mark, if any.
+    pub fn epoch(&self) -> Option<Epoch> {
+        (self.epoch != Epoch::NONE).then_some(self.epoch)
+    }
+
+    /// The seq of the mark.
+    pub fn seq(&self) -> u64 {
+        self.seq
     }
 
     /// Whether a live delivery at `(seq, epoch)` goes out, moving the mark if so: yes
     /// for a later seq of the mark's epoch and for any seq of another epoch (a new
     /// epoch restarts the count), no for a duplicate.
     pub fn admit(&mut self, seq: u64, epoch: Epoch) -> bool {
-        if self.epoch == Some(epoch) && seq <= self.seq {
+        if self.epoch == epoch && seq <= self.seq {
             return false;
         }
-        self.epoch = Some(epoch);
+        self.epoch = epoch;
         self.seq = seq;
         true
     }
@@ -62,7 +90,7 @@ impl Watermark {
     /// `since`: after `max(since, mark)` when both count in the same epoch (a
     /// connection never gets a seq twice), else `since` as sent.
     pub fn recover_from(&self, since: Since) -> Since {
-        match (self.epoch, since.epoch) {
+        match (self.epoch(), since.epoch) {
             (Some(mine), Some(theirs)) if mine == theirs && self.seq > since.seq => Since {
                 seq: self.seq,
                 epoch: Some(mine),
@@ -149,11 +177,7 @@ impl Pending {
         let epoch = answer.position.epoch;
         let top = answer.position.seq;
         // What this connection already has in the answer's epoch.
-        let had = if mark.epoch == Some(epoch) {
-            mark.seq
-        } else {
-            0
-        };
+        let had = if mark.epoch == epoch { mark.seq } else { 0 };
         let mut cursor = had.max(top);
         // A dropped live frame after everything the answer covers was lost for good.
         let lost = self
@@ -182,10 +206,7 @@ impl Pending {
                 frames.push(live.frame);
             }
         }
-        *mark = Watermark {
-            epoch: Some(epoch),
-            seq: cursor,
-        };
+        *mark = Watermark { epoch, seq: cursor };
         Merged {
             recovered,
             frames,
@@ -237,9 +258,15 @@ mod tests {
     }
 
     #[test]
+    fn a_watermark_is_16_bytes() {
+        assert_eq!(std::mem::size_of::<Watermark>(), 16);
+    }
+
+    #[test]
     fn watermark_drops_duplicates_and_resets_on_a_new_epoch() {
         let (a, b) = (e("AAAAAAAA"), e("BBBBBBBB"));
         let mut m = Watermark::default();
+        assert_eq!((m.epoch(), m.seq()), (None, 0));
         assert!(m.admit(5, a));
         assert!(!m.admit(5, a));
         assert!(!m.admit(3, a));
@@ -276,13 +303,7 @@ mod tests {
         assert_eq!(m.recovered, Some(true));
         assert_eq!(seqs(&m.frames), (41..=52).collect::<Vec<_>>());
         assert_eq!(m.recovered_count, 10);
-        assert_eq!(
-            mark,
-            Watermark {
-                epoch: Some(a),
-                seq: 52
-            }
-        );
+        assert_eq!(mark, Watermark::at(Position { seq: 52, epoch: a }));
     }
 
     #[test]
@@ -310,10 +331,7 @@ mod tests {
     #[test]
     fn in_place_recovery_never_repeats_what_was_delivered() {
         let a = e("AAAAAAAA");
-        let mut mark = Watermark {
-            epoch: Some(a),
-            seq: 45,
-        };
+        let mut mark = Watermark::at(Position { seq: 45, epoch: a });
         let from = mark.recover_from(Since {
             seq: 40,
             epoch: Some(a),
