@@ -511,6 +511,21 @@ def test_systemd_unit_has_the_promised_keys(pingwheel_bin):
         assert flag in help_text, f"ExecStart uses {flag}, which pingwheel does not know"
 
 
+def test_the_units_exec_start_runs_with_the_shipped_config(start_gateway):
+    """``ExecStart`` as written, with deploy/pingwheel.toml as the config file (only the
+    listeners moved to free loopback ports: flags beat the file), starts and serves."""
+    shipped = ROOT / "deploy" / "pingwheel.toml"
+    assert shipped.is_file(), "deploy/pingwheel.toml (pingwheel --print-config) is missing"
+    argv = unit_entries()["Service"]["ExecStart"][0].split()[1:]
+    argv = [str(shipped) if word == "/etc/pingwheel/pingwheel.toml" else word for word in argv]
+    assert str(shipped) in argv, argv
+    gw = start_gateway(*argv)
+    assert gw.get("/healthz").status_code == 200
+    with open_ws(gw.ws_url) as ws:
+        ws.ping().wait(5)
+    assert gw.terminate() == 0
+
+
 def test_systemd_analyze_verifies_the_unit_without_a_warning(pingwheel_bin, tmp_path: Path):
     # verify checks that ExecStart exists: point it at the binary just built.
     unit = tmp_path / "pingwheel.service"
