@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | [`config`] | CLI flags, the TOML file, embedded defaults | no |
 //! | [`clock`] | `Instant` ↔ wheel [`wheel::Tick`], rounding deadlines up | no |
-//! | [`conn`] | the sans-IO per-connection state machine: handshake, frames, keepalive, close | no |
+//! | [`conn`] | re-export of `pingwheel-conn` (`crates/conn`): the sans-IO per-connection state machine: handshake, frames, keepalive, close | no |
 //! | [`worker`] | one `mio` event loop per core: sockets, the slab, the one timer wheel; its push half in `worker/push.rs` | **yes** (the only place) |
 //! | [`session`] | per-connection push state, each worker's channel → connections index | no |
 //! | [`hub`] | cross-worker fan-out: a publish becomes one shared frame sent to every worker | channels + wakers |
@@ -26,7 +26,8 @@
 pub mod admin;
 pub mod clock;
 pub mod config;
-pub mod conn;
+/// The sans-IO connection state machine, from its own crate (`crates/conn`).
+pub use pingwheel_conn as conn;
 pub mod hub;
 pub mod listener;
 pub mod metrics;

@@ -1,8 +1,16 @@
-//! The sans-IO per-connection WebSocket state machine.
+//! The sans-IO per-connection WebSocket state machine of pingwheel.
 //!
 //! Bytes and `now` go in; bytes to send, the next deadline and events come out.
-//! Nothing here reads a clock or touches a socket: the worker
-//! ([`crate::worker`]) does both, and tests drive a [`Conn`] with a fake clock.
+//! Nothing here reads a clock or touches a socket: the gateway's worker
+//! (`crates/gateway/src/worker/`) does both, and tests drive a [`Conn`] with a fake
+//! clock. The crate's dependencies keep it that way: `pingwheel-proto`, `bytes` and
+//! tungstenite's frame types, nothing with a runtime, a socket, metrics or logging.
+//!
+//! | module | what |
+//! |---|---|
+//! | this one | [`Conn`], [`ConnConfig`], [`ConnEvent`], the lifecycle below |
+//! | [`keepalive`] | **where pings are scheduled**: interval, timeout, jitter, slack |
+//! | [`outbound`] | the per-connection output queue of whole frames |
 //!
 //! # Calling a `Conn` (quinn-proto's taxonomy)
 //!
@@ -39,6 +47,10 @@
 //! request buffer only for a partial upgrade request. Events are pushed into the
 //! worker's vector, and the settings ([`ConnConfig`]) are passed by reference on every
 //! call instead of being stored per connection.
+
+#![deny(missing_docs, missing_debug_implementations, rust_2018_idioms)]
+#![forbid(unsafe_code)]
+#![doc(test(attr(deny(warnings))))]
 
 pub mod keepalive;
 pub mod outbound;
