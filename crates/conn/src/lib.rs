@@ -3,14 +3,17 @@
 //! Bytes and `now` go in; bytes to send, the next deadline and events come out.
 //! Nothing here reads a clock or touches a socket: the gateway's worker
 //! (`crates/gateway/src/worker/`) does both, and tests drive a [`Conn`] with a fake
-//! clock. The crate's dependencies keep it that way: `pingwheel-proto`, `bytes` and
-//! tungstenite's frame types, nothing with a runtime, a socket, metrics or logging.
+//! clock. The crate's dependencies keep it that way: `pingwheel-proto`, `bytes`,
+//! tungstenite's frame types and the (std-only) timer wheel, nothing with a runtime, a
+//! socket, metrics or logging.
 //!
 //! | module | what |
 //! |---|---|
 //! | this one | [`Conn`], [`ConnConfig`], [`ConnEvent`], the lifecycle below |
 //! | [`keepalive`] | **where pings are scheduled**: interval, timeout, jitter, slack |
 //! | [`outbound`] | the per-connection output queue of whole frames |
+//! | [`clock`] | [`clock::TickClock`]: `Instant` ↔ wheel [`wheel::Tick`], deadlines rounded up |
+//! | [`timer`] | the connection's one wheel entry: the tick its next deadline is filed under (ping slack included), re-filed only when it moved |
 //!
 //! # Calling a `Conn` (quinn-proto's taxonomy)
 //!
@@ -52,8 +55,10 @@
 #![forbid(unsafe_code)]
 #![doc(test(attr(deny(warnings))))]
 
+pub mod clock;
 pub mod keepalive;
 pub mod outbound;
+pub mod timer;
 
 use std::io::{self, IoSlice};
 use std::time::{Duration, Instant};

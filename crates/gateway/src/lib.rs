@@ -6,8 +6,7 @@
 //! | module | what lives there | touches IO? |
 //! |---|---|---|
 //! | [`config`] | CLI flags, the TOML file, embedded defaults | no |
-//! | [`clock`] | `Instant` ↔ wheel [`wheel::Tick`], rounding deadlines up | no |
-//! | [`conn`] | re-export of `pingwheel-conn` (`crates/conn`): the sans-IO per-connection state machine: handshake, frames, keepalive, close | no |
+//! | [`conn`] | re-export of `pingwheel-conn` (`crates/conn`): the sans-IO per-connection state machine (handshake, frames, keepalive, close), the tick clock, and where a connection's deadline is filed in the wheel | no |
 //! | [`worker`] | one `mio` event loop per core: sockets, the slab, the one timer wheel; its push half in `worker/push.rs` | **yes** (the only place) |
 //! | [`session`] | per-connection push state, each worker's channel → connections index | no |
 //! | [`hub`] | cross-worker fan-out: a publish becomes one shared frame sent to every worker | channels + wakers |
@@ -19,12 +18,12 @@
 //! | [`server`] | starts workers and admin, handles signals and draining | yes (setup only) |
 //!
 //! A ping is scheduled in [`conn::keepalive`]; the worker only sees the connection's
-//! next deadline ([`conn::Conn::poll_timeout`]) and files it in its timer wheel.
+//! next deadline ([`conn::Conn::poll_timeout`]) and files it in its timer wheel with
+//! [`conn::timer::refile`].
 #![deny(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 #![doc(test(attr(deny(warnings))))]
 
 pub mod admin;
-pub mod clock;
 pub mod config;
 /// The sans-IO connection state machine, from its own crate (`crates/conn`).
 pub use pingwheel_conn as conn;

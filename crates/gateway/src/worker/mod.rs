@@ -16,7 +16,7 @@
 //! 4. after every state-machine call, *settle* the connection: act on its
 //!    events, write its output (`send`/`sendmsg`, until `WouldBlock`), shut down / drop the
 //!    socket when the machine says so, and re-file its **single wheel entry** when its
-//!    next deadline moved.
+//!    next deadline moved (`pingwheel_conn::timer`: the tick, ping slack included).
 //!
 //! Sockets are registered once for both readable and writable, edge-triggered, and
 //! never re-registered: a writable edge only arrives after the kernel's send buffer
@@ -40,8 +40,9 @@ use slab::Slab;
 use tracing::{debug, error, info, warn};
 use wheel::{TimerKey, Wheel};
 
-use crate::clock::TickClock;
+use crate::conn::clock::TickClock;
 use crate::conn::keepalive::PongOutcome;
+use crate::conn::timer;
 use crate::conn::{CloseReason, Conn, ConnConfig, ConnEvent};
 use crate::hub::{Delivery, SubscriberCounts};
 use crate::metrics::{ApiMetrics, WorkerMetrics};
@@ -632,30 +633,10 @@ impl Worker {
             // Dropping the socket closes it and removes it from epoll.
             return;
         }
-        // Ping deadlines may be served a little late (the ping slack): filing them
-        // on a coarser grid sends many connections' pings in one wake-up.
-        let slack = slot.conn.timeout_slack(&self.settings.conn);
-        let due = slot
-            .conn
-            .poll_timeout(&self.settings.conn)
-            .map(|t| self.clock.deadline_tick_with_slack(t, slack));
-        match (slot.timer, due) {
-            (Some(key), Some(tick)) => {
-                if self.wheel.deadline(key) != Some(tick) {
-                    let live = self.wheel.reset(key, tick);
-                    debug_assert!(
-                        live,
-                        "a slot's timer key is live until it fires or is cancelled"
-                    );
-                }
-            }
-            (None, Some(tick)) => slot.timer = Some(self.wheel.insert(tick, id)),
-            (Some(key), None) => {
-                self.wheel.cancel(key);
-                slot.timer = None;
-            }
-            (None, None) => {}
-        }
+        // Ping deadlines are filed on the ping-slack grid, so many connections' pings
+        // go out in one wake-up; the wheel is touched only when the tick moved.
+        let due = timer::due_tick(&slot.conn, &self.settings.conn, &self.clock);
+        timer::refile(&mut self.wheel, &mut slot.timer, due, id);
     }
 
     /// Acts on the events the connection pushed (and any they lead to).
