@@ -11,10 +11,9 @@
 //! | [`session`] | per-connection push state, each worker's channel → connections index | no |
 //! | [`hub`] | cross-worker fan-out: a publish becomes one shared frame sent to every worker | channels + wakers |
 //! | [`push`] | JWT auth, channel rules, the client protocol, publish API parsing | no |
-//! | [`publish_api`] | the `/v1/*` routes on the admin listener | (admin thread) |
 //! | [`listener`] | `SO_REUSEPORT` listening sockets | yes (setup only) |
 //! | [`metrics`] | metric names, histogram buckets, per-worker handles | no |
-//! | [`admin`] | the hyper admin listener: `/metrics`, `/healthz` | yes (its own thread) |
+//! | [`admin`] | the hyper admin listener: `/metrics`, `/healthz`; the `/v1/*` publish routes in [`admin::publish`] | yes (its own thread) |
 //! | [`server`] | starts workers and admin, handles signals and draining | yes (setup only) |
 //!
 //! A ping is scheduled in [`conn::keepalive`]; the worker only sees the connection's
@@ -30,7 +29,6 @@ pub use pingwheel_conn as conn;
 pub mod hub;
 pub mod listener;
 pub mod metrics;
-pub mod publish_api;
 pub mod push;
 pub mod server;
 pub mod session;

@@ -23,6 +23,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing::{error, info, warn};
 
+use crate::admin::publish::PublishApi;
 use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::conn::ConnConfig;
@@ -30,7 +31,6 @@ use crate::conn::keepalive::KeepaliveConfig;
 use crate::hub::{Hub, SubscriberCounts};
 use crate::listener::bind_reuseport;
 use crate::metrics::{self, WorkerMetrics};
-use crate::publish_api::PublishApi;
 use crate::push::PushLimits;
 use crate::push::auth::{AuthSettings, Authenticator};
 use crate::worker::{self, Command, PushContext, WorkerSettings};

@@ -10,7 +10,7 @@
 //! |---|---|---|
 //! | `GET`, `HEAD` | `/metrics` | 200, Prometheus text format 0.0.4 |
 //! | `GET`, `HEAD` | `/healthz` | 200 `ok`, or 503 `draining` once [`AdminState::set_draining`] |
-//! | `POST` | `/v1/publish`, `/v1/broadcast`, `/v1/batch` | the publish API ([`crate::publish_api`]) |
+//! | `POST` | `/v1/publish`, `/v1/broadcast`, `/v1/batch` | the publish API ([`publish`]) |
 //! | other | known path | 405 with `Allow` |
 //! | any | other path | 404 |
 //!
@@ -22,6 +22,8 @@
 //! The thread also calls [`PrometheusHandle::run_upkeep`] every
 //! [`metrics::UPKEEP_INTERVAL`](crate::metrics::UPKEEP_INTERVAL), which drains histogram
 //! samples even when nobody scrapes.
+
+pub mod publish;
 
 use std::convert::Infallible;
 use std::io;
@@ -43,8 +45,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::oneshot;
 
+use self::publish::PublishApi;
 use crate::metrics::UPKEEP_INTERVAL;
-use crate::publish_api::PublishApi;
 use crate::push::publish::PublishRoute;
 
 /// Content type of the Prometheus text exposition format.
