@@ -4,6 +4,12 @@
 //! `hyper`'s HTTP/1.1 server; the workers never see it. Connections are kept alive, so a
 //! publisher can send many requests over one socket.
 //!
+//! | file | what |
+//! |---|---|
+//! | `mod.rs` | the thread, the accept loop, graceful stop, and routing ([`route`]) |
+//! | [`http`] | the body type, size-limited body reads, response builders |
+//! | [`publish`] | the `/v1/*` publish routes |
+//!
 //! # Routes
 //!
 //! | method | path | answer |
@@ -15,7 +21,7 @@
 //! | any | other path | 404 |
 //!
 //! New routes are new arms in [`route`]'s `match (method, path)`. A route that reads a
-//! request body must use [`read_body`], which enforces a size limit (413 when exceeded).
+//! request body must use [`http::read_body`], which enforces a size limit (413 when exceeded).
 //!
 //! # Upkeep
 //!
@@ -23,6 +29,7 @@
 //! [`metrics::UPKEEP_INTERVAL`](crate::metrics::UPKEEP_INTERVAL), which drains histogram
 //! samples even when nobody scrapes.
 
+pub mod http;
 pub mod publish;
 
 use std::convert::Infallible;
@@ -33,10 +40,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use hyper::body::{Body, Incoming};
-use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -45,6 +49,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::oneshot;
 
+use self::http::{AdminBody, method_not_allowed, plain, respond};
 use self::publish::PublishApi;
 use crate::metrics::UPKEEP_INTERVAL;
 use crate::push::publish::PublishRoute;
@@ -62,9 +67,6 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// After an `accept` error such as EMFILE, wait this long before accepting again instead
 /// of spinning.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
-
-/// The response body type of every route.
-pub type AdminBody = Full<Bytes>;
 
 /// What the admin routes need, shared with the rest of the process.
 #[derive(Debug)]
@@ -273,95 +275,6 @@ pub async fn route(state: &AdminState, request: Request<Incoming>) -> Response<A
     }
 }
 
-/// Why a request body could not be read.
-#[derive(Debug)]
-pub enum BodyError {
-    /// The body is longer than the limit: answer 413.
-    TooLarge {
-        /// The limit that was exceeded, in bytes.
-        limit: usize,
-    },
-    /// The connection failed or the body was malformed mid-read: answer 400 (if the
-    /// connection still can).
-    Read(Box<dyn std::error::Error + Send + Sync>),
-}
-
-impl BodyError {
-    /// The status to answer with.
-    pub fn status(&self) -> StatusCode {
-        match self {
-            BodyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            BodyError::Read(_) => StatusCode::BAD_REQUEST,
-        }
-    }
-
-    /// A plain-text response for this error.
-    pub fn to_response(&self) -> Response<AdminBody> {
-        let message = match self {
-            BodyError::TooLarge { limit } => format!("request body exceeds {limit} bytes\n"),
-            BodyError::Read(err) => format!("cannot read request body: {err}\n"),
-        };
-        respond(self.status(), "text/plain; charset=utf-8", message)
-    }
-}
-
-impl std::fmt::Display for BodyError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            BodyError::TooLarge { limit } => write!(f, "request body exceeds {limit} bytes"),
-            BodyError::Read(err) => write!(f, "cannot read request body: {err}"),
-        }
-    }
-}
-
-impl std::error::Error for BodyError {}
-
-/// Reads a whole request body, failing with [`BodyError::TooLarge`] as soon as more than
-/// `limit` bytes have arrived (nothing past the limit is buffered).
-///
-/// # Errors
-///
-/// See [`BodyError`].
-pub async fn read_body<B>(body: B, limit: usize) -> Result<Bytes, BodyError>
-where
-    B: Body,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<LengthLimitError>() => Err(BodyError::TooLarge { limit }),
-        Err(err) => Err(BodyError::Read(err)),
-    }
-}
-
-/// A response with `status`, `content_type` and `body`.
-pub fn respond(
-    status: StatusCode,
-    content_type: &'static str,
-    body: impl Into<Bytes>,
-) -> Response<AdminBody> {
-    let mut response = Response::new(Full::new(body.into()));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    response
-}
-
-/// A short `text/plain` response.
-pub fn plain(status: StatusCode, body: &'static str) -> Response<AdminBody> {
-    respond(status, "text/plain; charset=utf-8", body)
-}
-
-/// 405 with `Allow: <allow>`.
-pub fn method_not_allowed(allow: &'static str) -> Response<AdminBody> {
-    let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-    response
-        .headers_mut()
-        .insert(ALLOW, HeaderValue::from_static(allow));
-    response
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -522,24 +435,5 @@ mod tests {
         drop(handle);
         let refused = TcpStream::connect(addr);
         assert!(refused.is_err(), "the listener is closed after drop");
-    }
-
-    #[test]
-    fn read_body_enforces_the_limit() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("runtime");
-        runtime.block_on(async {
-            let body = Full::new(Bytes::from_static(b"0123456789"));
-            let bytes = read_body(body.clone(), 10)
-                .await
-                .expect("exactly at the limit");
-            assert_eq!(&bytes[..], b"0123456789");
-
-            let err = read_body(body, 9).await.expect_err("one byte over");
-            assert!(matches!(err, BodyError::TooLarge { limit: 9 }), "{err:?}");
-            assert_eq!(err.status(), StatusCode::PAYLOAD_TOO_LARGE);
-            assert_eq!(err.to_response().status(), StatusCode::PAYLOAD_TOO_LARGE);
-        });
     }
 }

@@ -11,7 +11,7 @@ use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, HeaderValue, WWW_AUTHENTICATE
 use hyper::{Request, Response, StatusCode};
 use serde_json::value::RawValue;
 
-use crate::admin::{AdminBody, BodyError, read_body, respond};
+use super::http::{AdminBody, BodyError, read_body, respond};
 use crate::config::Secret;
 use crate::hub::Hub;
 use crate::metrics::ApiMetrics;
