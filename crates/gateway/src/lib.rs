@@ -8,8 +8,7 @@
 //! | [`config`] | CLI flags, the TOML file, embedded defaults | no |
 //! | [`conn`] | re-export of `pingwheel-conn` (`crates/conn`): the sans-IO per-connection state machine (handshake, frames, keepalive, close), the tick clock, and where a connection's deadline is filed in the wheel | no |
 //! | [`worker`] | one `mio` event loop per core: sockets, the slab, the one timer wheel; its push half in `worker/push.rs` | **yes** (the only place) |
-//! | [`session`] | per-connection push state, each worker's channel → connections index | no |
-//! | [`hub`] | cross-worker fan-out: a publish becomes one shared frame sent to every worker | channels + wakers |
+//! | [`fanout`] | cross-worker fan-out ([`fanout::hub`]: a publish becomes one shared frame sent to every worker) and each worker's subscription index and per-connection push state ([`fanout::index`]) | channels + wakers |
 //! | [`push`] | JWT auth, channel rules, the client protocol, publish API parsing | no |
 //! | [`listener`] | `SO_REUSEPORT` listening sockets | yes (setup only) |
 //! | [`metrics`] | metric names, histogram buckets, per-worker handles | no |
@@ -26,11 +25,10 @@ pub mod admin;
 pub mod config;
 /// The sans-IO connection state machine, from its own crate (`crates/conn`).
 pub use pingwheel_conn as conn;
-pub mod hub;
+pub mod fanout;
 pub mod listener;
 pub mod metrics;
 pub mod push;
 pub mod server;
-pub mod session;
 pub mod token;
 pub mod worker;

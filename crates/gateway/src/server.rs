@@ -28,7 +28,7 @@ use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::conn::ConnConfig;
 use crate::conn::keepalive::KeepaliveConfig;
-use crate::hub::{Hub, SubscriberCounts};
+use crate::fanout::hub::{Hub, SubscriberCounts};
 use crate::listener::bind_reuseport;
 use crate::metrics::{self, WorkerMetrics};
 use crate::push::PushLimits;

@@ -13,7 +13,7 @@ use serde_json::value::RawValue;
 
 use super::http::{AdminBody, BodyError, read_body, respond};
 use crate::config::Secret;
-use crate::hub::Hub;
+use crate::fanout::hub::Hub;
 use crate::metrics::ApiMetrics;
 use crate::push::PushLimits;
 use crate::push::auth::check_api_key;

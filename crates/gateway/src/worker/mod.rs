@@ -44,11 +44,11 @@ use crate::conn::clock::TickClock;
 use crate::conn::keepalive::PongOutcome;
 use crate::conn::timer;
 use crate::conn::{CloseReason, Conn, ConnConfig, ConnEvent};
-use crate::hub::{Delivery, SubscriberCounts};
+use crate::fanout::hub::{Delivery, SubscriberCounts};
+use crate::fanout::index::{Session, Subscribers};
 use crate::metrics::{ApiMetrics, WorkerMetrics};
 use crate::push::PushLimits;
 use crate::push::auth::Authenticator;
-use crate::session::{Session, Subscribers};
 use crate::token::{ConnId, LISTENER, WAKER};
 
 mod push;

@@ -9,13 +9,13 @@ use bytes::Bytes;
 
 use super::{Slot, Worker};
 use crate::conn::{CloseReason, Conn, ConnEvent, Message, UpgradeRequest};
-use crate::hub::{Delivery, DeliveryTarget};
+use crate::fanout::hub::{Delivery, DeliveryTarget};
+use crate::fanout::index::Session;
 use crate::push::channel::ChannelGrant;
 use crate::push::protocol::{
     ClientError, ClientOp, InboundRateLimit, RateDecision, Reply, authorize_subscribe,
     encode_reply, parse_client_message,
 };
-use crate::session::Session;
 use crate::token::ConnId;
 
 impl Worker {
