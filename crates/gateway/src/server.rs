@@ -33,7 +33,8 @@ use crate::listener::bind_reuseport;
 use crate::metrics::{self, WorkerMetrics};
 use crate::push::PushLimits;
 use crate::push::auth::{AuthSettings, Authenticator};
-use crate::worker::{self, Command, PushContext, WorkerSettings};
+use crate::worker::link::Command;
+use crate::worker::{self, PushContext, WorkerSettings};
 
 /// Size of each worker's shared read buffer.
 const READ_BUFFER_SIZE: usize = 64 << 10;

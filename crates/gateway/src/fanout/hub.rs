@@ -22,32 +22,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use bytes::Bytes;
 use serde_json::value::RawValue;
 
 use crate::push::protocol::{encode_delivery, encode_user_delivery};
 use crate::push::publish::{SeqAllocator, Target};
-use crate::worker::{Command, WorkerLink};
-
-/// Who a delivery is for.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum DeliveryTarget {
-    /// Every subscriber of a channel.
-    Channel(Box<str>),
-    /// Every connection of a user (channel `#user` on the wire).
-    User(Box<str>),
-}
-
-/// One encoded publish, as every worker receives it.
-#[derive(Debug)]
-pub struct Delivery {
-    /// Who gets it.
-    pub target: DeliveryTarget,
-    /// The complete WebSocket text frame, shared by every subscriber.
-    pub frame: Bytes,
-    /// When the publish API accepted it (for `pingwheel_delivery_lag_seconds`).
-    pub accepted_at: Instant,
-}
+use crate::worker::link::{Command, Delivery, DeliveryTarget, WorkerLink};
 
 /// Live subscriber counts across all workers of this process.
 #[derive(Debug, Default)]

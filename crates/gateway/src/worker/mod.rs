@@ -3,7 +3,8 @@
 //! One [`Worker`] runs per core on its own thread with its own `mio::Poll`, its own
 //! `SO_REUSEPORT` listener, its own [`Slab`] of connections and its own timer
 //! [`Wheel`]. Nothing is shared with other workers on the per-event path; the only
-//! cross-thread input is a command channel paired with a `mio::Waker`.
+//! cross-thread input is a command channel paired with a `mio::Waker`: the
+//! mailbox in [`link`].
 //!
 //! # One loop iteration
 //!
@@ -28,8 +29,7 @@
 use std::io::{self, IoSlice, Read};
 use std::net::Shutdown;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::mpsc::TryRecvError;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -40,17 +40,19 @@ use slab::Slab;
 use tracing::{debug, error, info, warn};
 use wheel::{TimerKey, Wheel};
 
+use self::link::{Command, Inbox, WorkerLink};
 use crate::conn::clock::TickClock;
 use crate::conn::keepalive::PongOutcome;
 use crate::conn::timer;
 use crate::conn::{CloseReason, Conn, ConnConfig, ConnEvent};
-use crate::fanout::hub::{Delivery, SubscriberCounts};
+use crate::fanout::hub::SubscriberCounts;
 use crate::fanout::index::{Session, Subscribers};
 use crate::metrics::{ApiMetrics, WorkerMetrics};
 use crate::push::PushLimits;
 use crate::push::auth::Authenticator;
 use crate::token::{ConnId, LISTENER, WAKER};
 
+pub mod link;
 mod push;
 
 /// Connections accepted per loop iteration before other work gets a turn.
@@ -79,45 +81,6 @@ pub struct WorkerSettings {
     pub tick: Duration,
     /// Size of the shared read buffer.
     pub read_buffer_size: usize,
-}
-
-/// Commands from other threads.
-#[derive(Debug)]
-pub enum Command {
-    /// Stop accepting, close every connection with 1001, and return once all are gone
-    /// or `deadline` passes.
-    Shutdown {
-        /// When to give up on closing handshakes.
-        deadline: Instant,
-    },
-    /// Queue these publishes for the local subscribers, in order.
-    Deliver(Arc<[Delivery]>),
-}
-
-/// A worker's inbox: its command channel plus its waker. Cheap to clone; the hub holds
-/// one per worker.
-///
-/// Wake-ups are coalesced: the sender wakes the worker only if no wake-up is pending
-/// yet, and the worker clears the flag *before* draining its channel, so no command is
-/// ever left unnoticed and a burst of publishes costs one `eventfd` write.
-#[derive(Clone, Debug)]
-pub struct WorkerLink {
-    commands: Sender<Command>,
-    waker: Arc<Waker>,
-    wake_pending: Arc<AtomicBool>,
-}
-
-impl WorkerLink {
-    /// Sends `command` and wakes the worker. Returns false if the worker has exited.
-    pub fn send(&self, command: Command) -> bool {
-        if self.commands.send(command).is_err() {
-            return false;
-        }
-        if !self.wake_pending.swap(true, Ordering::AcqRel) {
-            return self.waker.wake().is_ok();
-        }
-        true
-    }
 }
 
 /// What the push layer needs in every worker.
@@ -177,38 +140,20 @@ pub fn spawn(
     metrics: WorkerMetrics,
     push: PushContext,
 ) -> io::Result<WorkerHandle> {
-    let (tx, rx) = mpsc::channel();
     let poll = Poll::new()?;
-    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-    let wake_pending = Arc::new(AtomicBool::new(false));
+    let (link, inbox) = link::mailbox(Waker::new(poll.registry(), WAKER)?);
     let mut listener = TcpListener::from_std(listener);
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)?;
     let name = format!("pingwheel-worker-{}", settings.id);
-    let inbox = Inbox {
-        commands: rx,
-        wake_pending: Arc::clone(&wake_pending),
-    };
     let worker = Worker::new(settings, poll, listener, inbox, metrics, push);
     let thread = std::thread::Builder::new()
         .name(name)
         .spawn(move || worker.run())?;
-    let link = WorkerLink {
-        commands: tx,
-        waker,
-        wake_pending,
-    };
     Ok(WorkerHandle {
         link,
         thread: Some(thread),
     })
-}
-
-/// The receiving end of a [`WorkerLink`].
-#[derive(Debug)]
-struct Inbox {
-    commands: Receiver<Command>,
-    wake_pending: Arc<AtomicBool>,
 }
 
 /// One connection's slot in the slab.
@@ -458,10 +403,9 @@ impl Worker {
     // ---- commands ----
 
     fn run_commands(&mut self, now: Instant) {
-        // Clear first: a command sent from here on wakes us again (see `WorkerLink`).
-        self.inbox.wake_pending.store(false, Ordering::Release);
+        self.inbox.woken();
         loop {
-            match self.inbox.commands.try_recv() {
+            match self.inbox.try_recv() {
                 Ok(Command::Shutdown { deadline }) => self.begin_drain(now, deadline),
                 Ok(Command::Deliver(batch)) => self.deliver(&batch, now),
                 Err(TryRecvError::Empty) => break,

@@ -7,9 +7,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
+use super::link::{Delivery, DeliveryTarget};
 use super::{Slot, Worker};
 use crate::conn::{CloseReason, Conn, ConnEvent, Message, UpgradeRequest};
-use crate::fanout::hub::{Delivery, DeliveryTarget};
 use crate::fanout::index::Session;
 use crate::push::channel::ChannelGrant;
 use crate::push::protocol::{
