@@ -8,7 +8,7 @@
 //! | [`config`] | CLI flags, the TOML file, embedded defaults | no |
 //! | [`conn`] | re-export of `pingwheel-conn` (`crates/conn`): the sans-IO per-connection state machine (handshake, frames, keepalive, close), the tick clock, and where a connection's deadline is filed in the wheel | no |
 //! | [`worker`] | one `mio` event loop per core: sockets, the slab, the one timer wheel; its mailbox ([`worker::link`]: `Command`, `WorkerLink`, `Delivery`); its push half in `worker/push.rs` | **yes** (the only place) |
-//! | [`fanout`] | cross-worker fan-out ([`fanout::hub`]: a publish becomes one shared frame sent to every worker) and each worker's subscription index and per-connection push state ([`fanout::index`]) | channels + wakers |
+//! | [`fanout`] | fan-out: [`fanout::hub`] numbers a publish and sends one shared frame to every worker; [`fanout::local`] is each worker's side (subscription index, push sessions, queueing deliveries); [`fanout::counts`] carries subscriber counts to the hub without locks | channels + wakers |
 //! | [`push`] | JWT auth, channel rules, the client protocol, publish API parsing | no |
 //! | [`listener`] | `SO_REUSEPORT` listening sockets | yes (setup only) |
 //! | [`metrics`] | metric names, histogram buckets, per-worker handles | no |

@@ -28,7 +28,8 @@ use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::conn::ConnConfig;
 use crate::conn::keepalive::KeepaliveConfig;
-use crate::fanout::hub::{Hub, SubscriberCounts};
+use crate::fanout::counts::subscriber_counts;
+use crate::fanout::hub::Hub;
 use crate::listener::bind_reuseport;
 use crate::metrics::{self, WorkerMetrics};
 use crate::push::PushLimits;
@@ -151,11 +152,11 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         warn!("no --api-key: the publish API refuses every request (403)");
     }
     let limits = PushLimits::from_config(&config.push);
-    let counts = Arc::new(SubscriberCounts::default());
+    let (count_sender, counts) = subscriber_counts();
     let push = PushContext {
         auth: Arc::new(auth),
         limits: limits.clone(),
-        counts: Arc::clone(&counts),
+        counts: count_sender,
     };
 
     let conn = conn_config(&config);

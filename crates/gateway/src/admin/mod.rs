@@ -27,7 +27,8 @@
 //!
 //! The thread also calls [`PrometheusHandle::run_upkeep`] every
 //! [`metrics::UPKEEP_INTERVAL`](crate::metrics::UPKEEP_INTERVAL), which drains histogram
-//! samples even when nobody scrapes.
+//! samples even when nobody scrapes, and folds the subscriber changes the workers
+//! reported every [`FOLD_INTERVAL`], so they do not pile up while nobody publishes.
 
 pub mod http;
 pub mod publish;
@@ -51,6 +52,7 @@ use tokio::sync::oneshot;
 
 use self::http::{AdminBody, method_not_allowed, plain, respond};
 use self::publish::PublishApi;
+use crate::fanout::counts::FOLD_INTERVAL;
 use crate::metrics::UPKEEP_INTERVAL;
 use crate::push::publish::PublishRoute;
 
@@ -104,6 +106,14 @@ impl AdminState {
     /// Marks the process as draining (or not); `/healthz` reflects it immediately.
     pub fn set_draining(&self, draining: bool) {
         self.draining.store(draining, Ordering::Release);
+    }
+
+    /// Folds the subscriber changes the workers reported into the publish API's counts
+    /// (see [`crate::fanout::counts`]).
+    pub fn fold_subscriber_counts(&self) {
+        if let Some(api) = &self.publish {
+            api.hub.fold_counts();
+        }
     }
 
     /// Whether the process is draining.
@@ -203,12 +213,15 @@ async fn serve(
     let graceful = GracefulShutdown::new();
     let mut upkeep = tokio::time::interval(UPKEEP_INTERVAL);
     upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut fold = tokio::time::interval(FOLD_INTERVAL);
+    fold.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
         tokio::select! {
             // A send or a dropped sender both mean stop.
             _ = &mut stop => break,
             _ = upkeep.tick() => state.metrics.run_upkeep(),
+            _ = fold.tick(), if state.publish.is_some() => state.fold_subscriber_counts(),
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     // Responses are written in one go; don't let Nagle hold the tail.

@@ -14,80 +14,25 @@
 //!
 //! # Subscriber counts
 //!
-//! Workers keep [`SubscriberCounts`] up to date on subscribe/unsubscribe (rare events, so
-//! a mutex is fine there); the publish API reads it to answer "how many local
-//! subscribers". The hot paths — keepalive and the delivery loop — never touch it.
+//! The reply to a publish says how many local subscribers it reached. Workers report
+//! their subscribes and unsubscribes over a channel and the hub folds them in before it
+//! counts ([`super::counts`]): the lock below is the admin thread's own, and no worker
+//! ever takes it.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use serde_json::value::RawValue;
 
+use super::counts::SubscriberCounts;
 use crate::push::protocol::{encode_delivery, encode_user_delivery};
 use crate::push::publish::{SeqAllocator, Target};
 use crate::worker::link::{Command, Delivery, DeliveryTarget, WorkerLink};
 
-/// Live subscriber counts across all workers of this process.
-#[derive(Debug, Default)]
-pub struct SubscriberCounts {
-    channels: Mutex<HashMap<Box<str>, u64>>,
-    users: Mutex<HashMap<Box<str>, u64>>,
-}
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The maps stay consistent even if a holder panicked: every update is one statement.
+    // The state stays consistent even if a holder panicked: the counter and the counts
+    // are each updated in one statement.
     m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn add(map: &Mutex<HashMap<Box<str>, u64>>, key: &str) {
-    let mut map = lock(map);
-    match map.get_mut(key) {
-        Some(n) => *n += 1,
-        None => {
-            map.insert(Box::from(key), 1);
-        }
-    }
-}
-
-fn remove(map: &Mutex<HashMap<Box<str>, u64>>, key: &str) {
-    let mut map = lock(map);
-    if let Some(n) = map.get_mut(key) {
-        *n -= 1;
-        if *n == 0 {
-            map.remove(key);
-        }
-    }
-}
-
-impl SubscriberCounts {
-    /// One more subscriber on `channel`.
-    pub fn add_channel(&self, channel: &str) {
-        add(&self.channels, channel);
-    }
-
-    /// One subscriber fewer on `channel`.
-    pub fn remove_channel(&self, channel: &str) {
-        remove(&self.channels, channel);
-    }
-
-    /// One more connection of `user`.
-    pub fn add_user(&self, user: &str) {
-        add(&self.users, user);
-    }
-
-    /// One connection fewer of `user`.
-    pub fn remove_user(&self, user: &str) {
-        remove(&self.users, user);
-    }
-
-    /// Subscribers of `target` right now.
-    pub fn of(&self, target: &DeliveryTarget) -> u64 {
-        match target {
-            DeliveryTarget::Channel(c) => lock(&self.channels).get(&**c).copied().unwrap_or(0),
-            DeliveryTarget::User(u) => lock(&self.users).get(&**u).copied().unwrap_or(0),
-        }
-    }
 }
 
 /// The publish side of fan-out, owned by the admin thread.
@@ -95,8 +40,14 @@ impl SubscriberCounts {
 pub struct Hub {
     workers: Vec<WorkerLink>,
     /// Held while numbering a batch and sending it to every worker (see the module docs).
-    order: Mutex<SeqAllocator>,
-    counts: Arc<SubscriberCounts>,
+    order: Mutex<Ordered>,
+}
+
+/// What the hub's lock guards.
+#[derive(Debug)]
+struct Ordered {
+    seq: SeqAllocator,
+    counts: SubscriberCounts,
 }
 
 /// What one publish got: its `seq` and how many local subscribers it was queued for.
@@ -109,18 +60,19 @@ pub struct Published {
 }
 
 impl Hub {
-    /// A hub over these workers.
-    pub fn new(workers: Vec<WorkerLink>, counts: Arc<SubscriberCounts>) -> Hub {
+    /// A hub over these workers, counting the subscribers they report to `counts`.
+    pub fn new(workers: Vec<WorkerLink>, counts: SubscriberCounts) -> Hub {
+        let seq = SeqAllocator::new();
         Hub {
             workers,
-            order: Mutex::new(SeqAllocator::new()),
-            counts,
+            order: Mutex::new(Ordered { seq, counts }),
         }
     }
 
-    /// The shared subscriber counts.
-    pub fn counts(&self) -> &Arc<SubscriberCounts> {
-        &self.counts
+    /// Folds the subscriber changes the workers reported since the last publish (the
+    /// admin thread calls it every [`FOLD_INTERVAL`](super::counts::FOLD_INTERVAL)).
+    pub fn fold_counts(&self) {
+        lock(&self.order).counts.fold();
     }
 
     /// Publishes `items` in order, as one batch: numbers them, encodes each into one
@@ -130,8 +82,9 @@ impl Hub {
         let mut results = Vec::with_capacity(items.len());
         let mut batch = Vec::with_capacity(items.len());
         let mut order = lock(&self.order);
+        order.counts.fold();
         for (target, data) in items {
-            let seq = order.allocate();
+            let seq = order.seq.allocate();
             let (target, frame) = match target {
                 Target::Channel(c) => (
                     DeliveryTarget::Channel(Box::from(&**c)),
@@ -142,7 +95,7 @@ impl Hub {
                     encode_user_delivery(seq, data),
                 ),
             };
-            let subscribers = self.counts.of(&target);
+            let subscribers = order.counts.of(&target);
             results.push(Published { seq, subscribers });
             // Nobody local to deliver to: don't wake anyone for it.
             if subscribers > 0 {

@@ -45,8 +45,9 @@ use crate::conn::clock::TickClock;
 use crate::conn::keepalive::PongOutcome;
 use crate::conn::timer;
 use crate::conn::{CloseReason, Conn, ConnConfig, ConnEvent};
-use crate::fanout::hub::SubscriberCounts;
-use crate::fanout::index::{Session, Subscribers};
+use crate::fanout::counts::CountSender;
+use crate::fanout::local::LocalFanout;
+use crate::fanout::session::Session;
 use crate::metrics::{ApiMetrics, WorkerMetrics};
 use crate::push::PushLimits;
 use crate::push::auth::Authenticator;
@@ -90,8 +91,8 @@ pub struct PushContext {
     pub auth: Arc<Authenticator>,
     /// Abuse limits.
     pub limits: PushLimits,
-    /// Process-wide subscriber counts, for the publish API's replies.
-    pub counts: Arc<SubscriberCounts>,
+    /// Where subscribes and unsubscribes are reported, for the publish API's replies.
+    pub counts: CountSender,
 }
 
 /// The other threads' handle on a running worker.
@@ -202,14 +203,11 @@ pub struct Worker {
     /// Auth failures share the process-wide series of the publish API.
     api_metrics: ApiMetrics,
     push: PushContext,
-    /// Channel → connections and user → connections on this worker.
-    subscribers: Subscribers,
+    /// Channel → connections and user → connections on this worker, kept in step with
+    /// the sessions and the hub's counts.
+    fanout: LocalFanout,
     /// Connections with deliveries queued in the current command batch (reused).
     dirty: Vec<ConnId>,
-    /// A copy of one channel's subscriber list while delivering to it (reused).
-    scratch: Vec<ConnId>,
-    /// Publish-accepted instants of the deliveries in the current batch (reused).
-    delivered_at: Vec<Instant>,
 }
 
 impl Worker {
@@ -240,11 +238,9 @@ impl Worker {
             drain_deadline: None,
             metrics,
             api_metrics: ApiMetrics::new(),
+            fanout: LocalFanout::new(push.counts.clone()),
             push,
-            subscribers: Subscribers::default(),
             dirty: Vec::new(),
-            scratch: Vec::new(),
-            delivered_at: Vec::new(),
         }
     }
 
@@ -294,10 +290,10 @@ impl Worker {
             self.metrics.timers.set(self.wheel.len() as f64);
             self.metrics
                 .subscriptions
-                .set(self.subscribers.subscription_count() as f64);
+                .set(self.fanout.subscription_count() as f64);
             self.metrics
                 .channels
-                .set(self.subscribers.channel_count() as f64);
+                .set(self.fanout.channel_count() as f64);
             if let Some(deadline) = self.drain_deadline
                 && (self.conns.is_empty() || now >= deadline)
             {
@@ -572,7 +568,7 @@ impl Worker {
                 self.wheel.cancel(key);
             }
             if let Some(session) = slot.session {
-                self.forget_session(id, &session);
+                self.fanout.leave(id, *session);
             }
             // Dropping the socket closes it and removes it from epoll.
             return;
@@ -617,14 +613,7 @@ impl Worker {
                     m.ping_rtt.record(rtt.as_secs_f64());
                 }
             }
-            ConnEvent::Closed(reason) => {
-                m.connections_closed[reason.index()].increment(1);
-                match reason {
-                    CloseReason::PingTimeout => m.ping_timeouts.increment(1),
-                    CloseReason::SlowConsumer => m.slow_consumer_disconnects.increment(1),
-                    _ => {}
-                }
-            }
+            ConnEvent::Closed(reason) => count_closed(m, reason),
         }
     }
 
@@ -661,6 +650,16 @@ impl Worker {
             self.settle(id, now);
         }
         self.fired = fired;
+    }
+}
+
+/// Counts a connection's close under its reason.
+fn count_closed(m: &WorkerMetrics, reason: CloseReason) {
+    m.connections_closed[reason.index()].increment(1);
+    match reason {
+        CloseReason::PingTimeout => m.ping_timeouts.increment(1),
+        CloseReason::SlowConsumer => m.slow_consumer_disconnects.increment(1),
+        _ => {}
     }
 }
 
