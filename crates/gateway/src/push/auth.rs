@@ -77,7 +77,6 @@ use subtle::ConstantTimeEq;
 
 use super::channel::{ChannelGrant, validate_channel_name, validate_user_id};
 use crate::config::PushConfig;
-pub use crate::metrics::AuthFailure;
 
 /// The subprotocol the gateway speaks and echoes when offered.
 pub const PROTOCOL: &str = "pingwheel.v1";
@@ -88,6 +87,57 @@ pub const BEARER_PROTOCOL_PREFIX: &str = "bearer.";
 /// Clock-skew allowance for `exp` and `nbf`, in seconds: a token is accepted until
 /// `exp + 30` and from `nbf - 30`.
 pub const TOKEN_LEEWAY_SECS: u64 = 30;
+
+/// Why a client token or a publish-API key was rejected: one value of the `reason` label
+/// of `pingwheel_auth_failures_total`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum AuthFailure {
+    /// No token (client) or no `Authorization` header (publish API).
+    Missing,
+    /// Not a well-formed JWT / bearer header.
+    Malformed,
+    /// The JWT signature did not verify.
+    BadSignature,
+    /// The JWT is expired or not yet valid.
+    Expired,
+    /// A valid token asked for a channel outside its claim.
+    ForbiddenChannel,
+    /// The `Origin` header is not in `--allowed-origin`.
+    ForbiddenOrigin,
+    /// The publish API got a wrong API key.
+    BadApiKey,
+}
+
+impl AuthFailure {
+    /// Every failure, in label order.
+    pub const ALL: [AuthFailure; 7] = [
+        AuthFailure::Missing,
+        AuthFailure::Malformed,
+        AuthFailure::BadSignature,
+        AuthFailure::Expired,
+        AuthFailure::ForbiddenChannel,
+        AuthFailure::ForbiddenOrigin,
+        AuthFailure::BadApiKey,
+    ];
+
+    /// The value of the `reason` label.
+    pub const fn as_label(self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "missing",
+            AuthFailure::Malformed => "malformed",
+            AuthFailure::BadSignature => "bad_signature",
+            AuthFailure::Expired => "expired",
+            AuthFailure::ForbiddenChannel => "forbidden_channel",
+            AuthFailure::ForbiddenOrigin => "forbidden_origin",
+            AuthFailure::BadApiKey => "bad_api_key",
+        }
+    }
+
+    /// Position in [`AuthFailure::ALL`].
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+}
 
 /// A refused upgrade: the HTTP failure to answer with, the metrics reason, and the
 /// response body.
@@ -139,10 +189,11 @@ impl fmt::Display for AuthRefusal {
 impl std::error::Error for AuthRefusal {}
 
 /// An accepted client: who it is, what it may subscribe to, and what to put in the
-/// 101 response. The worker keeps it (boxed) for the life of the connection;
-/// `initial_channels` can be taken out once they are subscribed.
+/// 101 response. The worker answers the upgrade with it and builds the connection's
+/// push session (`fanout::session::Session`) from it, subscribing `initial_channels`
+/// before any delivery can arrive.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Session {
+pub struct Admission {
     /// The token's `sub` (or dev mode's `?user=`); `None` for an anonymous dev-mode
     /// client. Per-user deliveries go to every connection with this user.
     pub user: Option<Box<str>>,
@@ -326,7 +377,7 @@ impl Authenticator {
         &self,
         req: &UpgradeRequest,
         now_unix_secs: u64,
-    ) -> Result<Session, AuthRefusal> {
+    ) -> Result<Admission, AuthRefusal> {
         self.check_origin(req.origin.as_deref())?;
 
         let protocol = req
@@ -386,7 +437,7 @@ impl Authenticator {
         };
 
         self.check_channels(&channels, &grant)?;
-        Ok(Session {
+        Ok(Admission {
             user,
             grant,
             initial_channels: channels,
@@ -798,7 +849,7 @@ mod tests {
     }
 
     #[track_caller]
-    fn refused(result: Result<Session, AuthRefusal>) -> (HandshakeFailure, AuthFailure, String) {
+    fn refused(result: Result<Admission, AuthRefusal>) -> (HandshakeFailure, AuthFailure, String) {
         let refusal = result.expect_err("expected a refusal");
         (
             refusal.failure,
@@ -1506,12 +1557,12 @@ mod tests {
     }
 
     #[test]
-    fn session_is_compact() {
+    fn admission_is_compact() {
         assert_eq!(std::mem::size_of::<ChannelGrant>(), 16);
         assert!(
-            std::mem::size_of::<Session>() <= 72,
+            std::mem::size_of::<Admission>() <= 72,
             "{}",
-            std::mem::size_of::<Session>()
+            std::mem::size_of::<Admission>()
         );
     }
 
