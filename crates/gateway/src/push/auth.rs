@@ -593,31 +593,23 @@ impl Authenticator {
 /// Splits one PEM file into its public keys: (RS256 keys, ES256 keys).
 fn parse_public_keys(
     path: &Path,
-    pem: &[u8],
+    file: &[u8],
 ) -> Result<(Vec<DecodingKey>, Vec<DecodingKey>), AuthSetupError> {
     let fail = |message: String| AuthSetupError {
         message: format!("--token-public-key {}: {message}", path.display()),
     };
-    let text = std::str::from_utf8(pem).map_err(|_| fail("not a PEM text file".to_owned()))?;
+    let text = std::str::from_utf8(file).map_err(|_| fail("not a PEM text file".to_owned()))?;
+    let blocks = pem::parse_many(text).map_err(|err| fail(format!("malformed PEM: {err}")))?;
+    // `parse_many` stops quietly at a block without its END line: name it instead.
+    if text.matches("-----BEGIN ").count() > blocks.len() {
+        let number = blocks.len() + 1;
+        return Err(fail(format!("PEM block {number}: no -----END line")));
+    }
     let provider = &jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER;
     let (mut rsa, mut ec) = (Vec::new(), Vec::new());
-    let mut rest = text;
-    let mut number = 0;
-    while let Some(start) = rest.find("-----BEGIN ") {
-        number += 1;
-        let block_and_after = &rest[start..];
-        let label_end = block_and_after["-----BEGIN ".len()..]
-            .find("-----")
-            .ok_or_else(|| fail(format!("PEM block {number}: unterminated BEGIN line")))?;
-        let label = &block_and_after["-----BEGIN ".len().."-----BEGIN ".len() + label_end];
-        let end_marker = format!("-----END {label}-----");
-        let end = block_and_after.find(&end_marker).ok_or_else(|| {
-            fail(format!(
-                "PEM block {number} ({label}): no {end_marker} line"
-            ))
-        })?;
-        let block = &block_and_after[..end + end_marker.len()];
-        rest = &block_and_after[end + end_marker.len()..];
+    for (index, block) in blocks.iter().enumerate() {
+        let number = index + 1;
+        let label = block.tag();
         let what = format!("PEM block {number} ({label})");
         match label {
             "PUBLIC KEY" | "RSA PUBLIC KEY" => {}
@@ -632,6 +624,8 @@ fn parse_public_keys(
                 )));
             }
         }
+        // jsonwebtoken reads keys from PEM text; each block is handed over on its own.
+        let block = pem::encode(block);
         if let Ok(key) = DecodingKey::from_rsa_pem(block.as_bytes()) {
             let der = key
                 .try_get_as_bytes()
@@ -658,7 +652,7 @@ fn parse_public_keys(
             return Err(fail(format!("{what}: neither an RSA nor an EC public key")));
         }
     }
-    if number == 0 {
+    if blocks.is_empty() {
         return Err(fail(
             "no PEM block found (expected -----BEGIN PUBLIC KEY-----)".to_owned(),
         ));
@@ -1340,6 +1334,21 @@ mod tests {
         );
         let token = sign(Algorithm::ES256, &ec, &claims("u", &[]));
         assert!(auth.authenticate(&with_bearer(&token), NOW).is_ok());
+    }
+
+    #[test]
+    fn a_truncated_or_mismatched_block_is_refused_not_skipped() {
+        let truncated = [EC_PUBLIC, b"-----BEGIN PUBLIC KEY-----\nAAAA\n"].concat();
+        assert_eq!(
+            with_pem(&truncated).unwrap_err().message,
+            "--token-public-key keys.pem: PEM block 2: no -----END line"
+        );
+        let mismatched = b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
+        let message = with_pem(mismatched).unwrap_err().message;
+        assert!(
+            message.starts_with("--token-public-key keys.pem: malformed PEM: "),
+            "{message}"
+        );
     }
 
     #[test]
