@@ -859,29 +859,8 @@ mod tests {
     }
 
     fn b64(json: &serde_json::Value) -> String {
-        use base64_url::encode;
-        encode(&json.to_string())
-    }
-
-    /// Minimal base64url (no padding) for hand-built tokens.
-    mod base64_url {
-        pub fn encode(input: &str) -> String {
-            const ALPHABET: &[u8; 64] =
-                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-            let bytes = input.as_bytes();
-            let mut out = String::new();
-            for chunk in bytes.chunks(3) {
-                let n = chunk
-                    .iter()
-                    .enumerate()
-                    .fold(0u32, |acc, (i, &b)| acc | (u32::from(b) << (16 - 8 * i)));
-                let chars = chunk.len() + 1;
-                for i in 0..chars {
-                    out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-                }
-            }
-            out
-        }
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json.to_string())
     }
 
     #[test]
