@@ -12,7 +12,6 @@
 //! draining, sends Close 1001 to every connection, waits up to `--drain-timeout` for
 //! the closing handshakes and exits 0. A second signal exits at once with status 1.
 
-use std::fmt;
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,9 +40,10 @@ use crate::worker::{self, PushContext, WorkerSettings};
 const READ_BUFFER_SIZE: usize = 64 << 10;
 
 /// Why the server could not start or stopped abnormally.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// A listener could not be bound; `flag` names the setting to change.
+    #[error("cannot listen on {addr} ({flag}): {source}")]
     Bind {
         /// The command-line flag that set the address.
         flag: &'static str,
@@ -53,24 +53,12 @@ pub enum ServerError {
         source: io::Error,
     },
     /// Anything else during startup (metrics recorder, threads, signals).
+    #[error("startup failed: {0}")]
     Startup(String),
     /// A worker thread failed while running.
+    #[error("worker failed: {0}")]
     Worker(io::Error),
 }
-
-impl fmt::Display for ServerError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ServerError::Bind { flag, addr, source } => {
-                write!(f, "cannot listen on {addr} ({flag}): {source}")
-            }
-            ServerError::Startup(msg) => write!(f, "startup failed: {msg}"),
-            ServerError::Worker(e) => write!(f, "worker failed: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for ServerError {}
 
 /// The per-connection settings derived from the configuration.
 pub fn conn_config(config: &Config) -> ConnConfig {

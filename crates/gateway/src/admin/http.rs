@@ -12,15 +12,17 @@ use hyper::{Response, StatusCode};
 pub type AdminBody = Full<Bytes>;
 
 /// Why a request body could not be read.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum BodyError {
     /// The body is longer than the limit: answer 413.
+    #[error("request body exceeds {limit} bytes")]
     TooLarge {
         /// The limit that was exceeded, in bytes.
         limit: usize,
     },
     /// The connection failed or the body was malformed mid-read: answer 400 (if the
     /// connection still can).
+    #[error("cannot read request body: {0}")]
     Read(Box<dyn std::error::Error + Send + Sync>),
 }
 
@@ -35,24 +37,13 @@ impl BodyError {
 
     /// A plain-text response for this error.
     pub fn to_response(&self) -> Response<AdminBody> {
-        let message = match self {
-            BodyError::TooLarge { limit } => format!("request body exceeds {limit} bytes\n"),
-            BodyError::Read(err) => format!("cannot read request body: {err}\n"),
-        };
-        respond(self.status(), "text/plain; charset=utf-8", message)
+        respond(
+            self.status(),
+            "text/plain; charset=utf-8",
+            format!("{self}\n"),
+        )
     }
 }
-
-impl std::fmt::Display for BodyError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            BodyError::TooLarge { limit } => write!(f, "request body exceeds {limit} bytes"),
-            BodyError::Read(err) => write!(f, "cannot read request body: {err}"),
-        }
-    }
-}
-
-impl std::error::Error for BodyError {}
 
 /// Reads a whole request body, failing with [`BodyError::TooLarge`] as soon as more than
 /// `limit` bytes have arrived (nothing past the limit is buffered).

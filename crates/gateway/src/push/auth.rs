@@ -65,7 +65,6 @@
 //! | `bad_api_key` | a wrong publish API key |
 
 use std::borrow::Cow;
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use jsonwebtoken::errors::ErrorKind;
@@ -141,7 +140,8 @@ impl AuthFailure {
 
 /// A refused upgrade: the HTTP failure to answer with, the metrics reason, and the
 /// response body.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{} ({}): {message}", .failure.as_label(), .reason.as_label())]
 pub struct AuthRefusal {
     /// `Unauthorized` (401) for token problems, `Forbidden` (403) for origin and
     /// channel problems, `BadRequest` (400) for a malformed subprotocol list or `?user=`.
@@ -173,20 +173,6 @@ impl AuthRefusal {
         AuthRefusal::new(HandshakeFailure::Forbidden, reason, message)
     }
 }
-
-impl fmt::Display for AuthRefusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} ({}): {}",
-            self.failure.as_label(),
-            self.reason.as_label(),
-            self.message
-        )
-    }
-}
-
-impl std::error::Error for AuthRefusal {}
 
 /// An accepted client: who it is, what it may subscribe to, and what to put in the
 /// 101 response. The worker answers the upgrade with it and builds the connection's
@@ -239,19 +225,12 @@ impl AuthSettings {
 }
 
 /// Why the authentication keys could not be set up (at startup).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
 pub struct AuthSetupError {
     /// What is wrong, naming the file or flag.
     pub message: String,
 }
-
-impl fmt::Display for AuthSetupError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for AuthSetupError {}
 
 /// Verifies client upgrades. Built once at startup (keys are read and parsed then, so
 /// a bad key file stops the gateway instead of refusing every client) and shared by
@@ -671,7 +650,8 @@ pub fn bearer_credentials(authorization: &str) -> Option<&str> {
 }
 
 /// Why a publish API request was refused.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.message())]
 pub enum ApiKeyRefusal {
     /// No `Authorization: Bearer` header: 401 with `WWW-Authenticate: Bearer`.
     Missing,
@@ -734,14 +714,6 @@ impl ApiKeyRefusal {
         super::publish::error_json(self.code(), self.message())
     }
 }
-
-impl fmt::Display for ApiKeyRefusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.message())
-    }
-}
-
-impl std::error::Error for ApiKeyRefusal {}
 
 /// Checks a publish API request's `Authorization` header.
 ///

@@ -152,7 +152,8 @@ impl ClientRequest<'_> {
 
 /// A refused client message: the code, a human-readable message, and the request's
 /// `id` when it could be read.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{code}: {message}")]
 pub struct ClientError<'a> {
     /// The stable error code.
     pub code: ErrorCode,
@@ -212,14 +213,6 @@ impl<'a> ClientError<'a> {
         }
     }
 }
-
-impl fmt::Display for ClientError<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.code, self.message)
-    }
-}
-
-impl std::error::Error for ClientError<'_> {}
 
 /// The fields of a client message, each kept as raw JSON so a wrong type becomes a
 /// precise `bad_request` instead of a generic deserialization error. Unknown fields
