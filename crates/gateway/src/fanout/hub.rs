@@ -1,9 +1,11 @@
 //! Cross-worker fan-out: how a publish from the admin thread reaches every worker.
 //!
-//! A publish is encoded into **one** WebSocket frame ([`Bytes`], reference-counted) and
-//! handed to every worker as an [`Arc`]'d batch through its command channel plus its
-//! `mio::Waker`; each worker looks the target up in its own subscription index and queues
-//! the same frame for each local subscriber. Nobody copies the payload per subscriber.
+//! **Where a publish is numbered and handed to the workers.** A publish is encoded into
+//! **one** WebSocket frame ([`Bytes`](bytes::Bytes), reference-counted) and handed to
+//! every worker as an [`Arc`]'d batch through its mailbox (`worker/link.rs`); each
+//! worker looks the target up in its own subscription index
+//! ([`LocalFanout`](super::local::LocalFanout)) and queues the same frame for each local
+//! subscriber. Nobody copies the payload per subscriber.
 //!
 //! # Ordering
 //!
