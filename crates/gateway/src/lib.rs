@@ -6,7 +6,7 @@
 //! | module | what lives there | touches IO? |
 //! |---|---|---|
 //! | [`server`] | process setup and teardown: binds, starts workers and admin, signals, draining | yes (setup only) |
-//! | [`config`] | CLI flags, the TOML file, embedded defaults | no |
+//! | [`config`] | every setting once: flags, environment, TOML file, defaults; each part's settings | no |
 //! | [`worker`] | one `mio` event loop per core: sockets, the slab, the one timer wheel (`mod.rs`); its mailbox [`worker::link`] (`Command`, `WorkerLink`, `Delivery`); its push half (`push.rs`) | **yes** (the only place) |
 //! | [`conn`] | re-export of `pingwheel-conn` (`crates/conn`): the sans-IO connection state machine, [`conn::keepalive`], [`conn::clock`], [`conn::timer`] | no |
 //! | [`fanout`] | [`fanout::hub`] numbers a publish and hands one shared frame to every worker; [`fanout::local`] is each worker's side (index, sessions, queueing deliveries); [`fanout::counts`] carries subscriber counts to the hub without a lock | no (channels only) |

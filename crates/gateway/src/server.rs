@@ -25,19 +25,13 @@ use tracing::{error, info, warn};
 use crate::admin::publish::PublishApi;
 use crate::admin::{self, AdminState};
 use crate::config::Config;
-use crate::conn::ConnConfig;
-use crate::conn::keepalive::KeepaliveConfig;
 use crate::fanout::counts::subscriber_counts;
 use crate::fanout::hub::Hub;
 use crate::listener::bind_reuseport;
 use crate::metrics::{self, WorkerMetrics};
-use crate::push::PushLimits;
-use crate::push::auth::{AuthSettings, Authenticator};
+use crate::push::auth::Authenticator;
 use crate::worker::link::Command;
-use crate::worker::{self, PushContext, WorkerSettings};
-
-/// Size of each worker's shared read buffer.
-const READ_BUFFER_SIZE: usize = 64 << 10;
+use crate::worker::{self, PushContext};
 
 /// Why the server could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -58,22 +52,6 @@ pub enum ServerError {
     /// A worker thread failed while running.
     #[error("worker failed: {0}")]
     Worker(io::Error),
-}
-
-/// The per-connection settings derived from the configuration.
-pub fn conn_config(config: &Config) -> ConnConfig {
-    ConnConfig {
-        keepalive: KeepaliveConfig {
-            ping_interval: config.ping_interval,
-            ping_timeout: config.ping_timeout,
-        },
-        open_timeout: config.open_timeout,
-        close_timeout: config.close_timeout,
-        max_message_size: config.max_message_size,
-        max_queued_bytes: config.max_queued_bytes,
-        max_handshake_size: config.max_handshake_size,
-        echo: config.echo,
-    }
 }
 
 /// Runs the gateway until a signal drains it.
@@ -123,23 +101,22 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         })
         .map_err(|e| ServerError::Startup(format!("signal thread: {e}")))?;
 
-    let auth = Authenticator::new(&AuthSettings::from_config(&config.push))
-        .map_err(|e| ServerError::Startup(e.message))?;
+    let auth = Authenticator::new(&config.auth()).map_err(|e| ServerError::Startup(e.message))?;
     let dev_mode = auth.dev_mode();
     if dev_mode {
         warn!(
             "INSECURE DEV MODE: no --token-secret or --token-public-key, so every client is \
              accepted anonymously on any channel{}; never expose this gateway beyond loopback",
-            if config.push.api_key.is_none() {
+            if config.api_key.is_none() {
                 " and the publish API needs no key"
             } else {
                 ""
             }
         );
-    } else if config.push.api_key.is_none() {
+    } else if config.api_key.is_none() {
         warn!("no --api-key: the publish API refuses every request (403)");
     }
-    let limits = PushLimits::from_config(&config.push);
+    let limits = config.push_limits();
     let (count_sender, counts) = subscriber_counts();
     let push = PushContext {
         auth: Arc::new(auth),
@@ -147,17 +124,15 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         counts: count_sender,
     };
 
-    let conn = conn_config(&config);
     let mut handles = Vec::with_capacity(workers);
     for (id, listener) in listeners.into_iter().enumerate() {
-        let settings = WorkerSettings {
-            id,
-            conn: conn.clone(),
-            tick: config.tick,
-            read_buffer_size: READ_BUFFER_SIZE,
-        };
-        let handle = worker::spawn(settings, listener, WorkerMetrics::new(id), push.clone())
-            .map_err(|e| ServerError::Startup(format!("worker {id}: {e}")))?;
+        let handle = worker::spawn(
+            config.worker(id),
+            listener,
+            WorkerMetrics::new(id),
+            push.clone(),
+        )
+        .map_err(|e| ServerError::Startup(format!("worker {id}: {e}")))?;
         handles.push(handle);
     }
 
@@ -167,7 +142,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     );
     let publish_api = PublishApi {
         hub,
-        api_key: config.push.api_key.clone(),
+        api_key: config.api_key.clone(),
         dev_mode,
         limits,
         metrics: metrics::ApiMetrics::new(),
