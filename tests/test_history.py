@@ -194,8 +194,8 @@ def test_recovered_false_when_history_was_evicted(start_gateway, tmp_path):
         publish(gw, {"channel": "old", "data": "first"})
         check_delivery(recv_json(watcher), "old", 1, epoch)
         pad = "x" * 4000
-        batch = [{"channel": f"filler:{i % 10}", "data": pad} for i in range(500)]
-        for _ in range(3):  # 6 MB through a 1 MiB bound
+        batch = [{"channel": f"filler:{i % 10}", "data": pad} for i in range(200)]
+        for _ in range(8):  # 6.4 MB through a 1 MiB bound
             publish(gw, {"messages": batch}, path="/v1/batch")
         assert gw.metric("pingwheel_history_bytes") <= 1 << 20
         with connect(gw) as ws:
@@ -213,7 +213,11 @@ def test_recovered_false_over_recovery_max(start_gateway, tmp_path):
     for i in range(1, 10):
         publish(gw, {"channel": "chat:1", "data": i})
     with connect(gw) as ws:
+        # 9 missing, 5 allowed: nothing partial, the client reloads.
         assert subscribe(ws, "chat:1", since=(1, first["epoch"]))["recovered"] is False
+        ws.send(json.dumps({"op": "ping"}))
+        assert recv_json(ws) == {"op": "pong"}
+    with connect(gw) as ws:
         reply = subscribe(ws, "chat:1", since=(5, first["epoch"]), id=2)
         assert reply["recovered"] is True
         assert [recv_json(ws)["data"] for _ in range(5)] == [5, 6, 7, 8, 9]

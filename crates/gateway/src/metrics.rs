@@ -31,6 +31,7 @@ use metrics::{
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::conn::{CloseReason, HandshakeFailure};
+use crate::push::auth::AuthFailure;
 
 /// How often the admin thread must call [`PrometheusHandle::run_upkeep`].
 pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
@@ -83,9 +84,17 @@ pub mod names {
     pub const AUTH_FAILURES: &str = "pingwheel_auth_failures_total";
     /// Counter: publish-API responses, per HTTP `status`.
     pub const PUBLISH_REQUESTS: &str = "pingwheel_publish_requests_total";
+    /// Gauge: messages kept in history on this node.
+    pub const HISTORY_MESSAGES: &str = "pingwheel_history_messages";
+    /// Gauge: bytes history holds on this node (frames' blocks, index, stream state).
+    pub const HISTORY_BYTES: &str = "pingwheel_history_bytes";
+    /// Counter: subscribes with `since`, per worker and `result`.
+    pub const RECOVERIES: &str = "pingwheel_recoveries_total";
+    /// Counter: messages handed out by recoveries, per worker.
+    pub const RECOVERED_MESSAGES: &str = "pingwheel_recovered_messages_total";
 
     /// Every metric name, for tests and documentation checks.
-    pub const ALL: [&str; 22] = [
+    pub const ALL: [&str; 26] = [
         CONNECTIONS,
         CONNECTIONS_OPENED,
         CONNECTIONS_CLOSED,
@@ -108,7 +117,14 @@ pub mod names {
         PUBLISHES,
         AUTH_FAILURES,
         PUBLISH_REQUESTS,
+        HISTORY_MESSAGES,
+        HISTORY_BYTES,
+        RECOVERIES,
+        RECOVERED_MESSAGES,
     ];
+
+    /// The `result` label values of [`RECOVERIES`].
+    pub const RECOVERY_RESULTS: [&str; 2] = ["recovered", "not_recovered"];
 
     /// The histograms among [`ALL`].
     pub const HISTOGRAMS: [&str; 3] = [PING_RTT, EVENT_LOOP_LAG, DELIVERY_LAG];
@@ -266,6 +282,26 @@ pub fn describe() {
         Unit::Count,
         "Publish-API responses, by HTTP status."
     );
+    describe_gauge!(
+        names::HISTORY_MESSAGES,
+        Unit::Count,
+        "Messages kept in history on this node."
+    );
+    describe_gauge!(
+        names::HISTORY_BYTES,
+        Unit::Bytes,
+        "Bytes history holds on this node (bounded by --history-max-bytes)."
+    );
+    describe_counter!(
+        names::RECOVERIES,
+        Unit::Count,
+        "Subscribes with since, by result (recovered or not_recovered)."
+    );
+    describe_counter!(
+        names::RECOVERED_MESSAGES,
+        Unit::Count,
+        "Messages delivered from history by recoveries."
+    );
 }
 
 /// One worker's metric handles, labelled `worker="N"`. Build once per worker, after
@@ -314,6 +350,10 @@ pub struct WorkerMetrics {
     pub channels: Gauge,
     /// `pingwheel_delivery_lag_seconds`.
     pub delivery_lag: Histogram,
+    /// `pingwheel_recoveries_total{result}`, indexed like [`names::RECOVERY_RESULTS`].
+    pub recoveries: [Counter; 2],
+    /// `pingwheel_recovered_messages_total`.
+    pub recovered_messages: Counter,
 }
 
 impl WorkerMetrics {
@@ -354,7 +394,17 @@ impl WorkerMetrics {
             subscriptions: gauge!(names::SUBSCRIPTIONS, "worker" => worker.clone()),
             channels: gauge!(names::CHANNELS, "worker" => worker.clone()),
             delivery_lag: histogram!(names::DELIVERY_LAG, "worker" => worker.clone()),
+            recoveries: names::RECOVERY_RESULTS.map(|result| {
+                counter!(names::RECOVERIES, "worker" => worker.clone(), "result" => result)
+            }),
+            recovered_messages: counter!(names::RECOVERED_MESSAGES, "worker" => worker.clone()),
         }
+    }
+
+    /// Counts one finished subscribe with `since`.
+    pub fn recovery(&self, recovered: bool, messages: usize) {
+        self.recoveries[usize::from(!recovered)].increment(1);
+        self.recovered_messages.increment(messages as u64);
     }
 
     /// The `pingwheel_connections_closed_total` counter for `reason`.
@@ -368,57 +418,6 @@ impl WorkerMetrics {
     }
 }
 
-/// Why a client token or a publish-API key was rejected: one value of the `reason` label
-/// of `pingwheel_auth_failures_total`.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
-pub enum AuthFailure {
-    /// No token (client) or no `Authorization` header (publish API).
-    Missing,
-    /// Not a well-formed JWT / bearer header.
-    Malformed,
-    /// The JWT signature did not verify.
-    BadSignature,
-    /// The JWT is expired or not yet valid.
-    Expired,
-    /// A valid token asked for a channel outside its claim.
-    ForbiddenChannel,
-    /// The `Origin` header is not in `--allowed-origin`.
-    ForbiddenOrigin,
-    /// The publish API got a wrong API key.
-    BadApiKey,
-}
-
-impl AuthFailure {
-    /// Every failure, in label order.
-    pub const ALL: [AuthFailure; 7] = [
-        AuthFailure::Missing,
-        AuthFailure::Malformed,
-        AuthFailure::BadSignature,
-        AuthFailure::Expired,
-        AuthFailure::ForbiddenChannel,
-        AuthFailure::ForbiddenOrigin,
-        AuthFailure::BadApiKey,
-    ];
-
-    /// The value of the `reason` label.
-    pub const fn as_label(self) -> &'static str {
-        match self {
-            AuthFailure::Missing => "missing",
-            AuthFailure::Malformed => "malformed",
-            AuthFailure::BadSignature => "bad_signature",
-            AuthFailure::Expired => "expired",
-            AuthFailure::ForbiddenChannel => "forbidden_channel",
-            AuthFailure::ForbiddenOrigin => "forbidden_origin",
-            AuthFailure::BadApiKey => "bad_api_key",
-        }
-    }
-
-    /// Position in [`AuthFailure::ALL`].
-    pub const fn index(self) -> usize {
-        self as usize
-    }
-}
-
 /// Process-wide metric handles for the admin thread (publish API). No `worker` label:
 /// client-side auth failures, counted by workers, use the same series.
 #[derive(Clone, Debug)]
@@ -427,6 +426,12 @@ pub struct ApiMetrics {
     pub publishes: Counter,
     /// `pingwheel_auth_failures_total{reason}`, indexed by [`AuthFailure::index`].
     pub auth_failures: [Counter; AuthFailure::ALL.len()],
+}
+
+/// Sets the process-wide history gauges (at each scrape, from the engine's numbers).
+pub fn set_history(messages: u64, bytes: u64) {
+    gauge!(names::HISTORY_MESSAGES).set(messages as f64);
+    gauge!(names::HISTORY_BYTES).set(bytes as f64);
 }
 
 impl ApiMetrics {
@@ -495,7 +500,10 @@ mod tests {
                 m.subscriptions.set(2.0);
                 m.channels.set(1.0);
                 m.delivery_lag.record(Duration::from_millis(1));
+                m.recovery(true, 20);
+                m.recovery(false, 0);
             }
+            set_history(10, 4096);
             let api = ApiMetrics::new();
             api.publishes.increment(1);
             for failure in AuthFailure::ALL {

@@ -16,7 +16,6 @@
 //! never takes the gateway down; nothing is reloaded yet, and it does not count towards
 //! the second-signal exit.
 
-use std::fmt;
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,19 +26,23 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing::{error, info, warn};
 
+use crate::admin::publish::PublishApi;
 use crate::admin::{self, AdminState};
 use crate::config::Config;
-use crate::hub::{Hub, SubscriberCounts};
+use crate::engine::history::History;
+use crate::engine::memory::MemoryEngine;
+use crate::engine::{Engine, request_channel};
 use crate::listener::bind_reuseport;
 use crate::metrics::{self, WorkerMetrics};
-use crate::publish_api::PublishApi;
 use crate::push::auth::Authenticator;
-use crate::worker::{self, Command, PushContext};
+use crate::worker::link::{Command, WorkerOutbox};
+use crate::worker::{self, PushContext};
 
 /// Why the server could not start or stopped abnormally.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// A listener could not be bound; `flag` names the setting to change.
+    #[error("cannot listen on {addr} ({flag}): {source}")]
     Bind {
         /// The command-line flag that set the address.
         flag: &'static str,
@@ -49,24 +52,12 @@ pub enum ServerError {
         source: io::Error,
     },
     /// Anything else during startup (metrics recorder, threads, signals).
+    #[error("startup failed: {0}")]
     Startup(String),
     /// A worker thread failed while running.
+    #[error("worker failed: {0}")]
     Worker(io::Error),
 }
-
-impl fmt::Display for ServerError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ServerError::Bind { flag, addr, source } => {
-                write!(f, "cannot listen on {addr} ({flag}): {source}")
-            }
-            ServerError::Startup(msg) => write!(f, "startup failed: {msg}"),
-            ServerError::Worker(e) => write!(f, "worker failed: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for ServerError {}
 
 /// Runs the gateway until a signal drains it.
 ///
@@ -135,11 +126,13 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         warn!("no --api-key: the publish API refuses every request (403)");
     }
     let limits = config.push_limits();
-    let counts = Arc::new(SubscriberCounts::default());
+    // Workers send the engine their subscribes and recovery requests from the start;
+    // the engine starts with the admin runtime, once it knows every worker's link.
+    let (engine_sender, engine_requests) = request_channel();
     let push = PushContext {
         auth: Arc::new(auth),
         limits: limits.clone(),
-        counts: Arc::clone(&counts),
+        engine: engine_sender,
     };
 
     let mut handles = Vec::with_capacity(workers);
@@ -154,18 +147,32 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         handles.push(handle);
     }
 
-    let hub = Hub::new(
-        handles.iter().map(worker::WorkerHandle::link).collect(),
-        counts,
+    let outbox = WorkerOutbox::new(handles.iter().map(worker::WorkerHandle::link).collect());
+    // A fresh seed per process: a restart starts every stream in a new epoch.
+    let history = History::new(
+        config.namespaces(),
+        config.history_limits(),
+        Instant::now(),
+        fastrand::u64(..),
     );
+    let engine = Arc::new(MemoryEngine::new(
+        history,
+        config.recovery_max,
+        Arc::new(outbox),
+    ));
+    let engine_task = Arc::clone(&engine).run(engine_requests);
     let publish_api = PublishApi {
-        hub,
+        engine,
         api_key: config.api_key.clone(),
         dev_mode,
         limits,
         metrics: metrics::ApiMetrics::new(),
     };
-    let admin_state = Arc::new(AdminState::new(prometheus).with_publish_api(publish_api));
+    let admin_state = Arc::new(
+        AdminState::new(prometheus)
+            .with_publish_api(publish_api)
+            .with_engine_task(engine_task),
+    );
     let admin = admin::spawn(admin_listener, Arc::clone(&admin_state))
         .map_err(|e| ServerError::Startup(format!("admin listener: {e}")))?;
 

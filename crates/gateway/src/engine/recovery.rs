@@ -56,6 +56,18 @@ impl fmt::Debug for Watermark {
 }
 
 impl Watermark {
+    /// The mark of a subscription whose subscribe awaits the engine's answer: its live
+    /// deliveries go to its [`Pending`] buffer instead of out.
+    pub const PENDING: Watermark = Watermark {
+        epoch: Epoch::NONE,
+        seq: u64::MAX,
+    };
+
+    /// Whether this is [`Watermark::PENDING`].
+    pub fn is_pending(&self) -> bool {
+        *self == Watermark::PENDING
+    }
+
     /// A subscription that starts after `position`.
     pub fn at(position: Position) -> Watermark {
         Watermark {

@@ -6,16 +6,18 @@
 //!
 //! | client sends | gateway answers |
 //! |---|---|
-//! | `{"op":"subscribe","channel":"scores","id":1}` | `{"op":"subscribed","channel":"scores","id":1}` |
+//! | `{"op":"subscribe","channel":"scores","id":1}` | `{"op":"subscribed","channel":"scores","id":1,"seq":41,"epoch":"Xy3kP0aQ"}` |
+//! | `{"op":"subscribe","channel":"scores","since":{"seq":40,"epoch":"Xy3kP0aQ"}}` | `{"op":"subscribed",..,"recovered":true}`, then 41… |
 //! | `{"op":"unsubscribe","channel":"scores"}` | `{"op":"unsubscribed","channel":"scores"}` |
 //! | `{"op":"ping","id":"x"}` | `{"op":"pong","id":"x"}` |
 //! | anything wrong | `{"op":"error","code":"bad_json","message":"...","id":...}` |
 //!
-//! and deliveries are `{"channel":"scores","seq":1234,"data":<the published JSON>}`,
-//! with channel [`USER_CHANNEL`] for per-user deliveries.
+//! and deliveries are `{"channel":"scores","seq":42,"epoch":"Xy3kP0aQ","data":<the published JSON>}`,
+//! with channel [`USER_CHANNEL`] for per-user deliveries; the `subscribed` reply's
+//! position comes from the engine (`crate::engine`), so the worker builds it.
 //!
 //! Every reply is produced as a complete unmasked WebSocket text frame, ready to queue.
-//! A delivery frame is built once per publish ([`encode_delivery`]) and shared by
+//! A delivery frame is built once per publish ([`DeliveryFrame`]) and shared by
 //! every subscriber on every worker: [`Bytes`] clones are reference counts.
 //!
 //! # How the worker uses this module
@@ -68,11 +70,17 @@ pub enum ErrorCode {
     RateLimited,
     /// The message is longer than `max_client_message`; it was dropped unread.
     MessageTooLarge,
+    /// A `subscribe` of this channel by this connection is still waiting for its
+    /// reply; wait for it before subscribing the channel again.
+    SubscribePending,
+    /// The engine could not answer a `subscribe` (its broker is unreachable); the
+    /// subscription was not made. Try again later.
+    EngineUnavailable,
 }
 
 impl ErrorCode {
     /// Every code, in documentation order.
-    pub const ALL: [ErrorCode; 9] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::BadJson,
         ErrorCode::BadRequest,
         ErrorCode::UnknownOp,
@@ -82,6 +90,8 @@ impl ErrorCode {
         ErrorCode::NotSubscribed,
         ErrorCode::RateLimited,
         ErrorCode::MessageTooLarge,
+        ErrorCode::SubscribePending,
+        ErrorCode::EngineUnavailable,
     ];
 
     /// The code as sent on the wire.
@@ -96,6 +106,8 @@ impl ErrorCode {
             ErrorCode::NotSubscribed => "not_subscribed",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::MessageTooLarge => "message_too_large",
+            ErrorCode::SubscribePending => "subscribe_pending",
+            ErrorCode::EngineUnavailable => "engine_unavailable",
         }
     }
 }
@@ -159,7 +171,8 @@ impl ClientRequest<'_> {
 
 /// A refused client message: the code, a human-readable message, and the request's
 /// `id` when it could be read.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{code}: {message}")]
 pub struct ClientError<'a> {
     /// The stable error code.
     pub code: ErrorCode,
@@ -210,6 +223,27 @@ impl<'a> ClientError<'a> {
         )
     }
 
+    /// The answer to a `subscribe` of a channel whose previous `subscribe` still waits.
+    pub fn subscribe_pending(channel: &str, id: Option<&'a RawValue>) -> Self {
+        ClientError::new(
+            ErrorCode::SubscribePending,
+            format!("a subscribe to {channel} is still being answered; wait for its reply"),
+            id,
+        )
+    }
+
+    /// The answer to a `subscribe` the engine could not serve.
+    pub fn engine_unavailable(
+        error: &crate::engine::EngineError,
+        id: Option<&'a RawValue>,
+    ) -> Self {
+        ClientError::new(
+            ErrorCode::EngineUnavailable,
+            format!("{error}; not subscribed, try again later"),
+            id,
+        )
+    }
+
     /// The `{"op":"error",..}` reply carrying this error.
     pub fn reply(&self) -> Reply<'_> {
         Reply::Error {
@@ -219,14 +253,6 @@ impl<'a> ClientError<'a> {
         }
     }
 }
-
-impl fmt::Display for ClientError<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.code, self.message)
-    }
-}
-
-impl std::error::Error for ClientError<'_> {}
 
 /// The fields of a client message, each kept as raw JSON so a wrong type becomes a
 /// precise `bad_request` instead of a generic deserialization error. Unknown fields
@@ -571,26 +597,6 @@ fn needs_no_json_escape(s: &str) -> bool {
     s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\')
 }
 
-/// `n` in decimal, written into the end of `digits` (no allocation).
-fn format_decimal(n: u64, digits: &mut [u8; 20]) -> &[u8] {
-    let mut at = digits.len();
-    let mut rest = n;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    &digits[at..]
-}
-
-/// Number of decimal digits of `n`.
-fn decimal_digits(n: u64) -> usize {
-    n.checked_ilog10().map_or(1, |log| log as usize + 1)
-}
-
 /// One delivery's frame, `{"channel":<channel>,"seq":<seq>,"epoch":<epoch>,"data":<data>}`
 /// (field order fixed), encoded once per publish: the engine's history asks for its
 /// length and has it written straight into the block it keeps it in, and every
@@ -629,7 +635,7 @@ impl DeliveryFrame<'_> {
         DELIVERY_HEAD.len()
             + channel_json.len()
             + DELIVERY_SEQ.len()
-            + decimal_digits(seq)
+            + itoa::Buffer::new().format(seq).len()
             + DELIVERY_EPOCH.len()
             + EPOCH_LEN
             + DELIVERY_DATA.len()
@@ -656,12 +662,12 @@ impl FrameEncoder for DeliveryFrame<'_> {
         let payload_len = self.payload_len(&channel_json, position.seq);
         let start = out.len();
         let (header, header_len) = frame::header(OpCode::Data(Data::Text), payload_len);
-        let mut digits = [0u8; 20];
+        let mut digits = itoa::Buffer::new();
         out.extend_from_slice(&header[..header_len]);
         out.extend_from_slice(DELIVERY_HEAD);
         out.extend_from_slice(channel_json.as_bytes());
         out.extend_from_slice(DELIVERY_SEQ);
-        out.extend_from_slice(format_decimal(position.seq, &mut digits));
+        out.extend_from_slice(digits.format(position.seq).as_bytes());
         out.extend_from_slice(DELIVERY_EPOCH);
         out.extend_from_slice(position.epoch.as_bytes());
         out.extend_from_slice(DELIVERY_DATA);
@@ -675,46 +681,6 @@ impl FrameEncoder for DeliveryFrame<'_> {
             self.data.get().len()
         );
     }
-}
-
-/// Encodes one delivery in the old position-less format (kept only until the fan-out
-/// carries positions).
-pub fn encode_delivery(channel: &str, seq: u64, data: &RawValue) -> Bytes {
-    let escaped;
-    let channel_json: &str = if needs_no_json_escape(channel) {
-        channel
-    } else {
-        escaped = serde_json::to_string(channel).unwrap_or_default();
-        &escaped[1..escaped.len() - 1]
-    };
-    const SEQ: &[u8] = br#"","seq":"#;
-    const DATA: &[u8] = br#","data":"#;
-    let data = data.get().as_bytes();
-    let mut digits = [0u8; 20];
-    let seq = format_decimal(seq, &mut digits);
-    let payload_len = DELIVERY_HEAD.len()
-        + channel_json.len()
-        + SEQ.len()
-        + seq.len()
-        + DATA.len()
-        + data.len()
-        + DELIVERY_TAIL.len();
-    let (header, header_len) = frame::header(OpCode::Data(Data::Text), payload_len);
-    let mut frame = Vec::with_capacity(frame::frame_len(payload_len));
-    frame.extend_from_slice(&header[..header_len]);
-    frame.extend_from_slice(DELIVERY_HEAD);
-    frame.extend_from_slice(channel_json.as_bytes());
-    frame.extend_from_slice(SEQ);
-    frame.extend_from_slice(seq);
-    frame.extend_from_slice(DATA);
-    frame.extend_from_slice(data);
-    frame.extend_from_slice(DELIVERY_TAIL);
-    Bytes::from(frame)
-}
-
-/// A per-user delivery in the old format: [`encode_delivery`] on [`USER_CHANNEL`].
-pub fn encode_user_delivery(seq: u64, data: &RawValue) -> Bytes {
-    encode_delivery(USER_CHANNEL, seq, data)
 }
 
 /// The JSON text of a delivery frame (its payload, after the WebSocket header): what
@@ -1165,54 +1131,11 @@ mod tests {
                 "too_many_subscriptions",
                 "not_subscribed",
                 "rate_limited",
-                "message_too_large"
+                "message_too_large",
+                "subscribe_pending",
+                "engine_unavailable"
             ]
         );
-    }
-
-    #[test]
-    fn delivery_frame_bytes_are_exact() {
-        let data = RawValue::from_string(r#"{"home":2,"away":1}"#.to_owned()).unwrap();
-        let frame = encode_delivery("scores", 1234, &data);
-        let payload = br#"{"channel":"scores","seq":1234,"data":{"home":2,"away":1}}"#;
-        let mut want = vec![0x81, payload.len() as u8];
-        want.extend_from_slice(payload);
-        assert_eq!(&frame[..], &want[..]);
-    }
-
-    #[test]
-    fn delivery_frames_of_every_length_class_parse_back() {
-        // The payload adds 52 bytes of envelope around the data here (with the quotes of the string).
-        for (data_len, header_len) in [(0, 2), (73, 2), (74, 4), (65_483, 4), (65_484, 10)] {
-            let data = RawValue::from_string(format!("\"{}\"", "d".repeat(data_len))).unwrap();
-            let frame = encode_delivery("c", u64::MAX, &data);
-            let (opcode, fin, masked, payload) = decode_frame(&frame);
-            assert_eq!(
-                (opcode, fin, masked),
-                (OpCode::Data(Data::Text), true, false)
-            );
-            assert_eq!(payload.len(), data_len + 52);
-            assert_eq!(
-                frame.len() - payload.len(),
-                header_len,
-                "data_len={data_len}"
-            );
-            let json: serde_json::Value = serde_json::from_slice(payload).unwrap();
-            assert_eq!(json["channel"], "c");
-            assert_eq!(json["seq"], u64::MAX);
-            assert_eq!(json["data"].as_str().map(str::len), Some(data_len));
-        }
-    }
-
-    #[test]
-    fn delivery_escapes_odd_channels_and_uses_user_channel() {
-        let data = RawValue::from_string("null".to_owned()).unwrap();
-        let frame = encode_delivery("we\"ird\\\n", 0, &data);
-        let (_, _, _, payload) = decode_frame(&frame);
-        assert_eq!(payload, br#"{"channel":"we\"ird\\\n","seq":0,"data":null}"#);
-        let frame = encode_user_delivery(7, &data);
-        let (_, _, _, payload) = decode_frame(&frame);
-        assert_eq!(payload, br##"{"channel":"#user","seq":7,"data":null}"##);
     }
 
     fn position(seq: u64) -> Position {
@@ -1223,7 +1146,7 @@ mod tests {
     }
 
     #[test]
-    fn positioned_delivery_bytes_are_exact() {
+    fn delivery_frame_bytes_are_exact() {
         let data = RawValue::from_string(r#"{"home":2,"away":1}"#.to_owned()).unwrap();
         let d = DeliveryFrame {
             channel: "scores",
@@ -1240,7 +1163,7 @@ mod tests {
     }
 
     #[test]
-    fn positioned_deliveries_of_every_length_class_parse_back() {
+    fn delivery_frames_of_every_length_class_parse_back() {
         // 71 bytes of envelope around the data here (20 digits of seq, the quotes).
         for (data_len, header_len) in [(0, 2), (54, 2), (55, 4), (65_464, 4), (65_465, 10)] {
             let data = RawValue::from_string(format!("\"{}\"", "d".repeat(data_len))).unwrap();
@@ -1268,7 +1191,7 @@ mod tests {
     }
 
     #[test]
-    fn positioned_delivery_escapes_odd_channels() {
+    fn delivery_escapes_odd_channels() {
         let data = RawValue::from_string("null".to_owned()).unwrap();
         let d = DeliveryFrame {
             channel: "we\"ird\\\n",
@@ -1284,11 +1207,19 @@ mod tests {
     }
 
     #[test]
-    fn decimal_digit_counts() {
+    fn delivery_seq_is_written_in_decimal_at_every_width() {
+        let data = RawValue::from_string("1".to_owned()).unwrap();
         for n in [0, 1, 9, 10, 99, 100, 12345, u64::MAX] {
-            assert_eq!(decimal_digits(n), n.to_string().len(), "{n}");
-            let mut digits = [0u8; 20];
-            assert_eq!(format_decimal(n, &mut digits), n.to_string().as_bytes());
+            let frame = DeliveryFrame {
+                channel: "c",
+                data: &data,
+            }
+            .encode(&position(n));
+            let (_, _, _, payload) = decode_frame(&frame);
+            assert_eq!(
+                payload,
+                format!(r#"{{"channel":"c","seq":{n},"epoch":"Xy3kP0aQ","data":1}}"#).as_bytes()
+            );
         }
     }
 
@@ -1389,18 +1320,6 @@ mod tests {
 
             #[test]
             fn deliveries_round_trip(channel in "\\PC{0,40}", seq: u64, text in "\\PC{0,300}") {
-                let data = RawValue::from_string(serde_json::to_string(&text).unwrap()).unwrap();
-                let frame = encode_delivery(&channel, seq, &data);
-                let (opcode, fin, masked, payload) = decode_frame(&frame);
-                prop_assert_eq!((opcode, fin, masked), (OpCode::Data(Data::Text), true, false));
-                let json: serde_json::Value = serde_json::from_slice(payload).unwrap();
-                prop_assert_eq!(json["channel"].as_str(), Some(channel.as_str()));
-                prop_assert_eq!(json["seq"].as_u64(), Some(seq));
-                prop_assert_eq!(json["data"].as_str(), Some(text.as_str()));
-            }
-
-            #[test]
-            fn positioned_deliveries_round_trip(channel in "\\PC{0,40}", seq: u64, text in "\\PC{0,300}") {
                 let data = RawValue::from_string(serde_json::to_string(&text).unwrap()).unwrap();
                 let d = DeliveryFrame { channel: &channel, data: &data };
                 let frame = d.encode(&position(seq));

@@ -1,4 +1,4 @@
-//! The publish API's request bodies and replies, and `seq` allocation.
+//! The publish API's request bodies and replies.
 //!
 //! Three endpoints on the admin listener (the wire format, with `curl` examples, is in
 //! `docs/protocol.md`):
@@ -14,24 +14,21 @@
 //! frame ([`super::protocol::encode_delivery`]). Unknown fields are refused, so a typo
 //! such as `chanel` is a 400 naming it rather than a silent no-op.
 //!
-//! # `seq`
+//! # Positions
 //!
-//! Every delivery carries a `seq` from one gateway-wide counter ([`SeqAllocator`]):
-//! each publish to a channel (or user) takes the next number, so within a channel
-//! `seq` strictly increases in publish order, with gaps where other channels
-//! published in between. One counter needs O(1) memory however many channels exist,
-//! and never restarts while the process runs, so a client can always compare two
-//! seqs it received. The counter starts at 1 when the gateway starts.
+//! Every publish gets the next position `(epoch, seq)` of its stream (a channel, or
+//! a user's stream) from the engine (`crate::engine`); the replies carry `seq` and
+//! `epoch` per target, and `subscribers` counts this node's local subscribers.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
-use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
 use super::channel::{validate_channel_name, validate_user_id};
 use super::{PushLimits, json_str};
+use crate::engine::position::{Epoch, Position};
 
 /// The publish API routes.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -115,9 +112,10 @@ pub enum PublishRequest<'a> {
 }
 
 /// A refused publish request: 400 or 413, with a JSON body naming the problem.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PublishError {
     /// The body is larger than `max_publish_body`: 413.
+    #[error("request body is {len} bytes, the limit is {max}")]
     BodyTooLarge {
         /// The body's length (or its announced `Content-Length`), in bytes.
         len: u64,
@@ -126,6 +124,7 @@ pub enum PublishError {
     },
     /// The body is not a valid request for the route: 400. The message names the
     /// field (and the index within a list) that is wrong.
+    #[error("{0}")]
     BadRequest(String),
 }
 
@@ -155,19 +154,6 @@ impl PublishError {
         error_json(self.code(), &self.to_string())
     }
 }
-
-impl fmt::Display for PublishError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            PublishError::BodyTooLarge { len, max } => {
-                write!(f, "request body is {len} bytes, the limit is {max}")
-            }
-            PublishError::BadRequest(message) => f.write_str(message),
-        }
-    }
-}
-
-impl std::error::Error for PublishError {}
 
 /// `{"error":<code>,"message":<message>}`, the shape of every publish API error reply.
 pub fn error_json(code: &str, message: &str) -> String {
@@ -364,23 +350,26 @@ pub fn parse_batch<'a>(body: &'a [u8], limits: &PushLimits) -> Result<Batch<'a>,
     Ok(Batch { messages })
 }
 
-/// The reply to `POST /v1/publish`: `{"ok":true,"seq":17,"subscribers":3}`.
+/// The reply to `POST /v1/publish`: `{"ok":true,"seq":17,"epoch":"Xy3kP0aQ","subscribers":3}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PublishReply {
     /// Always `true` (errors use another shape).
     pub ok: bool,
-    /// The `seq` of the delivery.
+    /// The `seq` of the delivery in its stream.
     pub seq: u64,
+    /// The epoch that `seq` counts in.
+    pub epoch: Epoch,
     /// How many local connections the delivery was queued for.
     pub subscribers: u64,
 }
 
 impl PublishReply {
     /// A success reply.
-    pub fn new(seq: u64, subscribers: u64) -> Self {
+    pub fn new(position: Position, subscribers: u64) -> Self {
         PublishReply {
             ok: true,
-            seq,
+            seq: position.seq,
+            epoch: position.epoch,
             subscribers,
         }
     }
@@ -391,8 +380,9 @@ impl PublishReply {
     }
 }
 
-/// One publish's outcome within a [`MultiReply`]: `{"channel":"a","seq":18,"subscribers":2}`
-/// or `{"user":"42","seq":19,"subscribers":1}`.
+/// One publish's outcome within a [`MultiReply`]:
+/// `{"channel":"a","seq":18,"epoch":"Xy3kP0aQ","subscribers":2}`
+/// or `{"user":"42","seq":19,"epoch":"Xy3kP0aQ","subscribers":1}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PublishResult<'a> {
     /// The channel, for a channel publish.
@@ -401,15 +391,17 @@ pub struct PublishResult<'a> {
     /// The user, for a per-user publish.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<&'a str>,
-    /// The `seq` of the delivery.
+    /// The `seq` of the delivery in its stream.
     pub seq: u64,
+    /// The epoch that `seq` counts in.
+    pub epoch: Epoch,
     /// How many local connections the delivery was queued for.
     pub subscribers: u64,
 }
 
 impl<'a> PublishResult<'a> {
     /// The result for a publish to `target`.
-    pub fn new(target: &'a Target<'_>, seq: u64, subscribers: u64) -> Self {
+    pub fn new(target: &'a Target<'_>, position: Position, subscribers: u64) -> Self {
         let (channel, user) = match target {
             Target::Channel(channel) => (Some(&**channel), None),
             Target::User(user) => (None, Some(&**user)),
@@ -417,7 +409,8 @@ impl<'a> PublishResult<'a> {
         PublishResult {
             channel,
             user,
-            seq,
+            seq: position.seq,
+            epoch: position.epoch,
             subscribers,
         }
     }
@@ -426,7 +419,7 @@ impl<'a> PublishResult<'a> {
 /// The reply to `POST /v1/broadcast` and `POST /v1/batch`: one result per delivery in
 /// request order, and their subscriber total.
 ///
-/// `{"ok":true,"subscribers":3,"results":[{"channel":"a","seq":18,"subscribers":2},..]}`
+/// `{"ok":true,"subscribers":3,"results":[{"channel":"a","seq":18,"epoch":"Xy3kP0aQ","subscribers":2},..]}`
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct MultiReply<'a> {
     /// Always `true`.
@@ -455,51 +448,6 @@ impl<'a> MultiReply<'a> {
     }
 }
 
-/// Hands out delivery `seq` numbers from one gateway-wide counter: 1, 2, 3, ...
-///
-/// # Ordering contract
-///
-/// `seq` order is publish order only if deliveries reach every worker in the order
-/// their numbers were allocated. The hub therefore allocates a number and enqueues
-/// the delivery to every worker as one step, under one lock (or on one thread), so
-/// no other publish can slip in between; each worker then processes its queue in
-/// order. With that, on every channel every subscriber sees strictly increasing `seq`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SeqAllocator {
-    /// The number the next publish gets; never 0.
-    next: u64,
-}
-
-impl Default for SeqAllocator {
-    fn default() -> Self {
-        SeqAllocator::new()
-    }
-}
-
-impl SeqAllocator {
-    /// A counter whose first number is 1.
-    pub const fn new() -> Self {
-        SeqAllocator { next: 1 }
-    }
-
-    /// The next number. Strictly greater than every number returned before. (At a
-    /// billion publishes a second, `u64` lasts 584 years; overflow is not handled.)
-    pub fn allocate(&mut self) -> u64 {
-        let seq = self.next;
-        debug_assert!(
-            seq != 0 && seq < u64::MAX,
-            "seq counter out of range: {seq}"
-        );
-        self.next += 1;
-        seq
-    }
-
-    /// The number the next [`SeqAllocator::allocate`] will return.
-    pub const fn peek(&self) -> u64 {
-        self.next
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -512,7 +460,7 @@ mod tests {
         parse_publish(body.as_bytes(), &limits())
     }
 
-    fn bad(result: Result<impl fmt::Debug, PublishError>) -> String {
+    fn bad(result: Result<impl std::fmt::Debug, PublishError>) -> String {
         match result {
             Err(PublishError::BadRequest(message)) => message,
             other => panic!("expected a 400, got {other:?}"),
@@ -769,30 +717,22 @@ mod tests {
 
     #[test]
     fn replies() {
+        let epoch = Epoch::parse("Xy3kP0aQ").unwrap();
+        let at = |seq| Position { seq, epoch };
         assert_eq!(
-            PublishReply::new(17, 3).to_json(),
-            r#"{"ok":true,"seq":17,"subscribers":3}"#
+            PublishReply::new(at(17), 3).to_json(),
+            r#"{"ok":true,"seq":17,"epoch":"Xy3kP0aQ","subscribers":3}"#
         );
         let channel = Target::Channel("a".into());
         let user = Target::User("42".into());
         let reply = MultiReply::new(vec![
-            PublishResult::new(&channel, 18, 2),
-            PublishResult::new(&user, 19, 1),
+            PublishResult::new(&channel, at(18), 2),
+            PublishResult::new(&user, at(1), 1),
         ]);
         assert_eq!(
             reply.to_json(),
-            r#"{"ok":true,"subscribers":3,"results":[{"channel":"a","seq":18,"subscribers":2},{"user":"42","seq":19,"subscribers":1}]}"#
+            r#"{"ok":true,"subscribers":3,"results":[{"channel":"a","seq":18,"epoch":"Xy3kP0aQ","subscribers":2},{"user":"42","seq":1,"epoch":"Xy3kP0aQ","subscribers":1}]}"#
         );
-    }
-
-    #[test]
-    fn seq_allocation_is_strictly_increasing_from_one() {
-        let mut seqs = SeqAllocator::new();
-        assert_eq!(seqs.peek(), 1);
-        let got: Vec<u64> = (0..5).map(|_| seqs.allocate()).collect();
-        assert_eq!(got, [1, 2, 3, 4, 5]);
-        assert_eq!(seqs.peek(), 6);
-        assert_eq!(SeqAllocator::default(), SeqAllocator::new());
     }
 
     mod fuzz {

@@ -4,24 +4,35 @@
 //! `hyper`'s HTTP/1.1 server; the workers never see it. Connections are kept alive, so a
 //! publisher can send many requests over one socket.
 //!
+//! | file | what |
+//! |---|---|
+//! | `mod.rs` | the thread, the accept loop, graceful stop, and routing ([`route`]) |
+//! | [`http`] | the body type, size-limited body reads, response builders |
+//! | [`publish`] | the `/v1/*` publish routes |
+//!
 //! # Routes
 //!
 //! | method | path | answer |
 //! |---|---|---|
 //! | `GET`, `HEAD` | `/metrics` | 200, Prometheus text format 0.0.4 |
 //! | `GET`, `HEAD` | `/healthz` | 200 `ok`, or 503 `draining` once [`AdminState::set_draining`] |
-//! | `POST` | `/v1/publish`, `/v1/broadcast`, `/v1/batch` | the publish API ([`crate::publish_api`]) |
+//! | `POST` | `/v1/publish`, `/v1/broadcast`, `/v1/batch` | the publish API ([`publish`]) |
+//! | `GET` | `/v1/history` | the history API ([`publish`]) |
 //! | other | known path | 405 with `Allow` |
 //! | any | other path | 404 |
 //!
 //! New routes are new arms in [`route`]'s `match (method, path)`. A route that reads a
-//! request body must use [`read_body`], which enforces a size limit (413 when exceeded).
+//! request body must use [`http::read_body`], which enforces a size limit (413 when exceeded).
 //!
 //! # Upkeep
 //!
 //! The thread also calls [`PrometheusHandle::run_upkeep`] every
 //! [`metrics::UPKEEP_INTERVAL`](crate::metrics::UPKEEP_INTERVAL), which drains histogram
-//! samples even when nobody scrapes.
+//! samples even when nobody scrapes. The engine's own task ([`Engine::run`]: the
+//! workers' requests, history timers) runs on this runtime too.
+
+pub mod http;
+pub mod publish;
 
 use std::convert::Infallible;
 use std::io;
@@ -31,10 +42,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use hyper::body::{Body, Incoming};
-use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -43,12 +51,16 @@ use hyper_util::server::graceful::GracefulShutdown;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::oneshot;
 
+use self::http::{AdminBody, method_not_allowed, plain, respond};
+use self::publish::PublishApi;
+use crate::engine::Engine;
 use crate::metrics::UPKEEP_INTERVAL;
-use crate::publish_api::PublishApi;
 use crate::push::publish::PublishRoute;
 
 /// Content type of the Prometheus text exposition format.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// Path of the history API.
+pub const HISTORY_PATH: &str = "/v1/history";
 /// Name of the admin thread.
 pub const THREAD_NAME: &str = "pingwheel-admin";
 
@@ -61,9 +73,6 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// of spinning.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
-/// The response body type of every route.
-pub type AdminBody = Full<Bytes>;
-
 /// What the admin routes need, shared with the rest of the process.
 #[derive(Debug)]
 pub struct AdminState {
@@ -74,7 +83,21 @@ pub struct AdminState {
     draining: AtomicBool,
     /// The publish API (`/v1/...`), when the process has workers to publish to.
     publish: Option<PublishApi>,
+    /// The engine's background task, spawned on the admin runtime at start.
+    engine_task: std::sync::Mutex<Option<TaskSlot>>,
 }
+
+/// Holds the engine's task until the runtime starts it.
+struct TaskSlot(EngineTask);
+
+impl std::fmt::Debug for TaskSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EngineTask")
+    }
+}
+
+/// A future an engine runs for the life of the process ([`Engine::run`]).
+pub type EngineTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 impl AdminState {
     /// State for a server that is not draining.
@@ -83,7 +106,17 @@ impl AdminState {
             metrics,
             draining: AtomicBool::new(false),
             publish: None,
+            engine_task: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Runs `task` (the engine's [`Engine::run`]) on the admin runtime.
+    pub fn with_engine_task(self, task: EngineTask) -> AdminState {
+        *self
+            .engine_task
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(TaskSlot(task));
+        self
     }
 
     /// Serves the publish API (`POST /v1/publish`, `/v1/broadcast`, `/v1/batch`) too.
@@ -100,6 +133,10 @@ impl AdminState {
     /// Marks the process as draining (or not); `/healthz` reflects it immediately.
     pub fn set_draining(&self, draining: bool) {
         self.draining.store(draining, Ordering::Release);
+    }
+
+    fn engine(&self) -> Option<&dyn Engine> {
+        self.publish.as_ref().map(|api| &*api.engine)
     }
 
     /// Whether the process is draining.
@@ -199,6 +236,14 @@ async fn serve(
     let graceful = GracefulShutdown::new();
     let mut upkeep = tokio::time::interval(UPKEEP_INTERVAL);
     upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let engine_task = state
+        .engine_task
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    if let Some(TaskSlot(task)) = engine_task {
+        tokio::spawn(task);
+    }
 
     loop {
         tokio::select! {
@@ -253,8 +298,19 @@ pub async fn route(state: &AdminState, request: Request<Incoming>) -> Response<A
             method_not_allowed("POST")
         };
     }
+    if let (HISTORY_PATH, Some(api)) = (path, &state.publish) {
+        return if method == Method::GET {
+            api.history(request).await
+        } else {
+            method_not_allowed("GET")
+        };
+    }
     match (method, path) {
         (&Method::GET | &Method::HEAD, "/metrics") => {
+            if let Some(engine) = state.engine() {
+                let stats = engine.stats();
+                crate::metrics::set_history(stats.history_messages, stats.history_bytes);
+            }
             let body = state.metrics.render();
             respond(StatusCode::OK, METRICS_CONTENT_TYPE, body)
         }
@@ -269,95 +325,6 @@ pub async fn route(state: &AdminState, request: Request<Incoming>) -> Response<A
         (_, "/healthz") => method_not_allowed("GET, HEAD"),
         _ => plain(StatusCode::NOT_FOUND, "not found\n"),
     }
-}
-
-/// Why a request body could not be read.
-#[derive(Debug)]
-pub enum BodyError {
-    /// The body is longer than the limit: answer 413.
-    TooLarge {
-        /// The limit that was exceeded, in bytes.
-        limit: usize,
-    },
-    /// The connection failed or the body was malformed mid-read: answer 400 (if the
-    /// connection still can).
-    Read(Box<dyn std::error::Error + Send + Sync>),
-}
-
-impl BodyError {
-    /// The status to answer with.
-    pub fn status(&self) -> StatusCode {
-        match self {
-            BodyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            BodyError::Read(_) => StatusCode::BAD_REQUEST,
-        }
-    }
-
-    /// A plain-text response for this error.
-    pub fn to_response(&self) -> Response<AdminBody> {
-        let message = match self {
-            BodyError::TooLarge { limit } => format!("request body exceeds {limit} bytes\n"),
-            BodyError::Read(err) => format!("cannot read request body: {err}\n"),
-        };
-        respond(self.status(), "text/plain; charset=utf-8", message)
-    }
-}
-
-impl std::fmt::Display for BodyError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            BodyError::TooLarge { limit } => write!(f, "request body exceeds {limit} bytes"),
-            BodyError::Read(err) => write!(f, "cannot read request body: {err}"),
-        }
-    }
-}
-
-impl std::error::Error for BodyError {}
-
-/// Reads a whole request body, failing with [`BodyError::TooLarge`] as soon as more than
-/// `limit` bytes have arrived (nothing past the limit is buffered).
-///
-/// # Errors
-///
-/// See [`BodyError`].
-pub async fn read_body<B>(body: B, limit: usize) -> Result<Bytes, BodyError>
-where
-    B: Body,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<LengthLimitError>() => Err(BodyError::TooLarge { limit }),
-        Err(err) => Err(BodyError::Read(err)),
-    }
-}
-
-/// A response with `status`, `content_type` and `body`.
-pub fn respond(
-    status: StatusCode,
-    content_type: &'static str,
-    body: impl Into<Bytes>,
-) -> Response<AdminBody> {
-    let mut response = Response::new(Full::new(body.into()));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    response
-}
-
-/// A short `text/plain` response.
-pub fn plain(status: StatusCode, body: &'static str) -> Response<AdminBody> {
-    respond(status, "text/plain; charset=utf-8", body)
-}
-
-/// 405 with `Allow: <allow>`.
-pub fn method_not_allowed(allow: &'static str) -> Response<AdminBody> {
-    let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-    response
-        .headers_mut()
-        .insert(ALLOW, HeaderValue::from_static(allow));
-    response
 }
 
 #[cfg(test)]
@@ -520,24 +487,5 @@ mod tests {
         drop(handle);
         let refused = TcpStream::connect(addr);
         assert!(refused.is_err(), "the listener is closed after drop");
-    }
-
-    #[test]
-    fn read_body_enforces_the_limit() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("runtime");
-        runtime.block_on(async {
-            let body = Full::new(Bytes::from_static(b"0123456789"));
-            let bytes = read_body(body.clone(), 10)
-                .await
-                .expect("exactly at the limit");
-            assert_eq!(&bytes[..], b"0123456789");
-
-            let err = read_body(body, 9).await.expect_err("one byte over");
-            assert!(matches!(err, BodyError::TooLarge { limit: 9 }), "{err:?}");
-            assert_eq!(err.status(), StatusCode::PAYLOAD_TOO_LARGE);
-            assert_eq!(err.to_response().status(), StatusCode::PAYLOAD_TOO_LARGE);
-        });
     }
 }
