@@ -1396,6 +1396,72 @@ mod tests {
     }
 
     #[test]
+    fn url_since_subscribes_and_recovers() {
+        let token = hs_token(&claims("u1", &["team:*"]));
+        let with = |query: &str| UpgradeRequest {
+            authorization: Some(format!("Bearer {token}")),
+            ..request(query)
+        };
+        let admission = hs256()
+            .authenticate(
+                &with("/?channel=team:1&since=team%3Aa%3Ab:40:Xy3kP0aQ&since=%23user:0:"),
+                NOW,
+            )
+            .unwrap();
+        assert_eq!(
+            admission.initial_channels,
+            [Box::from("team:1"), Box::from("team:a:b")],
+            "a since subscribes its channel; #user is no channel"
+        );
+        assert_eq!(
+            &*admission.since,
+            [
+                (Box::from("team:a:b"), Since::new(40, "Xy3kP0aQ")),
+                (Box::from("#user"), Since::new(0, "")),
+            ]
+        );
+        let cases = [
+            (
+                "/?since=team:1",
+                HandshakeFailure::BadRequest,
+                "since must be CHANNEL:SEQ:EPOCH: team:1",
+            ),
+            (
+                "/?since=team:1:x:Xy3kP0aQ",
+                HandshakeFailure::BadRequest,
+                "the seq in since must be a decimal number: team:1:x:Xy3kP0aQ",
+            ),
+            (
+                "/?since=team:1:1:a&since=team:1:2:a",
+                HandshakeFailure::BadRequest,
+                "since for channel team:1 is given twice",
+            ),
+            (
+                "/?since=admin:1:a",
+                HandshakeFailure::Forbidden,
+                "token does not grant channel admin",
+            ),
+        ];
+        for (query, failure, message) in cases {
+            let (got_failure, _, got) = refused(hs256().authenticate(&with(query), NOW));
+            assert_eq!((got_failure, got.as_str()), (failure, message), "{query}");
+        }
+        // Dev mode without ?user= has no user stream to recover.
+        let dev = Authenticator::new(&AuthSettings {
+            token_secret: None,
+            ..settings()
+        })
+        .unwrap();
+        let (failure, _, message) = refused(dev.authenticate(&request("/?since=%23user:0:"), NOW));
+        assert_eq!(failure, HandshakeFailure::Forbidden);
+        assert!(message.starts_with("since=#user needs a user"), "{message}");
+        assert!(
+            dev.authenticate(&request("/?user=7&since=%23user:0:"), NOW)
+                .is_ok()
+        );
+    }
+
+    #[test]
     fn dev_mode_accepts_anyone() {
         let auth = Authenticator::new(&AuthSettings {
             token_secret: None,

@@ -41,7 +41,7 @@ pub enum Command {
 }
 
 /// A worker's inbox as the other threads see it: its command channel plus its waker.
-/// Cheap to clone; the hub holds one per worker. Wake-ups are coalesced (see the
+/// Cheap to clone; the engine's outbox holds one per worker. Wake-ups are coalesced (see the
 /// module docs).
 #[derive(Clone, Debug)]
 pub struct WorkerLink {
