@@ -29,6 +29,7 @@
 //! A prefix must itself be a valid name prefix (same byte rules, no leading `#`); a `*`
 //! anywhere but at the end is not a pattern.
 
+use std::collections::HashSet;
 use std::fmt;
 
 /// The channel of per-user deliveries (`POST /v1/publish {"user": ..}`): every
@@ -236,11 +237,17 @@ impl ChannelGrant {
     /// collapses to [`ChannelGrant::Any`]; duplicate patterns are kept once.
     ///
     /// A pattern prefix obeys the same byte rules and `max_len` as a channel name.
+    ///
+    /// Linear in the total length of the patterns (duplicates are found with a hash
+    /// set, not by rescanning the list): this runs on a worker's loop for every
+    /// upgrade, so its cost per pattern must stay flat however long the claim is
+    /// (`benches/benches/grant.rs`). The caller bounds the number of patterns.
     pub fn from_patterns<S: AsRef<str>>(
         patterns: &[S],
         max_len: usize,
     ) -> Result<ChannelGrant, PatternError> {
         let mut joined = String::new();
+        let mut seen: HashSet<&str> = HashSet::with_capacity(patterns.len());
         let mut any = false;
         for (index, pattern) in patterns.iter().enumerate() {
             let pattern = pattern.as_ref();
@@ -249,7 +256,7 @@ impl ChannelGrant {
                 .map_err(|problem| PatternError { index, problem })?;
             if pattern == "*" {
                 any = true;
-            } else if !joined.split(' ').any(|p| p == pattern) {
+            } else if seen.insert(pattern) {
                 if !joined.is_empty() {
                     joined.push(' ');
                 }
