@@ -359,6 +359,8 @@ BAD_TOKENS: list[tuple[str, Callable[[], Optional[str]], str]] = [
     ("bad pattern", lambda: token(channels=["a*b"]),
      "token claim channels[0] is not a valid channel pattern: "
      "channel name has a forbidden character '*' at byte 1"),
+    ("too many patterns", lambda: token(channels=[f"c{i}" for i in range(257)]),
+     "token channels claim has 257 patterns, the limit is 256"),
     ("Basic scheme", lambda: None, "missing token"),  # sent as `Authorization: Basic …`
 ]
 

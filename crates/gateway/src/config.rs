@@ -145,6 +145,9 @@ pub struct PushConfig {
     pub max_inbound_rate: u32,
     /// Largest publish-API request body, in bytes; larger gets 413 (`--max-publish-body`).
     pub max_publish_body: usize,
+    /// Most patterns a client token's `channels` claim may list; more is refused with 401
+    /// (`--max-token-channels`).
+    pub max_token_channels: usize,
 }
 
 impl PushConfig {
@@ -199,6 +202,7 @@ impl Default for PushConfig {
             max_channel_name: 128,
             max_inbound_rate: 50,
             max_publish_body: 1 << 20,
+            max_token_channels: 256,
         }
     }
 }
@@ -529,6 +533,11 @@ struct Cli {
     /// Largest publish-API request body; larger gets 413. [default: 1MiB]
     #[arg(long, value_name = "BYTES", value_parser = parse_nonzero_size, help_heading = "Push")]
     max_publish_body: Option<usize>,
+
+    /// Most patterns a client token's `channels` claim may list; more is refused with 401.
+    /// [default: 256]
+    #[arg(long, value_name = "N", value_parser = parse_count, help_heading = "Push")]
+    max_token_channels: Option<usize>,
 }
 
 impl Cli {
@@ -557,6 +566,7 @@ impl Cli {
             max_channel_name: self.max_channel_name,
             max_inbound_rate: self.max_inbound_rate,
             max_publish_body: self.max_publish_body,
+            max_token_channels: self.max_token_channels,
         }
     }
 }
@@ -596,6 +606,7 @@ struct Layer {
     max_channel_name: Option<usize>,
     max_inbound_rate: Option<u32>,
     max_publish_body: Option<usize>,
+    max_token_channels: Option<usize>,
 }
 
 impl Layer {
@@ -625,6 +636,7 @@ impl Layer {
             max_channel_name: self.max_channel_name.or(lower.max_channel_name),
             max_inbound_rate: self.max_inbound_rate.or(lower.max_inbound_rate),
             max_publish_body: self.max_publish_body.or(lower.max_publish_body),
+            max_token_channels: self.max_token_channels.or(lower.max_token_channels),
         }
     }
 
@@ -659,6 +671,7 @@ impl Layer {
                 max_channel_name: self.max_channel_name.unwrap_or(push.max_channel_name),
                 max_inbound_rate: self.max_inbound_rate.unwrap_or(push.max_inbound_rate),
                 max_publish_body: self.max_publish_body.unwrap_or(push.max_publish_body),
+                max_token_channels: self.max_token_channels.unwrap_or(push.max_token_channels),
             },
         };
         debug_assert!(
@@ -786,6 +799,11 @@ impl Layer {
                 file.max_publish_body,
                 parse_nonzero_size,
             )?,
+            max_token_channels: reader.value(
+                "max_token_channels",
+                file.max_token_channels,
+                parse_count,
+            )?,
         })
     }
 }
@@ -819,6 +837,7 @@ struct FileConfig {
     max_channel_name: Option<toml::Value>,
     max_inbound_rate: Option<toml::Value>,
     max_publish_body: Option<toml::Value>,
+    max_token_channels: Option<toml::Value>,
 }
 
 /// Turns raw TOML values into settings, naming the file and key in every error.
@@ -1243,6 +1262,7 @@ mod tests {
         assert_eq!(push.max_channel_name, 128);
         assert_eq!(push.max_inbound_rate, 50);
         assert_eq!(push.max_publish_body, 1_048_576);
+        assert_eq!(push.max_token_channels, 256);
         assert!(push.is_insecure_dev_mode());
         assert!(push.is_publish_api_open());
     }
@@ -1454,6 +1474,7 @@ mod tests {
             ("--max-channel-name", "[default: 128]"),
             ("--max-inbound-rate", "[default: 50]"),
             ("--max-publish-body", "[default: 1MiB]"),
+            ("--max-token-channels", "[default: 256]"),
         ];
         // clap may wrap a default onto the next line; compare with whitespace collapsed.
         let collapsed = help.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -1650,7 +1671,7 @@ mod tests {
     }
 
     /// Every key the file accepts; `FileConfig` must have exactly these fields.
-    const FILE_KEYS: [&str; 23] = [
+    const FILE_KEYS: [&str; 24] = [
         "listen",
         "admin_listen",
         "workers",
@@ -1674,6 +1695,7 @@ mod tests {
         "max_channel_name",
         "max_inbound_rate",
         "max_publish_body",
+        "max_token_channels",
     ];
 
     #[test]

@@ -35,9 +35,10 @@
 //! [`TOKEN_LEEWAY_SECS`] of clock-skew leeway and checked against the `now` the caller
 //! passes; `sub` (required, a string: the user id, see
 //! [`validate_user_id`]); `channels` (optional list of patterns, see
-//! [`ChannelGrant`]; absent means no channel at all, only per-user deliveries; `["*"]`
-//! grants every channel). A token carrying `aud` is refused: pingwheel has no audience
-//! of its own to match (RFC 7519 §4.1.3). Other claims are ignored.
+//! [`ChannelGrant`], at most `--max-token-channels` of them; absent means no channel at
+//! all, only per-user deliveries; `["*"]` grants every channel). A token carrying `aud`
+//! is refused: pingwheel has no audience of its own to match (RFC 7519 §4.1.3). Other
+//! claims are ignored.
 //!
 //! # Dev mode
 //!
@@ -57,7 +58,7 @@
 //! | label | refusals |
 //! |---|---|
 //! | `missing` | no token; no publish API key |
-//! | `malformed` | not a JWT (including `alg: none`); bad claims (`sub`/`exp` missing, wrong types, `aud`, invalid `channels` patterns); a `bearer.` subprotocol without `pingwheel.v1`; a bad dev-mode `?user=` |
+//! | `malformed` | not a JWT (including `alg: none`); bad claims (`sub`/`exp` missing, wrong types, `aud`, invalid `channels` patterns, more than `--max-token-channels` of them); a `bearer.` subprotocol without `pingwheel.v1`; a bad dev-mode `?user=` |
 //! | `bad_signature` | the signature does not verify, or the token's algorithm has no configured key |
 //! | `expired` | `exp` passed, or `nbf` not reached (beyond the leeway) |
 //! | `forbidden_channel` | a `?channel=` invalid, outside the claim, or too many of them |
@@ -169,6 +170,8 @@ pub struct AuthSettings {
     pub max_channel_name: usize,
     /// Most `?channel=` values one URL may carry.
     pub max_subscriptions: usize,
+    /// Most patterns a token's `channels` claim may list.
+    pub max_token_channels: usize,
 }
 
 impl AuthSettings {
@@ -183,6 +186,7 @@ impl AuthSettings {
             allowed_origins: config.allowed_origins.clone(),
             max_channel_name: config.max_channel_name,
             max_subscriptions: config.max_subscriptions,
+            max_token_channels: config.max_token_channels,
         }
     }
 }
@@ -219,6 +223,7 @@ pub struct Authenticator {
     allowed_origins: Box<[Box<str>]>,
     max_channel_name: usize,
     max_subscriptions: usize,
+    max_token_channels: usize,
 }
 
 /// The claims pingwheel reads. Types are loose where a wrong type should give a
@@ -311,6 +316,7 @@ impl Authenticator {
                 .collect(),
             max_channel_name: settings.max_channel_name,
             max_subscriptions: settings.max_subscriptions,
+            max_token_channels: settings.max_token_channels,
         })
     }
 
@@ -529,6 +535,16 @@ impl Authenticator {
             AuthRefusal::unauthorized(R::Malformed, format!("token sub claim: {err}"))
         })?;
         let grant = match &claims.channels {
+            Some(patterns) if patterns.len() > self.max_token_channels => {
+                return Err(AuthRefusal::unauthorized(
+                    R::Malformed,
+                    format!(
+                        "token channels claim has {} patterns, the limit is {}",
+                        patterns.len(),
+                        self.max_token_channels
+                    ),
+                ));
+            }
             Some(patterns) => ChannelGrant::from_patterns(patterns, self.max_channel_name)
                 .map_err(|err| {
                     AuthRefusal::unauthorized(R::Malformed, format!("token claim {err}"))
@@ -750,6 +766,7 @@ mod tests {
             allowed_origins: Vec::new(),
             max_channel_name: 128,
             max_subscriptions: 4,
+            max_token_channels: 8,
         }
     }
 
@@ -1096,6 +1113,10 @@ mod tests {
                 json!({"sub": "u", "exp": NOW + 60, "aud": "someone"}),
                 "token has an aud claim; pingwheel accepts tokens without one",
             ),
+            (
+                json!({"sub": "u", "exp": NOW + 60, "channels": ["a", "b", "c", "d", "e", "f", "g", "h", "i"]}),
+                "token channels claim has 9 patterns, the limit is 8",
+            ),
         ];
         for (claims, want) in cases {
             let token = hs_token(&claims);
@@ -1107,6 +1128,15 @@ mod tests {
             );
             assert_eq!(message, want, "{claims}");
         }
+    }
+
+    #[test]
+    fn channels_claim_at_the_pattern_limit_is_accepted() {
+        let patterns = ["a", "b", "c", "d", "e", "f", "g", "h*"];
+        let token = hs_token(&claims("u", &patterns));
+        let session = hs256().authenticate(&with_bearer(&token), NOW).unwrap();
+        assert_eq!(session.grant.patterns().count(), 8);
+        assert!(session.grant.allows("h:1"));
     }
 
     #[test]
