@@ -44,10 +44,10 @@ def b64url(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
-def sign_jwt(claims: dict, secret: str = SECRET, alg: str = "HS256") -> str:
-    """A JWT over ``claims`` with header ``alg``: HS256/HS512 are signed with ``secret``,
-    ``none`` gets the empty signature of an unsecured JWT."""
-    header = {"alg": alg, "typ": "JWT"}
+def sign_jwt(claims: dict, secret: str = SECRET, alg: str = "HS256", **header_extra) -> str:
+    """A JWT over ``claims`` with header ``alg`` (plus ``header_extra``): HS256/HS512 are
+    signed with ``secret``, ``none`` gets the empty signature of an unsecured JWT."""
+    header = {"alg": alg, "typ": "JWT", **header_extra}
     signing_input = ".".join(
         b64url(json.dumps(part, separators=(",", ":")).encode()) for part in (header, claims)
     )
@@ -361,6 +361,8 @@ BAD_TOKENS: list[tuple[str, Callable[[], Optional[str]], str]] = [
      "channel name has a forbidden character '*' at byte 1"),
     ("too many patterns", lambda: token(channels=[f"c{i}" for i in range(257)]),
      "token channels claim has 257 patterns, the limit is 256"),
+    ("crit header", lambda: sign_jwt(claims_for(), crit=["exp"]),
+     "token header has a crit parameter; pingwheel supports no critical extensions"),
     ("Basic scheme", lambda: None, "missing token"),  # sent as `Authorization: Basic …`
 ]
 

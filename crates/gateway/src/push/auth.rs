@@ -38,7 +38,9 @@
 //! [`ChannelGrant`], at most `--max-token-channels` of them; absent means no channel at
 //! all, only per-user deliveries; `["*"]` grants every channel). A token carrying `aud`
 //! is refused: pingwheel has no audience of its own to match (RFC 7519 §4.1.3). Other
-//! claims are ignored.
+//! claims are ignored. A token whose header has `crit` is refused: it names
+//! extensions the recipient must understand (RFC 7515 §4.1.11), and pingwheel
+//! implements none.
 //!
 //! # Dev mode
 //!
@@ -58,7 +60,7 @@
 //! | label | refusals |
 //! |---|---|
 //! | `missing` | no token; no publish API key |
-//! | `malformed` | not a JWT (including `alg: none`); bad claims (`sub`/`exp` missing, wrong types, `aud`, invalid `channels` patterns, more than `--max-token-channels` of them); a `bearer.` subprotocol without `pingwheel.v1`; a bad dev-mode `?user=` |
+//! | `malformed` | not a JWT (including `alg: none`); a `crit` header; bad claims (`sub`/`exp` missing, wrong types, `aud`, invalid `channels` patterns, more than `--max-token-channels` of them); a `bearer.` subprotocol without `pingwheel.v1`; a bad dev-mode `?user=` |
 //! | `bad_signature` | the signature does not verify, or the token's algorithm has no configured key |
 //! | `expired` | `exp` passed, or `nbf` not reached (beyond the leeway) |
 //! | `forbidden_channel` | a `?channel=` invalid, outside the claim, or too many of them |
@@ -460,6 +462,15 @@ impl Authenticator {
         use AuthFailure as R;
         let malformed = || AuthRefusal::unauthorized(R::Malformed, "malformed token");
         let header = jsonwebtoken::decode_header(token).map_err(|_| malformed())?;
+        // RFC 7515 §4.1.11: a recipient that does not understand every extension named
+        // in `crit` must reject the token. pingwheel understands none (and `[]` is
+        // itself invalid there), so any `crit` is refused.
+        if header.crit.is_some() {
+            return Err(AuthRefusal::unauthorized(
+                R::Malformed,
+                "token header has a crit parameter; pingwheel supports no critical extensions",
+            ));
+        }
         let (slot, keys): (usize, &[DecodingKey]) = match header.alg {
             Algorithm::HS256 => (0, self.hmac.as_slice()),
             Algorithm::RS256 => (1, &self.rsa),
@@ -1083,6 +1094,30 @@ mod tests {
             assert!(
                 matches!(reason, AuthFailure::Malformed | AuthFailure::BadSignature),
                 "{token:?}: {reason:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn crit_header_is_refused() {
+        for crit in [json!(["exp"]), json!(["b64"]), json!([])] {
+            let mut header = Header::new(Algorithm::HS256);
+            header.crit = serde_json::from_value(crit.clone()).unwrap();
+            let token = jsonwebtoken::encode(
+                &header,
+                &claims("u", &["*"]),
+                &EncodingKey::from_secret(SECRET),
+            )
+            .unwrap();
+            assert_eq!(
+                refused(hs256().authenticate(&with_bearer(&token), NOW)),
+                (
+                    HandshakeFailure::Unauthorized,
+                    AuthFailure::Malformed,
+                    "token header has a crit parameter; pingwheel supports no critical extensions"
+                        .to_owned()
+                ),
+                "{crit}"
             );
         }
     }
