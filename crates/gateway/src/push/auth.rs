@@ -31,10 +31,11 @@
 //! The PEM file may hold several public keys (for rotation); a token is accepted if
 //! any key of its algorithm verifies it. HMAC verification compares in constant time.
 //!
-//! Claims: `exp` (required, seconds since the Unix epoch), `nbf` (optional), both with
-//! [`TOKEN_LEEWAY_SECS`] of clock-skew leeway and checked against the `now` the caller
-//! passes; `sub` (required, a string: the user id, see
-//! [`validate_user_id`]); `channels` (optional list of patterns, see
+//! Claims: `exp` (required, seconds since the Unix epoch), `nbf` (optional), both
+//! between 0 and [`MAX_TOKEN_TIME`] (the end of year 9999), with [`TOKEN_LEEWAY_SECS`]
+//! of clock-skew leeway and checked against the `now` the caller passes; `sub`
+//! (required, a string: the user id, see [`validate_user_id`]: no control or
+//! bidirectional control characters); `channels` (optional list of patterns, see
 //! [`ChannelGrant`], at most `--max-token-channels` of them; absent means no channel at
 //! all, only per-user deliveries; `["*"]` grants every channel). A token carrying `aud`
 //! is refused: pingwheel has no audience of its own to match (RFC 7519 §4.1.3). Other
@@ -60,7 +61,7 @@
 //! | label | refusals |
 //! |---|---|
 //! | `missing` | no token; no publish API key |
-//! | `malformed` | not a JWT (including `alg: none`); a `crit` header; bad claims (`sub`/`exp` missing, wrong types, `aud`, invalid `channels` patterns, more than `--max-token-channels` of them); a `bearer.` subprotocol without `pingwheel.v1`; a bad dev-mode `?user=` |
+//! | `malformed` | not a JWT (including `alg: none`); a `crit` header; bad claims (`sub`/`exp` missing, wrong types, `exp`/`nbf` not a plausible timestamp, a `sub` with a control or bidirectional control character, `aud`, invalid `channels` patterns, more than `--max-token-channels` of them); a `bearer.` subprotocol without `pingwheel.v1`; a bad dev-mode `?user=` |
 //! | `bad_signature` | the signature does not verify, or the token's algorithm has no configured key |
 //! | `expired` | `exp` passed, or `nbf` not reached (beyond the leeway) |
 //! | `forbidden_channel` | a `?channel=` invalid, outside the claim, or too many of them |
@@ -91,6 +92,12 @@ pub const BEARER_PROTOCOL_PREFIX: &str = "bearer.";
 /// Clock-skew allowance for `exp` and `nbf`, in seconds: a token is accepted until
 /// `exp + 30` and from `nbf - 30`.
 pub const TOKEN_LEEWAY_SECS: u64 = 30;
+
+/// The latest `exp` or `nbf` accepted, in seconds since the Unix epoch:
+/// 9999-12-31T23:59:59Z, the last second most date libraries can represent. A larger
+/// value (`1e300`, `2^64`) or a negative one is not a plausible timestamp, and an `exp`
+/// like that would mean "never expires", so the token is refused.
+pub const MAX_TOKEN_TIME: u64 = 253_402_300_799;
 
 /// A refused upgrade: the HTTP failure to answer with, the metrics reason, and the
 /// response body.
@@ -530,6 +537,17 @@ impl Authenticator {
         let exp = claims
             .exp
             .ok_or_else(|| AuthRefusal::unauthorized(R::Malformed, "token has no exp claim"))?;
+        for (name, time) in [("exp", Some(exp)), ("nbf", claims.nbf)] {
+            if time.is_some_and(|t| !(0.0..=MAX_TOKEN_TIME as f64).contains(&t)) {
+                return Err(AuthRefusal::unauthorized(
+                    R::Malformed,
+                    format!(
+                        "token {name} claim is not a plausible timestamp \
+                         (0 to {MAX_TOKEN_TIME}, the end of year 9999)"
+                    ),
+                ));
+            }
+        }
         // `as` saturates: a negative or fractional NumericDate rounds toward zero.
         if now > (exp as u64).saturating_add(TOKEN_LEEWAY_SECS) {
             return Err(AuthRefusal::unauthorized(R::Expired, "token expired"));
@@ -1001,6 +1019,9 @@ mod tests {
         // Fractional NumericDates are accepted.
         let token = hs_token(&json!({"sub": "u", "exp": (NOW as f64) + 0.5}));
         assert!(auth.authenticate(&with_bearer(&token), NOW).is_ok());
+        // The latest plausible exp is accepted.
+        let token = hs_token(&json!({"sub": "u", "exp": MAX_TOKEN_TIME}));
+        assert!(auth.authenticate(&with_bearer(&token), NOW).is_ok());
     }
 
     #[test]
@@ -1147,6 +1168,30 @@ mod tests {
             (
                 json!({"sub": "u", "exp": NOW + 60, "aud": "someone"}),
                 "token has an aud claim; pingwheel accepts tokens without one",
+            ),
+            (
+                json!({"sub": "u", "exp": 1e300}),
+                "token exp claim is not a plausible timestamp (0 to 253402300799, the end of year 9999)",
+            ),
+            (
+                json!({"sub": "u", "exp": 18_446_744_073_709_551_616.0_f64}),
+                "token exp claim is not a plausible timestamp (0 to 253402300799, the end of year 9999)",
+            ),
+            (
+                json!({"sub": "u", "exp": u64::MAX}),
+                "token exp claim is not a plausible timestamp (0 to 253402300799, the end of year 9999)",
+            ),
+            (
+                json!({"sub": "u", "exp": -1}),
+                "token exp claim is not a plausible timestamp (0 to 253402300799, the end of year 9999)",
+            ),
+            (
+                json!({"sub": "u", "exp": NOW + 60, "nbf": 1e300}),
+                "token nbf claim is not a plausible timestamp (0 to 253402300799, the end of year 9999)",
+            ),
+            (
+                json!({"sub": "admin\u{202E}gnp.exe", "exp": NOW + 60}),
+                "token sub claim: user id contains a Unicode bidirectional control character (U+202E)",
             ),
             (
                 json!({"sub": "u", "exp": NOW + 60, "channels": ["a", "b", "c", "d", "e", "f", "g", "h", "i"]}),

@@ -151,6 +151,12 @@ pub enum UserIdError {
     },
     /// The id contains a control character (U+0000..U+001F or U+007F..U+009F).
     ControlCharacter,
+    /// The id contains a Unicode bidirectional control (see [`is_bidi_control`]), which
+    /// would reorder the text around it wherever the id is shown (logs, dashboards).
+    BidiControl {
+        /// The offending character.
+        character: char,
+    },
 }
 
 impl fmt::Display for UserIdError {
@@ -164,15 +170,29 @@ impl fmt::Display for UserIdError {
                 )
             }
             UserIdError::ControlCharacter => f.write_str("user id contains a control character"),
+            UserIdError::BidiControl { character } => write!(
+                f,
+                "user id contains a Unicode bidirectional control character (U+{:04X})",
+                u32::from(character)
+            ),
         }
     }
 }
 
 impl std::error::Error for UserIdError {}
 
+/// Whether `c` is one of Unicode's bidirectional formatting controls: ALM (U+061C),
+/// LRM and RLM (U+200E, U+200F), the embeddings and overrides LRE, RLE, PDF, LRO, RLO
+/// (U+202A..U+202E) and the isolates LRI, RLI, FSI, PDI (U+2066..U+2069). Shown in a
+/// log line or a dashboard, they reorder the text that follows ("Trojan Source").
+pub const fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
 /// Checks a user id (a token's `sub`, a publish's `user`): 1 to [`MAX_USER_ID_BYTES`]
-/// bytes of UTF-8 without control characters. Any other character is allowed; ids
-/// are compared byte for byte.
+/// bytes of UTF-8 without control characters or bidirectional controls
+/// ([`is_bidi_control`]). Any other character is allowed; ids are compared byte for
+/// byte.
 pub fn validate_user_id(user: &str) -> Result<(), UserIdError> {
     if user.is_empty() {
         return Err(UserIdError::Empty);
@@ -182,6 +202,9 @@ pub fn validate_user_id(user: &str) -> Result<(), UserIdError> {
     }
     if user.chars().any(char::is_control) {
         return Err(UserIdError::ControlCharacter);
+    }
+    if let Some(character) = user.chars().find(|&c| is_bidi_control(c)) {
+        return Err(UserIdError::BidiControl { character });
     }
     Ok(())
 }
@@ -413,6 +436,27 @@ mod tests {
         assert_eq!(validate_user_id("Zoë Ünïcode 🙂"), Ok(()));
         assert_eq!(validate_user_id(""), Err(UserIdError::Empty));
         assert_eq!(validate_user_id("a\nb"), Err(UserIdError::ControlCharacter));
+        for c in [
+            '\u{061C}', '\u{200E}', '\u{200F}', '\u{202A}', '\u{202E}', '\u{2066}', '\u{2069}',
+        ] {
+            let id = format!("admin{c}txt.exe");
+            assert_eq!(
+                validate_user_id(&id),
+                Err(UserIdError::BidiControl { character: c }),
+                "{c:?}"
+            );
+        }
+        assert_eq!(
+            UserIdError::BidiControl {
+                character: '\u{202E}'
+            }
+            .to_string(),
+            "user id contains a Unicode bidirectional control character (U+202E)"
+        );
+        // Right-to-left text itself is fine; only the invisible controls are refused.
+        assert_eq!(validate_user_id("\u{05E9}\u{05DC}\u{05D5}\u{05DD}"), Ok(()));
+        assert!(!is_bidi_control('\u{2065}') && !is_bidi_control('\u{206A}'));
+        assert!(!is_bidi_control('\u{2029}') && !is_bidi_control('\u{202F}'));
         let long = "u".repeat(MAX_USER_ID_BYTES + 1);
         assert_eq!(
             validate_user_id(&long),
