@@ -1,0 +1,85 @@
+//! Issue 9, against the real binary over loopback with raw sockets: what a hostile
+//! client gets at the edges that an adversarial pass found (frame length encodings,
+//! header limits, a flooder after its close, the file-descriptor limit, signals).
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{Gateway, upgrade_request, wait_until};
+
+/// Connects, sends a valid upgrade and reads the 101 head; returns the socket.
+fn upgraded(gw: &Gateway) -> TcpStream {
+    let mut s = TcpStream::connect(gw.listen).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(upgrade_request("/").as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut byte).expect("read the 101"),
+            1,
+            "EOF in the 101"
+        );
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101 "), "{head:?}");
+    s
+}
+
+/// Reads until EOF (or reset); returns everything read.
+fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
+    let mut all = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return all,
+            Ok(n) => all.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return all,
+            Err(e) => panic!("read: {e} after {} bytes", all.len()),
+        }
+    }
+}
+
+/// The code and reason of the server Close frame at the start of `frames`.
+fn close_frame(frames: &[u8]) -> (u16, String) {
+    assert_eq!(frames.first(), Some(&0x88), "a Close frame: {frames:x?}");
+    let len = usize::from(frames[1]);
+    let payload = &frames[2..2 + len];
+    (
+        u16::from_be_bytes([payload[0], payload[1]]),
+        String::from_utf8_lossy(&payload[2..]).into_owned(),
+    )
+}
+
+#[test]
+fn a_non_minimal_frame_length_fails_the_connection_with_1002_at_once() {
+    let gw = Gateway::start(&["--workers", "1"]);
+    // A 16-bit length for a 5-byte text frame (and a 64-bit one for 5 bytes): RFC 6455
+    // §5.2 requires the minimal encoding. Only the header is sent; the refusal must not
+    // wait for the mask or the payload.
+    for header in [
+        &[0x81u8, 0x80 | 126, 0x00, 0x05][..],
+        &[0x82, 0x80 | 127, 0, 0, 0, 0, 0, 0, 0, 0x05][..],
+    ] {
+        let mut s = upgraded(&gw);
+        let sent = Instant::now();
+        s.write_all(header).unwrap();
+        let frames = read_to_close(&mut s);
+        assert!(
+            sent.elapsed() < Duration::from_secs(2),
+            "closed after {:?}",
+            sent.elapsed()
+        );
+        assert_eq!(
+            close_frame(&frames),
+            (1002, "frame length not minimally encoded".to_owned())
+        );
+    }
+    assert!(wait_until(Duration::from_secs(5), || gw.metric(
+        "pingwheel_connections_closed_total",
+        &["reason=\"protocol_error\""]
+    ) == 2.0));
+}
