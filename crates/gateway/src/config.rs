@@ -469,7 +469,8 @@ struct Cli {
     #[arg(long, value_name = "BYTES", value_parser = parse_max_queued_bytes)]
     max_queued_bytes: Option<usize>,
 
-    /// Largest accepted HTTP upgrade request head; larger gets 431. [default: 8KiB]
+    /// Largest accepted HTTP upgrade request head; larger gets 431, as does a head of
+    /// more than 64 header fields (a fixed limit), the body saying which. [default: 8KiB]
     #[arg(long, value_name = "BYTES", value_parser = parse_nonzero_size)]
     max_handshake_size: Option<usize>,
 

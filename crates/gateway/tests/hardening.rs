@@ -83,3 +83,47 @@ fn a_non_minimal_frame_length_fails_the_connection_with_1002_at_once() {
         &["reason=\"protocol_error\""]
     ) == 2.0));
 }
+
+/// Sends `request` and reads the whole response (the gateway closes after a refusal).
+fn whole_response(gw: &Gateway, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(gw.listen).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request).unwrap();
+    String::from_utf8_lossy(&read_to_close(&mut s)).into_owned()
+}
+
+#[test]
+fn a_431_says_which_head_limit_was_hit() {
+    let gw = Gateway::start(&[]);
+    let upgrade = upgrade_request("/");
+    let head = upgrade
+        .strip_suffix("\r\n")
+        .expect("ends with a blank line");
+    // 65 tiny fields: far under 8 KiB, over the 64-field limit.
+    let fields: String = (0..65 - 5).map(|i| format!("X-{i}: y\r\n")).collect();
+    let many = format!("{head}{fields}\r\n");
+    assert_eq!(
+        upgrade.matches("\r\n").count() - 2,
+        5,
+        "the upgrade has 5 fields"
+    );
+    assert!(many.len() < 1024, "{}", many.len());
+    let response = whole_response(&gw, many.as_bytes());
+    assert!(response.starts_with("HTTP/1.1 431 "), "{response}");
+    assert!(
+        response.ends_with("\r\n\r\nrequest head has more than 64 header fields (the limit)\n"),
+        "{response}"
+    );
+    // Exactly 64 fields are fine.
+    let fields: String = (0..64 - 5).map(|i| format!("X-{i}: y\r\n")).collect();
+    let response = common::raw_request(gw.listen, format!("{head}{fields}\r\n").as_bytes());
+    assert!(response.starts_with("HTTP/1.1 101 "), "{response}");
+    // Few fields, over --max-handshake-size.
+    let big = format!("{head}X-Big: {}\r\n\r\n", "a".repeat(9000));
+    let response = whole_response(&gw, big.as_bytes());
+    assert!(response.starts_with("HTTP/1.1 431 "), "{response}");
+    assert!(
+        response.ends_with("\r\n\r\nrequest head over the size limit (--max-handshake-size)\n"),
+        "{response}"
+    );
+}

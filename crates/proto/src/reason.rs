@@ -87,7 +87,7 @@ pub enum HandshakeFailure {
     /// Missing `Upgrade: websocket` / `Connection: Upgrade`, or a version other than 13:
     /// 426 (with `Sec-WebSocket-Version: 13`).
     UpgradeRequired,
-    /// The request head exceeded the size limit: 431.
+    /// The request head exceeded the size limit, or had more than 64 header fields: 431.
     HeaderTooLarge,
     /// A missing, forged or expired token: 401.
     Unauthorized,
