@@ -127,3 +127,84 @@ fn a_431_says_which_head_limit_was_hit() {
         "{response}"
     );
 }
+
+#[test]
+fn a_ping_flooder_closed_with_1008_is_no_longer_read_and_is_dropped_after_a_short_grace() {
+    let gw = Gateway::start(&[
+        "--workers",
+        "1",
+        "--max-queued-bytes",
+        "64KiB",
+        "--close-timeout",
+        "10s",
+    ]);
+    // The flooder: a small receive buffer, never reads, sends masked Pings (125-byte
+    // payloads) as fast as the socket takes them. Its Pongs pile up past 64 KiB.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&gw.listen.into()).unwrap();
+    let mut flood: TcpStream = sock.into();
+    flood.write_all(upgrade_request("/").as_bytes()).unwrap();
+    let mut ping = vec![0x89, 0x80 | 125, 0, 0, 0, 0];
+    ping.extend_from_slice(&[b'p'; 125]);
+    let chunk = ping.repeat(400);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooder = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            flood
+                .set_write_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+                match flood.write(&chunk) {
+                    Ok(_) => {}
+                    Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                    Err(_) => return true, // reset or broken pipe: the gateway dropped us
+                }
+            }
+            false
+        })
+    };
+    let overflowed = wait_until(Duration::from_secs(10), || {
+        gw.metric(
+            "pingwheel_connections_closed_total",
+            &["reason=\"write_overflow\""],
+        ) == 1.0
+    });
+    let decided = Instant::now();
+    assert!(overflowed, "the flooder was not closed for write overflow");
+    // From the decision on, the gateway reads (next to) nothing more, although the
+    // flooder keeps writing: only what was in flight when it decided.
+    let received = || gw.metric("pingwheel_bytes_received_total", &[]);
+    let at_decision = received();
+    let gone = wait_until(Duration::from_secs(4), || {
+        gw.metric("pingwheel_connections", &[]) == 0.0
+    });
+    let after = received();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let dropped = flooder.join().unwrap();
+    assert!(
+        gone,
+        "the evicted flooder was still connected {:?} after the decision",
+        decided.elapsed()
+    );
+    assert!(
+        decided.elapsed() < Duration::from_secs(4),
+        "dropped after {:?} (grace 1 s), not after --close-timeout",
+        decided.elapsed()
+    );
+    assert!(
+        after - at_decision < f64::from(1 << 20),
+        "the gateway read {} more bytes from the flooder after deciding to close it",
+        after - at_decision
+    );
+    assert!(dropped, "the flooder saw its socket dropped");
+    // Counted as before: one write_overflow close, nothing else.
+    assert_eq!(
+        gw.metric("pingwheel_connections_closed_total", &[]),
+        1.0,
+        "{:?}",
+        gw.metrics()
+    );
+}

@@ -18,9 +18,12 @@
 //!    socket when the machine says so, and re-file its **single wheel entry** when its
 //!    next deadline moved.
 //!
-//! Sockets are registered once for both readable and writable, edge-triggered, and
-//! never re-registered: a writable edge only arrives after the kernel's send buffer
-//! was full, which is exactly when queued output is waiting.
+//! Sockets are registered once for both readable and writable, edge-triggered: a
+//! writable edge only arrives after the kernel's send buffer was full, which is exactly
+//! when queued output is waiting. The one re-registration is for writable only, once a
+//! connection no longer wants input (an evicted flooder, see `Conn::wants_read`): its
+//! bytes are left unread in the kernel, so TCP's window closes on the peer and the
+//! worker is not woken for them while the Close frame waits to be written.
 //!
 //! The push layer's work in the loop (authentication at the upgrade, client ops,
 //! deliveries) lives in `worker/push.rs`.
@@ -518,7 +521,18 @@ impl Worker {
             _ => return,
         }
         if event.is_readable() || event.is_read_closed() || event.is_error() {
-            self.read(id, now, event.is_read_closed());
+            let slot = &mut self.conns[id.index as usize];
+            if slot.conn.wants_read() {
+                self.read(id, now, event.is_read_closed());
+            } else if !slot.conn.is_done() {
+                // Input is no longer wanted: stop being woken for it (edge-triggered,
+                // so this runs once, on the first readable edge after the decision).
+                let registry = self.poll.registry();
+                if let Err(e) = registry.reregister(&mut slot.sock, id.token(), Interest::WRITABLE)
+                {
+                    debug!(worker = self.settings.id, error = %e, "reregister failed");
+                }
+            }
         }
         self.settle(id, now);
     }
@@ -532,7 +546,8 @@ impl Worker {
             let Some(slot) = self.conns.get_mut(index) else {
                 return;
             };
-            if slot.conn.is_done() {
+            // Also stops mid-turn once the connection is evicted or done.
+            if !slot.conn.wants_read() {
                 return;
             }
             match slot.sock.read(&mut self.read_buf) {
