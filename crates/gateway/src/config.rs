@@ -416,6 +416,8 @@ impl Config {
     after_help = "Precedence: flag > environment variable > --config file > default.\n\
                   Durations: 20 (seconds), 20s, 1.5s, 500ms, 2m, 1h.\n\
                   Sizes: 1048576 (bytes), 64KiB, 1MiB, 1GiB; KB/MB/GB are powers of 1000.\n\
+                  Signals: SIGTERM or SIGINT drains (Close 1001 to every client, up to \
+                  --drain-timeout) and exits 0; a second one exits at once with status 1.\n\
                   Details: docs/operations.md."
 )]
 struct Cli {
@@ -456,8 +458,8 @@ struct Cli {
     #[arg(long, value_name = "DURATION", value_parser = parse_fixed_duration)]
     close_timeout: Option<Duration>,
 
-    /// On SIGTERM/SIGINT: how long to wait for closing handshakes before exiting.
-    /// [default: 10s]
+    /// On SIGTERM/SIGINT: how long to wait for closing handshakes before exiting 0 (a
+    /// second signal exits at once with status 1). [default: 10s]
     #[arg(long, value_name = "DURATION", value_parser = parse_fixed_duration)]
     drain_timeout: Option<Duration>,
 
@@ -1479,6 +1481,10 @@ mod tests {
         ];
         // clap may wrap a default onto the next line; compare with whitespace collapsed.
         let collapsed = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            collapsed.contains("a second one exits at once with status 1"),
+            "help lacks the second signal:\n{help}"
+        );
         for (flag, default) in flags_and_defaults {
             assert!(help.contains(flag), "help lacks {flag}:\n{help}");
             assert!(

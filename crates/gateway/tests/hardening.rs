@@ -208,3 +208,40 @@ fn a_ping_flooder_closed_with_1008_is_no_longer_read_and_is_dropped_after_a_shor
         gw.metrics()
     );
 }
+
+#[test]
+fn a_second_sigterm_exits_at_once_with_status_1_as_help_says() {
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_pingwheel"))
+        .arg("--help")
+        .output()
+        .expect("run --help");
+    assert!(help.status.success());
+    let help = String::from_utf8_lossy(&help.stdout);
+    let collapsed = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        collapsed.contains("a second one exits at once with status 1"),
+        "{help}"
+    );
+
+    let mut gw = Gateway::start(&["--drain-timeout", "30s"]);
+    // A client that never answers the gateway's Close keeps the drain waiting.
+    let _stuck = upgraded(&gw);
+    assert!(wait_until(Duration::from_secs(5), || gw
+        .metric("pingwheel_connections", &[])
+        == 1.0));
+    gw.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        gw.child.try_wait().expect("wait").is_none(),
+        "the first SIGTERM drains (up to --drain-timeout 30s)"
+    );
+    let second = Instant::now();
+    gw.signal(libc::SIGTERM);
+    let status = gw.wait(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(1), "{status:?}");
+    assert!(
+        second.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        second.elapsed()
+    );
+}
