@@ -604,6 +604,24 @@ def test_malformed_publish_bodies_get_400_naming_the_problem(start_gateway, path
         assert ws.recv(timeout=RECV_TIMEOUT) == delivery_text("a", 1, '"after"')
 
 
+def test_every_answer_on_a_publish_path_is_counted_by_status(start_gateway):
+    gw = start_push(start_gateway)
+    for path in ("/v1/publish", "/v1/broadcast", "/v1/batch"):
+        response = gw.get(path, headers=bearer(API_KEY))
+        assert response.status_code == 405, response.text
+        assert response.headers["Allow"] == "POST"
+        assert response.json() == {"error": "method_not_allowed", "message": "use POST"}
+    assert publish_raw(gw, "{}").status_code == 400
+    assert publish_raw(gw, "{}", key="wrong").status_code == 401
+    publish(gw, {"channel": "a", "data": 1})
+    metrics = gw.metrics()
+    counted = {
+        status: metrics.metric("pingwheel_publish_requests_total", status=status)
+        for status in ("405", "400", "401", "200")
+    }
+    assert counted == {"405": 3, "400": 1, "401": 1, "200": 1}, counted
+
+
 @pytest.mark.parametrize("key", [None, "wrong-key", API_KEY + "x", ""])
 def test_wrong_or_missing_api_key_gets_401_with_a_bearer_challenge(start_gateway, key):
     gw = start_push(start_gateway)

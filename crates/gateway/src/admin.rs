@@ -10,7 +10,7 @@
 //! |---|---|---|
 //! | `GET`, `HEAD` | `/metrics` | 200, Prometheus text format 0.0.4 |
 //! | `GET`, `HEAD` | `/healthz` | 200 `ok`, or 503 `draining` once [`AdminState::set_draining`] |
-//! | `POST` | `/v1/publish`, `/v1/broadcast`, `/v1/batch` | the publish API ([`crate::publish_api`]) |
+//! | any | `/v1/publish`, `/v1/broadcast`, `/v1/batch` | the publish API ([`crate::publish_api`]): `POST`, else a JSON 405; every answer counted by status |
 //! | other | known path | 405 with `Allow` |
 //! | any | other path | 404 |
 //!
@@ -247,11 +247,8 @@ pub async fn route(state: &AdminState, request: Request<Incoming>) -> Response<A
     let method = request.method();
     let path = request.uri().path();
     if let (Some(route), Some(api)) = (PublishRoute::from_path(path), &state.publish) {
-        return if method == Method::POST {
-            api.handle(route, request).await
-        } else {
-            method_not_allowed("POST")
-        };
+        // Every answer on these paths (405 included) is counted there.
+        return api.handle(route, request).await;
     }
     match (method, path) {
         (&Method::GET | &Method::HEAD, "/metrics") => {

@@ -1,14 +1,15 @@
 //! The publish API on the admin listener: `POST /v1/publish`, `/v1/broadcast`, `/v1/batch`.
 //!
-//! Each request is checked in this order: the API key (401/403), the announced
+//! Each request is checked in this order: the method (405 unless `POST`), the API key
+//! (401/403), the announced
 //! `Content-Length` (413 before reading anything), the body read with a limit (413),
 //! the JSON (400, naming the field). Then [`Hub::publish`] numbers, encodes and fans
 //! out the messages, and the reply says how many local subscribers each reached.
 //! The wire format is in `docs/protocol.md`.
 
 use hyper::body::Incoming;
-use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, HeaderValue, WWW_AUTHENTICATE};
-use hyper::{Request, Response, StatusCode};
+use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_LENGTH, HeaderValue, WWW_AUTHENTICATE};
+use hyper::{Method, Request, Response, StatusCode};
 use serde_json::value::RawValue;
 
 use crate::admin::{AdminBody, BodyError, read_body, respond};
@@ -19,7 +20,7 @@ use crate::push::PushLimits;
 use crate::push::auth::check_api_key;
 use crate::push::publish::{
     MultiReply, PublishError, PublishReply, PublishRequest, PublishResult, PublishRoute, Target,
-    check_body_len, parse_request,
+    check_body_len, error_json, parse_request,
 };
 
 const JSON: &str = "application/json";
@@ -40,7 +41,8 @@ pub struct PublishApi {
 }
 
 impl PublishApi {
-    /// Answers one publish request on `route`.
+    /// Answers one request on `route`'s path, whatever its method, and counts the
+    /// answer in `pingwheel_publish_requests_total{status}`.
     pub async fn handle(
         &self,
         route: PublishRoute,
@@ -52,6 +54,14 @@ impl PublishApi {
     }
 
     async fn answer(&self, route: PublishRoute, request: Request<Incoming>) -> Response<AdminBody> {
+        if request.method() != Method::POST {
+            let body = error_json("method_not_allowed", "use POST");
+            let mut response = respond(StatusCode::METHOD_NOT_ALLOWED, JSON, body);
+            response
+                .headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("POST"));
+            return response;
+        }
         let authorization = request
             .headers()
             .get(AUTHORIZATION)
