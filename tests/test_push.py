@@ -662,6 +662,55 @@ def test_body_over_max_publish_body_gets_413(start_gateway):
     assert response.json()["error"] == "body_too_large"
 
 
+def test_a_dribbled_body_gets_408_at_the_body_timeout_and_its_connection_closed(start_gateway):
+    gw = start_push(start_gateway, "--admin-body-timeout", "1s")
+    host, port = gw.admin.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(
+            b"POST /v1/publish HTTP/1.1\r\nHost: admin\r\n"
+            b"Authorization: Bearer " + API_KEY.encode() + b"\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        started = time.monotonic()
+        body = b'{"channel":"scores","data":"' + b"x" * 100
+        reply = b""
+        sock.settimeout(0.3)
+        for byte in body:  # one byte every 0.3 s: it would take 38 s
+            try:
+                sock.sendall(b"1\r\n" + bytes([byte]) + b"\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                continue
+            reply += chunk
+            if not chunk or b"\r\n\r\n" in reply:
+                break
+        answered = time.monotonic() - started
+        sock.settimeout(5)
+        while True:  # the gateway closes the connection after the 408
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            reply += chunk
+    head, _, payload = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), reply
+    assert b"connection: close" in head.lower(), head
+    assert json.loads(payload) == {
+        "error": "body_timeout",
+        "message": "request body not complete within 1s (--admin-body-timeout)",
+    }
+    assert 0.9 <= answered < 3, f"408 after {answered:.1f}s"
+    assert gw.metric("pingwheel_publish_requests_total", status="408") == 1
+    assert gw.metric("pingwheel_publishes_total") == 0
+    # A publisher that sends its body at once is unaffected.
+    assert publish(gw, {"channel": "scores", "data": 1})["ok"]
+
+
 def test_publish_api_is_disabled_without_an_api_key_unless_in_dev_mode(start_gateway):
     secured = start_gateway(env={"PINGWHEEL_TOKEN_SECRET": SECRET})
     for key in (None, "anything"):

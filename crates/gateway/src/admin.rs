@@ -15,7 +15,10 @@
 //! | any | other path | 404 |
 //!
 //! New routes are new arms in [`route`]'s `match (method, path)`. A route that reads a
-//! request body must use [`read_body`], which enforces a size limit (413 when exceeded).
+//! request body must use [`read_body`], which enforces a size limit (413 when exceeded)
+//! and a time limit (`--admin-body-timeout`, 408 when exceeded). Request heads have
+//! their own limit ([`HEADER_READ_TIMEOUT`]); together they bound how long a client
+//! that dribbles its request can hold a connection.
 //!
 //! # Upkeep
 //!
@@ -34,7 +37,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Body, Incoming};
-use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
+use hyper::header::{ALLOW, CONNECTION, CONTENT_TYPE, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -56,7 +59,7 @@ pub const THREAD_NAME: &str = "pingwheel-admin";
 /// dropped. Idle keep-alive connections close at once.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// A client must send a complete request head within this, or its connection is closed.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// After an `accept` error such as EMFILE, wait this long before accepting again instead
 /// of spinning.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
@@ -276,6 +279,12 @@ pub enum BodyError {
         /// The limit that was exceeded, in bytes.
         limit: usize,
     },
+    /// The body did not arrive completely within the time limit: answer 408 and close
+    /// the connection (the rest of the body is never read).
+    TimedOut {
+        /// The time limit.
+        after: Duration,
+    },
     /// The connection failed or the body was malformed mid-read: answer 400 (if the
     /// connection still can).
     Read(Box<dyn std::error::Error + Send + Sync>),
@@ -286,17 +295,22 @@ impl BodyError {
     pub fn status(&self) -> StatusCode {
         match self {
             BodyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyError::TimedOut { .. } => StatusCode::REQUEST_TIMEOUT,
             BodyError::Read(_) => StatusCode::BAD_REQUEST,
         }
     }
 
     /// A plain-text response for this error.
     pub fn to_response(&self) -> Response<AdminBody> {
-        let message = match self {
-            BodyError::TooLarge { limit } => format!("request body exceeds {limit} bytes\n"),
-            BodyError::Read(err) => format!("cannot read request body: {err}\n"),
-        };
-        respond(self.status(), "text/plain; charset=utf-8", message)
+        let mut response = respond(
+            self.status(),
+            "text/plain; charset=utf-8",
+            format!("{self}\n"),
+        );
+        if matches!(self, BodyError::TimedOut { .. }) {
+            close_after(&mut response);
+        }
+        response
     }
 }
 
@@ -304,6 +318,9 @@ impl std::fmt::Display for BodyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             BodyError::TooLarge { limit } => write!(f, "request body exceeds {limit} bytes"),
+            BodyError::TimedOut { after } => {
+                write!(f, "request body not complete within {after:?}")
+            }
             BodyError::Read(err) => write!(f, "cannot read request body: {err}"),
         }
     }
@@ -312,21 +329,33 @@ impl std::fmt::Display for BodyError {
 impl std::error::Error for BodyError {}
 
 /// Reads a whole request body, failing with [`BodyError::TooLarge`] as soon as more than
-/// `limit` bytes have arrived (nothing past the limit is buffered).
+/// `limit` bytes have arrived (nothing past the limit is buffered), and with
+/// [`BodyError::TimedOut`] if the whole body has not arrived within `timeout`.
 ///
 /// # Errors
 ///
 /// See [`BodyError`].
-pub async fn read_body<B>(body: B, limit: usize) -> Result<Bytes, BodyError>
+pub async fn read_body<B>(body: B, limit: usize, timeout: Duration) -> Result<Bytes, BodyError>
 where
     B: Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    match Limited::new(body, limit).collect().await {
+    let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect())
+        .await
+        .map_err(|_| BodyError::TimedOut { after: timeout })?;
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(err) if err.is::<LengthLimitError>() => Err(BodyError::TooLarge { limit }),
         Err(err) => Err(BodyError::Read(err)),
     }
+}
+
+/// Marks `response` as the connection's last (`Connection: close`): hyper closes the
+/// connection once it is written instead of waiting for the rest of a request body.
+pub fn close_after(response: &mut Response<AdminBody>) {
+    response
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
 }
 
 /// A response with `status`, `content_type` and `body`.
@@ -522,19 +551,57 @@ mod tests {
     #[test]
     fn read_body_enforces_the_limit() {
         let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
             .build()
             .expect("runtime");
         runtime.block_on(async {
             let body = Full::new(Bytes::from_static(b"0123456789"));
-            let bytes = read_body(body.clone(), 10)
+            let bytes = read_body(body.clone(), 10, Duration::from_secs(5))
                 .await
                 .expect("exactly at the limit");
             assert_eq!(&bytes[..], b"0123456789");
 
-            let err = read_body(body, 9).await.expect_err("one byte over");
+            let err = read_body(body, 9, Duration::from_secs(5))
+                .await
+                .expect_err("one byte over");
             assert!(matches!(err, BodyError::TooLarge { limit: 9 }), "{err:?}");
             assert_eq!(err.status(), StatusCode::PAYLOAD_TOO_LARGE);
             assert_eq!(err.to_response().status(), StatusCode::PAYLOAD_TOO_LARGE);
+        });
+    }
+
+    #[test]
+    fn read_body_enforces_the_time_limit() {
+        /// A body whose next frame never comes.
+        struct Stalled;
+        impl Body for Stalled {
+            type Data = Bytes;
+            type Error = Infallible;
+            fn poll_frame(
+                self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>>
+            {
+                std::task::Poll::Pending
+            }
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let limit = Duration::from_millis(50);
+            let err = read_body(Stalled, 1 << 20, limit)
+                .await
+                .expect_err("never completes");
+            assert!(
+                matches!(err, BodyError::TimedOut { after } if after == limit),
+                "{err:?}"
+            );
+            let response = err.to_response();
+            assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+            assert_eq!(response.headers()[CONNECTION], "close");
+            assert_eq!(err.to_string(), "request body not complete within 50ms");
         });
     }
 }

@@ -82,6 +82,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Admin HTTP listener address (`--admin-listen`): `/metrics`, `/healthz`, publish API.
     pub admin_listen: SocketAddr,
+    /// An admin request's body must arrive completely within this of its head, or the
+    /// request gets 408 and its connection is closed (`--admin-body-timeout`).
+    pub admin_body_timeout: Duration,
     /// Number of event-loop threads (`--workers`), one `mio` loop each.
     pub workers: NonZeroUsize,
     /// Keepalive ping period (`--ping-interval`); `None` sends no pings.
@@ -172,6 +175,7 @@ impl Default for Config {
             config_file: None,
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            admin_body_timeout: Duration::from_secs(10),
             workers: std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN),
             ping_interval: Some(Duration::from_secs(20)),
             ping_timeout: Some(Duration::from_secs(20)),
@@ -435,6 +439,11 @@ struct Cli {
     #[arg(long, value_name = "ADDR", value_parser = parse_socket_addr)]
     admin_listen: Option<SocketAddr>,
 
+    /// An admin (publish API) request body must arrive completely within this of the
+    /// request head, else 408 and the connection is closed; more than 0. [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_body_timeout)]
+    admin_body_timeout: Option<Duration>,
+
     /// Event-loop threads. [default: number of CPU cores]
     #[arg(long, value_name = "N", value_parser = parse_workers)]
     workers: Option<NonZeroUsize>,
@@ -548,6 +557,7 @@ impl Cli {
         Layer {
             listen: self.listen,
             admin_listen: self.admin_listen,
+            admin_body_timeout: self.admin_body_timeout,
             workers: self.workers,
             ping_interval: self.ping_interval,
             ping_timeout: self.ping_timeout,
@@ -588,6 +598,7 @@ struct Toggle(Option<Duration>);
 struct Layer {
     listen: Option<SocketAddr>,
     admin_listen: Option<SocketAddr>,
+    admin_body_timeout: Option<Duration>,
     workers: Option<NonZeroUsize>,
     ping_interval: Option<Toggle>,
     ping_timeout: Option<Toggle>,
@@ -618,6 +629,7 @@ impl Layer {
         Layer {
             listen: self.listen.or(lower.listen),
             admin_listen: self.admin_listen.or(lower.admin_listen),
+            admin_body_timeout: self.admin_body_timeout.or(lower.admin_body_timeout),
             workers: self.workers.or(lower.workers),
             ping_interval: self.ping_interval.or(lower.ping_interval),
             ping_timeout: self.ping_timeout.or(lower.ping_timeout),
@@ -650,6 +662,9 @@ impl Layer {
             config_file: defaults.config_file,
             listen: self.listen.unwrap_or(defaults.listen),
             admin_listen: self.admin_listen.unwrap_or(defaults.admin_listen),
+            admin_body_timeout: self
+                .admin_body_timeout
+                .unwrap_or(defaults.admin_body_timeout),
             workers: self.workers.unwrap_or(defaults.workers),
             ping_interval: self.ping_interval.map_or(defaults.ping_interval, |t| t.0),
             ping_timeout: self.ping_timeout.map_or(defaults.ping_timeout, |t| t.0),
@@ -729,6 +744,11 @@ impl Layer {
         Ok(Layer {
             listen: reader.value("listen", file.listen, parse_socket_addr)?,
             admin_listen: reader.value("admin_listen", file.admin_listen, parse_socket_addr)?,
+            admin_body_timeout: reader.value(
+                "admin_body_timeout",
+                file.admin_body_timeout,
+                parse_body_timeout,
+            )?,
             workers: reader.value("workers", file.workers, parse_workers)?,
             ping_interval: reader.value(
                 "ping_interval",
@@ -819,6 +839,7 @@ impl Layer {
 struct FileConfig {
     listen: Option<toml::Value>,
     admin_listen: Option<toml::Value>,
+    admin_body_timeout: Option<toml::Value>,
     workers: Option<toml::Value>,
     ping_interval: Option<toml::Value>,
     ping_timeout: Option<toml::Value>,
@@ -991,6 +1012,13 @@ fn parse_fixed_duration(s: &str) -> Result<Duration, String> {
     let duration = parse_duration(s.trim()).ok_or_else(|| FIXED_DURATION_EXPECTED.to_owned())?;
     check_max_duration(duration)?;
     Ok(duration)
+}
+
+fn parse_body_timeout(s: &str) -> Result<Duration, String> {
+    match parse_fixed_duration(s)? {
+        Duration::ZERO => Err("must be more than 0".to_owned()),
+        timeout => Ok(timeout),
+    }
 }
 
 fn parse_tick(s: &str) -> Result<Duration, String> {
@@ -1248,6 +1276,7 @@ mod tests {
         assert_eq!(config.open_timeout, Some(10 * SEC));
         assert_eq!(config.close_timeout, 10 * SEC);
         assert_eq!(config.drain_timeout, 10 * SEC);
+        assert_eq!(config.admin_body_timeout, 10 * SEC);
         assert_eq!(config.max_message_size, 1_048_576);
         assert_eq!(config.max_queued_bytes, 1_048_576);
         assert_eq!(config.max_handshake_size, 8192);
@@ -1331,6 +1360,13 @@ mod tests {
             load(&["--drain-timeout", "0"]).drain_timeout,
             Duration::ZERO
         );
+        assert_eq!(
+            load(&["--admin-body-timeout", "500ms"]).admin_body_timeout,
+            Duration::from_millis(500)
+        );
+        let err = load_err(&["--admin-body-timeout", "0"]);
+        assert!(err.contains("'--admin-body-timeout <DURATION>'"), "{err}");
+        assert!(err.contains("must be more than 0"), "{err}");
     }
 
     #[test]
@@ -1456,6 +1492,7 @@ mod tests {
             ("--config", ""),
             ("--listen", "[default: 0.0.0.0:8080]"),
             ("--admin-listen", "[default: 127.0.0.1:9090]"),
+            ("--admin-body-timeout", "[default: 10s]"),
             ("--workers", "[default: number of CPU cores]"),
             ("--ping-interval", "[default: 20s]"),
             ("--ping-timeout", "[default: 20s]"),
@@ -1678,7 +1715,7 @@ mod tests {
     }
 
     /// Every key the file accepts; `FileConfig` must have exactly these fields.
-    const FILE_KEYS: [&str; 24] = [
+    const FILE_KEYS: [&str; 25] = [
         "listen",
         "admin_listen",
         "workers",
@@ -1687,6 +1724,7 @@ mod tests {
         "open_timeout",
         "close_timeout",
         "drain_timeout",
+        "admin_body_timeout",
         "max_message_size",
         "max_queued_bytes",
         "max_handshake_size",

@@ -1,18 +1,20 @@
 //! The publish API on the admin listener: `POST /v1/publish`, `/v1/broadcast`, `/v1/batch`.
 //!
 //! Each request is checked in this order: the method (405 unless `POST`), the API key
-//! (401/403), the announced
-//! `Content-Length` (413 before reading anything), the body read with a limit (413),
-//! the JSON (400, naming the field). Then [`Hub::publish`] numbers, encodes and fans
-//! out the messages, and the reply says how many local subscribers each reached.
-//! The wire format is in `docs/protocol.md`.
+//! (401/403), the announced `Content-Length` (413 before reading anything), the body
+//! read with a size limit (413) and a time limit (`--admin-body-timeout`: 408, and the
+//! connection is closed), the JSON (400, naming the field). Then [`Hub::publish`]
+//! numbers, encodes and fans out the messages, and the reply says how many local
+//! subscribers each reached. The wire format is in `docs/protocol.md`.
+
+use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_LENGTH, HeaderValue, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::value::RawValue;
 
-use crate::admin::{AdminBody, BodyError, read_body, respond};
+use crate::admin::{AdminBody, BodyError, close_after, read_body, respond};
 use crate::config::Secret;
 use crate::hub::Hub;
 use crate::metrics::ApiMetrics;
@@ -36,6 +38,8 @@ pub struct PublishApi {
     pub dev_mode: bool,
     /// Body and batch limits.
     pub limits: PushLimits,
+    /// How long a request body may take to arrive (`--admin-body-timeout`).
+    pub body_timeout: Duration,
     /// `pingwheel_publishes_total`, auth failures, requests by status.
     pub metrics: ApiMetrics,
 }
@@ -90,8 +94,14 @@ impl PublishApi {
         {
             return error_response(&error);
         }
-        let body = match read_body(request.into_body(), self.limits.max_publish_body).await {
+        let body = request.into_body();
+        let body = match read_body(body, self.limits.max_publish_body, self.body_timeout).await {
             Ok(body) => body,
+            Err(BodyError::TimedOut { after }) => {
+                let mut response = error_response(&PublishError::BodyTimeout { after });
+                close_after(&mut response);
+                return response;
+            }
             Err(BodyError::TooLarge { limit }) => {
                 let len = limit as u64 + 1;
                 return error_response(&PublishError::BodyTooLarge { len, max: limit });

@@ -176,6 +176,12 @@ pub enum PublishError {
     /// The body is not a valid request for the route: 400. The message names the
     /// field (and the index within a list) that is wrong.
     BadRequest(String),
+    /// The body did not arrive completely within `--admin-body-timeout`: 408, and the
+    /// connection is closed.
+    BodyTimeout {
+        /// The limit.
+        after: std::time::Duration,
+    },
 }
 
 impl PublishError {
@@ -188,6 +194,7 @@ impl PublishError {
         match self {
             PublishError::BodyTooLarge { .. } => 413,
             PublishError::BadRequest(_) => 400,
+            PublishError::BodyTimeout { .. } => 408,
         }
     }
 
@@ -196,6 +203,7 @@ impl PublishError {
         match self {
             PublishError::BodyTooLarge { .. } => "body_too_large",
             PublishError::BadRequest(_) => "bad_request",
+            PublishError::BodyTimeout { .. } => "body_timeout",
         }
     }
 
@@ -212,6 +220,10 @@ impl fmt::Display for PublishError {
                 write!(f, "request body is {len} bytes, the limit is {max}")
             }
             PublishError::BadRequest(message) => f.write_str(message),
+            PublishError::BodyTimeout { after } => write!(
+                f,
+                "request body not complete within {after:?} (--admin-body-timeout)"
+            ),
         }
     }
 }
@@ -846,6 +858,18 @@ mod tests {
         assert_eq!(
             err.to_json(),
             r#"{"error":"body_too_large","message":"request body is 1048577 bytes, the limit is 1048576"}"#
+        );
+    }
+
+    #[test]
+    fn body_timeout_reply() {
+        let err = PublishError::BodyTimeout {
+            after: std::time::Duration::from_secs(10),
+        };
+        assert_eq!(err.status(), 408);
+        assert_eq!(
+            err.to_json(),
+            r#"{"error":"body_timeout","message":"request body not complete within 10s (--admin-body-timeout)"}"#
         );
     }
 
