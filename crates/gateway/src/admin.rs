@@ -32,7 +32,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -46,6 +46,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::oneshot;
 
+use crate::listener::{AcceptPauses, is_resource_exhaustion};
 use crate::metrics::UPKEEP_INTERVAL;
 use crate::publish_api::PublishApi;
 use crate::push::publish::PublishRoute;
@@ -200,6 +201,7 @@ async fn serve(
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .keep_alive(true);
     let graceful = GracefulShutdown::new();
+    let mut pauses = AcceptPauses::default();
     let mut upkeep = tokio::time::interval(UPKEEP_INTERVAL);
     upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -210,6 +212,11 @@ async fn serve(
             _ = upkeep.tick() => state.metrics.run_upkeep(),
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    if let Some((count, lasted)) = pauses.resumed(Instant::now()) {
+                        tracing::info!(
+                            "admin listener accepting again after {count} accept pauses over {lasted:.1?}"
+                        );
+                    }
                     // Responses are written in one go; don't let Nagle hold the tail.
                     let _ = stream.set_nodelay(true);
                     let state = Arc::clone(&state);
@@ -225,11 +232,20 @@ async fn serve(
                         }
                     });
                 }
-                Err(err) => {
-                    // Per-connection failures (ECONNABORTED) and resource exhaustion
-                    // (EMFILE) alike: the listener itself stays usable.
-                    tracing::warn!("admin listener accept failed: {err}");
+                Err(err) if is_resource_exhaustion(&err) => {
+                    // The listener itself stays usable; retry after a pause, logging
+                    // once per episode (and once when it ends) instead of every retry.
+                    if pauses.paused(Instant::now()) {
+                        tracing::warn!(
+                            "admin listener cannot accept: {err} (raise the open-files limit); \
+                             pausing accepts for {ACCEPT_ERROR_BACKOFF:?} at a time until one works"
+                        );
+                    }
                     tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                }
+                Err(err) => {
+                    // A failure of one connection (ECONNABORTED and the like).
+                    tracing::debug!("admin listener accept failed: {err}");
                 }
             },
         }

@@ -245,3 +245,74 @@ fn a_second_sigterm_exits_at_once_with_status_1_as_help_says() {
         second.elapsed()
     );
 }
+
+#[test]
+fn at_the_open_files_limit_accept_pauses_log_once_per_episode_and_are_counted() {
+    use std::os::unix::process::CommandExt;
+    const NOFILE: libc::rlim_t = 64;
+    let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "hardening-accept-pauses-{}.stderr.log",
+        std::process::id()
+    ));
+    let stderr = std::fs::File::create(&log).expect("create the log file");
+    let gw = Gateway::start_with(&["--workers", "1", "--log-level", "info"], &[], |command| {
+        command.stderr(stderr).env("NO_COLOR", "1");
+        // SAFETY: setrlimit(2) is async-signal-safe; nothing else runs between fork
+        // and exec here.
+        unsafe {
+            command.pre_exec(|| {
+                let limit = libc::rlimit {
+                    rlim_cur: NOFILE,
+                    rlim_max: NOFILE,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    });
+    // Twice the descriptors the gateway may hold: the kernel completes every handshake
+    // into the backlog, the gateway runs out of descriptors accepting them.
+    let clients: Vec<TcpStream> = (0..2 * NOFILE)
+        .map(|_| TcpStream::connect(gw.listen).expect("connect (into the backlog)"))
+        .collect();
+    // Two seconds at the limit: twenty 100 ms pauses.
+    std::thread::sleep(Duration::from_secs(2));
+    let warnings = |text: &str| {
+        text.lines()
+            .filter(|l| l.contains(" WARN ") && l.contains("cannot accept"))
+            .count()
+    };
+    let text = std::fs::read_to_string(&log).expect("read the log");
+    assert_eq!(warnings(&text), 1, "one WARN line per episode:\n{text}");
+    // Free the descriptors: the episode ends with one line, and accepting works.
+    drop(clients);
+    let ended = |text: &str| {
+        text.lines()
+            .filter(|l| l.contains("accepting again after"))
+            .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || ended(
+            &std::fs::read_to_string(&log).unwrap_or_default()
+        ) == 1),
+        "no end-of-episode line:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let mut fresh = upgraded(&gw);
+    let pauses = gw.metric("pingwheel_accept_pauses_total", &["worker=\"0\""]);
+    assert!(pauses >= 10.0, "pauses counted: {pauses}");
+    let text = std::fs::read_to_string(&log).expect("read the log");
+    assert_eq!(warnings(&text), 1, "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.contains("accepting again after"))
+        .expect("the end line");
+    assert!(
+        line.contains(&format!("after {pauses} accept pauses")),
+        "{line}"
+    );
+    fresh.write_all(&[0x88, 0x80, 0, 0, 0, 0]).unwrap(); // a masked empty Close
+    let _ = std::fs::remove_file(&log);
+}

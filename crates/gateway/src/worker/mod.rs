@@ -47,6 +47,7 @@ use crate::clock::TickClock;
 use crate::conn::keepalive::PongOutcome;
 use crate::conn::{CloseReason, Conn, ConnConfig, ConnEvent};
 use crate::hub::{Delivery, SubscriberCounts};
+use crate::listener::{AcceptPauses, is_resource_exhaustion};
 use crate::metrics::{ApiMetrics, WorkerMetrics};
 use crate::push::PushLimits;
 use crate::push::auth::Authenticator;
@@ -238,6 +239,8 @@ pub struct Worker {
     accept_pending: bool,
     /// After EMFILE and friends, accepting resumes at this instant.
     accept_resume_at: Option<Instant>,
+    /// The current episode of such pauses, logged once at its start and end.
+    accept_pauses: AcceptPauses,
     inbox: Inbox,
     conns: Slab<Slot>,
     /// Every deadline of every connection of this worker, one entry per connection.
@@ -288,6 +291,7 @@ impl Worker {
             listener: Some(listener),
             accept_pending: true,
             accept_resume_at: None,
+            accept_pauses: AcceptPauses::default(),
             inbox,
             conns: Slab::with_capacity(1024),
             events: Vec::with_capacity(16),
@@ -405,11 +409,24 @@ impl Worker {
             match listener.accept() {
                 Ok((sock, _peer)) => self.admit(sock, now),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // The backlog is empty with descriptors to spare: only now is an
+                    // episode of pauses over. (One accept that works between two that
+                    // fail, as each closing connection frees a descriptor, is not.)
+                    self.accepting_again(now);
                     self.accept_pending = false;
                     return;
                 }
                 Err(e) if is_resource_exhaustion(&e) => {
-                    warn!(worker = self.settings.id, error = %e, "cannot accept: out of resources (raise the open-files limit); pausing accepts");
+                    self.metrics.accept_pauses.increment(1);
+                    if self.accept_pauses.paused(now) {
+                        warn!(
+                            worker = self.settings.id,
+                            error = %e,
+                            "cannot accept: out of resources (raise the open-files limit); \
+                             pausing accepts for {ACCEPT_BACKOFF:?} at a time until one works \
+                             (counted in pingwheel_accept_pauses_total, logged again when it does)"
+                        );
+                    }
                     self.accept_pending = false;
                     self.accept_resume_at = Some(now + ACCEPT_BACKOFF);
                     return;
@@ -419,6 +436,16 @@ impl Worker {
             }
         }
         // Batch used up: `accept_pending` stays set, so the next poll does not block.
+    }
+
+    /// Ends an episode of accept pauses, if one was running, with one line.
+    fn accepting_again(&mut self, now: Instant) {
+        if let Some((pauses, lasted)) = self.accept_pauses.resumed(now) {
+            info!(
+                worker = self.settings.id,
+                pauses, "accepting again after {pauses} accept pauses over {lasted:.1?}"
+            );
+        }
     }
 
     fn admit(&mut self, mut sock: TcpStream, now: Instant) {
@@ -752,13 +779,6 @@ impl Worker {
         }
         self.fired = fired;
     }
-}
-
-fn is_resource_exhaustion(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
 }
 
 #[cfg(test)]
