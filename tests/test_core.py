@@ -195,6 +195,23 @@ def test_bad_config_file_names_file_and_key(pingwheel_bin, tmp_path: Path):
     assert str(config) in r.stderr and "ping_interval" in r.stderr, r.stderr
 
 
+def test_print_config_is_the_deploy_example_and_runs(pingwheel_bin, start_gateway):
+    """`--print-config` prints deploy/pingwheel.toml (never a secret from the environment),
+    and the gateway runs on that file, with flags in the shared grammar on top."""
+    example = Path(__file__).resolve().parent.parent / "deploy" / "pingwheel.toml"
+    env = {**os.environ, "PINGWHEEL_API_KEY": "hunter2-not-printed"}
+    r = subprocess.run(
+        [str(pingwheel_bin), "--print-config"], capture_output=True, text=True, timeout=10, env=env
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == example.read_text(), "deploy/pingwheel.toml differs from --print-config"
+    assert "hunter2" not in r.stdout
+    gw = start_gateway("--config", str(example), "--close-timeout", "250000us", "--workers", "1")
+    with connect(gw.ws_url, ping_interval=None) as ws:
+        ws.send('{"op":"subscribe","channel":"news"}')
+        assert "subscribed" in ws.recv(timeout=5)
+
+
 def test_sigterm_closes_python_client_with_1001(start_gateway):
     gw = start_gateway()
     with connect(gw.ws_url, ping_interval=None) as ws:

@@ -5,7 +5,7 @@
 //!
 //! | module | what lives there | touches IO? |
 //! |---|---|---|
-//! | [`config`] | CLI flags, the TOML file, embedded defaults | no |
+//! | [`config`] | every setting once: flags, environment, TOML file, defaults; each part's settings | no |
 //! | [`clock`] | `Instant` ↔ wheel [`wheel::Tick`], rounding deadlines up | no |
 //! | [`conn`] | the sans-IO per-connection state machine: handshake, frames, keepalive, close | no |
 //! | [`worker`] | one `mio` event loop per core: sockets, the slab, the one timer wheel; its push half in `worker/push.rs` | **yes** (the only place) |

@@ -25,18 +25,12 @@ use tracing::{error, info, warn};
 
 use crate::admin::{self, AdminState};
 use crate::config::Config;
-use crate::conn::ConnConfig;
-use crate::conn::keepalive::KeepaliveConfig;
 use crate::hub::{Hub, SubscriberCounts};
 use crate::listener::bind_reuseport;
 use crate::metrics::{self, WorkerMetrics};
 use crate::publish_api::PublishApi;
-use crate::push::PushLimits;
-use crate::push::auth::{AuthSettings, Authenticator};
-use crate::worker::{self, Command, PushContext, WorkerSettings};
-
-/// Size of each worker's shared read buffer.
-const READ_BUFFER_SIZE: usize = 64 << 10;
+use crate::push::auth::Authenticator;
+use crate::worker::{self, Command, PushContext};
 
 /// Why the server could not start or stopped abnormally.
 #[derive(Debug)]
@@ -69,22 +63,6 @@ impl fmt::Display for ServerError {
 }
 
 impl std::error::Error for ServerError {}
-
-/// The per-connection settings derived from the configuration.
-pub fn conn_config(config: &Config) -> ConnConfig {
-    ConnConfig {
-        keepalive: KeepaliveConfig {
-            ping_interval: config.ping_interval,
-            ping_timeout: config.ping_timeout,
-        },
-        open_timeout: config.open_timeout,
-        close_timeout: config.close_timeout,
-        max_message_size: config.max_message_size,
-        max_queued_bytes: config.max_queued_bytes,
-        max_handshake_size: config.max_handshake_size,
-        echo: config.echo,
-    }
-}
 
 /// Runs the gateway until a signal drains it.
 ///
@@ -133,23 +111,22 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         })
         .map_err(|e| ServerError::Startup(format!("signal thread: {e}")))?;
 
-    let auth = Authenticator::new(&AuthSettings::from_config(&config.push))
-        .map_err(|e| ServerError::Startup(e.message))?;
+    let auth = Authenticator::new(&config.auth()).map_err(|e| ServerError::Startup(e.message))?;
     let dev_mode = auth.dev_mode();
     if dev_mode {
         warn!(
             "INSECURE DEV MODE: no --token-secret or --token-public-key, so every client is \
              accepted anonymously on any channel{}; never expose this gateway beyond loopback",
-            if config.push.api_key.is_none() {
+            if config.api_key.is_none() {
                 " and the publish API needs no key"
             } else {
                 ""
             }
         );
-    } else if config.push.api_key.is_none() {
+    } else if config.api_key.is_none() {
         warn!("no --api-key: the publish API refuses every request (403)");
     }
-    let limits = PushLimits::from_config(&config.push);
+    let limits = config.push_limits();
     let counts = Arc::new(SubscriberCounts::default());
     let push = PushContext {
         auth: Arc::new(auth),
@@ -157,17 +134,15 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         counts: Arc::clone(&counts),
     };
 
-    let conn = conn_config(&config);
     let mut handles = Vec::with_capacity(workers);
     for (id, listener) in listeners.into_iter().enumerate() {
-        let settings = WorkerSettings {
-            id,
-            conn: conn.clone(),
-            tick: config.tick,
-            read_buffer_size: READ_BUFFER_SIZE,
-        };
-        let handle = worker::spawn(settings, listener, WorkerMetrics::new(id), push.clone())
-            .map_err(|e| ServerError::Startup(format!("worker {id}: {e}")))?;
+        let handle = worker::spawn(
+            config.worker(id),
+            listener,
+            WorkerMetrics::new(id),
+            push.clone(),
+        )
+        .map_err(|e| ServerError::Startup(format!("worker {id}: {e}")))?;
         handles.push(handle);
     }
 
@@ -177,7 +152,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     );
     let publish_api = PublishApi {
         hub,
-        api_key: config.push.api_key.clone(),
+        api_key: config.api_key.clone(),
         dev_mode,
         limits,
         body_timeout: config.admin_body_timeout,

@@ -80,7 +80,6 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use super::channel::{ChannelGrant, validate_channel_name, validate_user_id};
-use crate::config::PushConfig;
 pub use crate::metrics::AuthFailure;
 
 /// The subprotocol the gateway speaks and echoes when offered.
@@ -166,7 +165,7 @@ pub struct Session {
 }
 
 /// The authentication settings, in plain values; built from the gateway's
-/// configuration with [`AuthSettings::from_config`].
+/// configuration by `Config::auth`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AuthSettings {
     /// The HS256 secret (`--token-secret`).
@@ -181,23 +180,6 @@ pub struct AuthSettings {
     pub max_subscriptions: usize,
     /// Most patterns a token's `channels` claim may list.
     pub max_token_channels: usize,
-}
-
-impl AuthSettings {
-    /// The settings in `config`.
-    pub fn from_config(config: &PushConfig) -> Self {
-        AuthSettings {
-            token_secret: config
-                .token_secret
-                .as_ref()
-                .map(|s| s.expose().as_bytes().to_vec()),
-            token_public_key: config.token_public_key.clone(),
-            allowed_origins: config.allowed_origins.clone(),
-            max_channel_name: config.max_channel_name,
-            max_subscriptions: config.max_subscriptions,
-            max_token_channels: config.max_token_channels,
-        }
-    }
 }
 
 /// Why the authentication keys could not be set up (at startup).
@@ -1519,23 +1501,6 @@ mod tests {
         assert_eq!(
             hs256().authenticate(&req, NOW).unwrap().user.as_deref(),
             Some("real")
-        );
-    }
-
-    #[test]
-    fn from_config() {
-        use crate::config::Secret;
-        let config = PushConfig {
-            token_secret: Some(Secret::new("s3cret")),
-            allowed_origins: vec!["https://a.example".to_owned()],
-            ..PushConfig::default()
-        };
-        let settings = AuthSettings::from_config(&config);
-        assert_eq!(settings.token_secret.as_deref(), Some(&b"s3cret"[..]));
-        assert_eq!(settings.allowed_origins, ["https://a.example"]);
-        assert_eq!(
-            (settings.max_channel_name, settings.max_subscriptions),
-            (128, 64)
         );
     }
 
