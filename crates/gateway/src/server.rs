@@ -11,6 +11,10 @@
 //! On the first SIGINT or SIGTERM the gateway stops accepting, marks `/healthz` as
 //! draining, sends Close 1001 to every connection, waits up to `--drain-timeout` for
 //! the closing handshakes and exits 0. A second signal exits at once with status 1.
+//!
+//! SIGHUP (`systemctl reload`) is caught and logged so that its default action, exiting,
+//! never takes the gateway down; nothing is reloaded yet, and it does not count towards
+//! the second-signal exit.
 
 use std::fmt;
 use std::io::{self, Write};
@@ -19,7 +23,7 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing::{error, info, warn};
 
@@ -92,7 +96,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         .map_err(|e| ServerError::Startup(e.to_string()))?;
 
     // Signals are caught before anyone can learn we are ready.
-    let mut signals = Signals::new([SIGINT, SIGTERM])
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])
         .map_err(|e| ServerError::Startup(format!("signals: {e}")))?;
     let signal_handle = signals.handle();
     let (signal_tx, signal_rx) = mpsc::channel();
@@ -101,6 +105,10 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         .spawn(move || {
             let mut seen = 0;
             for signal in signals.forever() {
+                if signal == SIGHUP {
+                    info!("SIGHUP: nothing to reload; ignored");
+                    continue;
+                }
                 seen += 1;
                 if seen > 1 {
                     eprintln!("pingwheel: second signal ({signal}): exiting now");
