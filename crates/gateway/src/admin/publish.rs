@@ -14,9 +14,9 @@ use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_LENGTH, HeaderValue, WWW_AUTHE
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::value::RawValue;
 
-use crate::admin::{AdminBody, BodyError, close_after, read_body, respond};
+use super::http::{AdminBody, BodyError, close_after, read_body, respond};
 use crate::config::Secret;
-use crate::hub::Hub;
+use crate::fanout::hub::Hub;
 use crate::metrics::ApiMetrics;
 use crate::push::PushLimits;
 use crate::push::auth::check_api_key;
