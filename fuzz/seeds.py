@@ -20,59 +20,71 @@ TEXT, BINARY, CONT, CLOSE, PING, PONG = 0x1, 0x2, 0x0, 0x8, 0x9, 0xA
 
 
 def frame(opcode, payload=b"", fin=True, mask=MASK, length_form=None):
-    """A client frame; length_form 126/127 forces a (non-minimal) extended length."""
+    """A masked client frame; length_form 126/127 forces a (non-minimal) extended length."""
     head = bytes([(0x80 if fin else 0) | opcode])
     n = len(payload)
-    bit = 0x80 if mask is not None else 0
     form = length_form or (n if n <= 125 else 126 if n <= 0xFFFF else 127)
     if form <= 125:
-        head += bytes([bit | n])
+        head += bytes([0x80 | n])
     elif form == 126:
-        head += bytes([bit | 126]) + struct.pack(">H", n)
+        head += bytes([0x80 | 126]) + struct.pack(">H", n)
     else:
-        head += bytes([bit | 127]) + struct.pack(">Q", n)
-    if mask is None:
-        return head + payload
+        head += bytes([0x80 | 127]) + struct.pack(">Q", n)
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
-def close(code=None, reason=b""):
-    return frame(CLOSE, b"" if code is None else struct.pack(">H", code) + reason)
+def frames(mask):
+    """The reader tests' streams (crates/proto/src/inbound/tests.rs and
+    crates/proto/tests/reader_props.rs), every frame masked with `mask`."""
+
+    def f(opcode, payload=b"", **kw):
+        return frame(opcode, payload, mask=mask, **kw)
+
+    def close(code=None, reason=b""):
+        return f(CLOSE, b"" if code is None else struct.pack(">H", code) + reason)
+
+    return {
+        "text": f(TEXT, b"Hello"),
+        "empty_text": f(TEXT),
+        "binary_256": f(BINARY, bytes(range(256))),
+        "fragmented_text": f(TEXT, b"Hel", fin=False) + f(CONT, b"lo"),
+        "fragments_with_ping": f(TEXT, b"He", fin=False) + f(PING, b"p")
+        + f(CONT, b"llo", fin=False) + f(CONT, b"!"),
+        "ping_pong": f(PING, b"hi") + f(PONG, b"") + f(PING, b"x" * 125),
+        "ping_126": f(PING, b"x" * 126),
+        "utf8_multibyte": f(TEXT, "κόσμε €𝄞".encode()),
+        "utf8_split_code_point": f(TEXT, "é€".encode()[:3], fin=False)
+        + f(CONT, "é€".encode()[3:]),
+        "utf8_bad": f(TEXT, b"ok\xff"),
+        "utf8_surrogate": f(TEXT, b"\xed\xa0\x80"),
+        "utf8_truncated": f(TEXT, b"\xe2\x82"),
+        "close_normal": close(1000, b"bye"),
+        "close_empty": close(),
+        "close_one_byte": f(CLOSE, b"\x03"),
+        "close_1005": close(1005),
+        "close_bad_reason": close(1000, b"\xc3\x28"),
+        "text_then_close_then_text": f(TEXT, b"a") + close(1001) + f(TEXT, b"b"),
+        "reserved_bits": bytes([0xC1]) + f(TEXT, b"x")[1:],
+        "reserved_opcode": f(0x3, b"x"),
+        "fragmented_ping": f(PING, b"x", fin=False),
+        "continuation_first": f(CONT, b"x"),
+        "new_message_in_message": f(TEXT, b"a", fin=False) + f(TEXT, b"b"),
+        "nonminimal_16": f(TEXT, b"Hello", length_form=126),
+        "nonminimal_64": f(BINARY, b"\x00" * 200, length_form=127),
+        "length_top_bit": bytes([0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 1]) + mask,
+        "header_only_64": bytes([0x82, 0xFF, 0, 0, 0, 0, 0, 0x10, 0, 0]) + mask,
+    }
 
 
-# crates/proto/src/inbound/tests.rs and crates/proto/tests/reader_props.rs
+# The RFC 6455 §5.7 examples, then the streams under the tests' mask and under an
+# all-zero mask (valid: only the mask bit is required). Under the zero mask the input
+# bytes are the bytes the reader compares, so libFuzzer's comparison tracing can steer
+# them; through a non-zero mask it cannot.
 FRAMES = {
     "rfc_masked_hello": bytes.fromhex("818537fa213d7f9f4d5158"),
     "rfc_unmasked_hello": bytes.fromhex("810548656c6c6f"),
-    "text": frame(TEXT, b"Hello"),
-    "empty_text": frame(TEXT),
-    "binary_256": frame(BINARY, bytes(range(256))),
-    "fragmented_text": frame(TEXT, b"Hel", fin=False) + frame(CONT, b"lo"),
-    "fragments_with_ping": frame(TEXT, b"He", fin=False) + frame(PING, b"p")
-    + frame(CONT, b"llo", fin=False) + frame(CONT, b"!"),
-    "ping_pong": frame(PING, b"hi") + frame(PONG, b"") + frame(PING, b"x" * 125),
-    "ping_126": frame(PING, b"x" * 126),
-    "utf8_multibyte": frame(TEXT, "κόσμε €𝄞".encode()),
-    "utf8_split_code_point": frame(TEXT, "é€".encode()[:3], fin=False)
-    + frame(CONT, "é€".encode()[3:]),
-    "utf8_bad": frame(TEXT, b"ok\xff"),
-    "utf8_surrogate": frame(TEXT, b"\xed\xa0\x80"),
-    "utf8_truncated": frame(TEXT, b"\xe2\x82"),
-    "close_normal": close(1000, b"bye"),
-    "close_empty": close(),
-    "close_one_byte": frame(CLOSE, b"\x03"),
-    "close_1005": close(1005),
-    "close_bad_reason": close(1000, b"\xc3\x28"),
-    "text_then_close_then_text": frame(TEXT, b"a") + close(1001) + frame(TEXT, b"b"),
-    "reserved_bits": bytes([0xC1]) + frame(TEXT, b"x")[1:],
-    "reserved_opcode": frame(0x3, b"x"),
-    "fragmented_ping": frame(PING, b"x", fin=False),
-    "continuation_first": frame(CONT, b"x"),
-    "new_message_in_message": frame(TEXT, b"a", fin=False) + frame(TEXT, b"b"),
-    "nonminimal_16": frame(TEXT, b"Hello", length_form=126),
-    "nonminimal_64": frame(BINARY, b"\x00" * 200, length_form=127),
-    "length_top_bit": bytes([0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 1]) + MASK,
-    "header_only_64": bytes([0x82, 0xFF, 0, 0, 0, 0, 0, 0x10, 0, 0]) + MASK,
+    **frames(MASK),
+    **{name + "_zero_mask": data for name, data in frames(bytes(4)).items()},
 }
 
 # crates/proto/src/handshake/tests.rs
@@ -220,6 +232,7 @@ def main():
         write("frame_reader", name, bytes([7, 0]) + data)
     # The same streams with small limits and split into several calls.
     write("frame_reader", "text_split", bytes([7, 9]) + FRAMES["fragments_with_ping"])
+    write("frame_reader", "zero_mask_split", bytes([7, 5]) + FRAMES["fragments_with_ping_zero_mask"])
     write("frame_reader", "limit_125", bytes([2, 3]) + FRAMES["binary_256"])
     write("frame_reader", "limit_0", bytes([0, 0]) + FRAMES["empty_text"] + FRAMES["text"])
     for name, text in REQUESTS.items():
