@@ -436,3 +436,18 @@ def start_gateway(request, pingwheel_bin: Path) -> Iterator[Callable[..., Gatewa
 def gateway(start_gateway) -> Gateway:
     """A gateway with default settings (plus loopback port-0 listeners)."""
     return start_gateway()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Tests never skip: a skip (``pytest.skip``, a ``skipif`` mark, ``importorskip``) or
+    an ``xfail`` is reported as a failure naming its reason, so a missing tool or
+    service can never pass the suite unnoticed."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped:
+        reason = getattr(report, "wasxfail", None)
+        if reason is None and isinstance(report.longrepr, tuple):
+            reason = report.longrepr[2]
+        report.outcome = "failed"
+        report.longrepr = f"tests never skip, but this one did: {reason or report.longrepr}"
