@@ -70,7 +70,8 @@ fn cut_points(len: usize, seed: u8) -> Vec<usize> {
     points
 }
 
-/// Checks the poisoned-reader contract after `error`, and returns it.
+/// Checks the poisoned-reader contract after `error`: `rest` is not read, the same
+/// error comes back, nothing is held, and the error fits a close frame.
 fn check_poisoned(reader: &mut MessageReader, rest: &[u8], limits: &Limits, error: ReadError) {
     let mut again = rest.to_vec();
     let repeat = reader.feed(&mut again, limits, |item| {
