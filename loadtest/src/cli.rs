@@ -8,8 +8,8 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::SubscribeMode;
-use crate::units::{parse_duration, parse_rate};
+use crate::settings::SubscribeMode;
+use crate::units::{parse_duration, parse_rate, parse_size};
 
 /// What a run does with its connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -41,6 +41,14 @@ fn duration_arg(text: &str) -> Result<Duration, String> {
     parse_duration(text).map_err(|e| e.to_string())
 }
 
+fn size_arg(text: &str) -> Result<u64, String> {
+    parse_size(text).map_err(|e| e.to_string())
+}
+
+fn usize_size_arg(text: &str) -> Result<usize, String> {
+    usize::try_from(size_arg(text)?).map_err(|_| format!("`{text}`: too large"))
+}
+
 fn rate_arg(text: &str) -> Result<f64, String> {
     let rate = parse_rate(text).map_err(|e| e.to_string())?;
     if rate < 0.0 {
@@ -64,7 +72,8 @@ fn fraction_arg(text: &str) -> Result<f64, String> {
     name = "pingwheel-loadtest",
     version,
     after_help = "Exit status: 0 when every assertion passed, 1 when one failed, 2 for usage or setup errors.\n\
-                  Durations: 30s, 250ms, 1.5m, 2h (a bare number is seconds). Rates: 5000/s, 300/m, 20 (per second).\n\
+                  Durations: 30s, 250ms, 100us, 1.5m, 2h (a bare number is seconds). Sizes: 4096, 64KiB, 1MiB, 1MB.\n\
+                  Rates: 5000/s, 300/m, 20 (per second).\n\
                   See docs/loadtest.md for the JSON schema and examples against other servers."
 )]
 pub struct Args {
@@ -148,7 +157,7 @@ pub struct Args {
 
     /// Largest server message accepted; bigger ones fail the connection with
     /// `message_too_big`.
-    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
+    #[arg(long, value_name = "BYTES", default_value = "1MiB", value_parser = size_arg)]
     pub max_message_size: u64,
 
     /// Assertion (any scenario): every connection held at least two intervals received
@@ -215,6 +224,7 @@ pub struct Args {
         long,
         value_name = "BYTES",
         default_value_t = 64,
+        value_parser = usize_size_arg,
         help_heading = "Push"
     )]
     pub payload_size: usize,
@@ -237,6 +247,7 @@ pub struct Args {
         long,
         value_name = "BYTES",
         default_value_t = 64,
+        value_parser = usize_size_arg,
         help_heading = "Echo"
     )]
     pub message_size: usize,
@@ -255,6 +266,7 @@ pub struct Args {
         long,
         value_name = "BYTES",
         default_value_t = 0,
+        value_parser = usize_size_arg,
         help_heading = "Churn"
     )]
     pub churn_message_size: usize,

@@ -1,10 +1,13 @@
 //! Parsing and printing of the quantities operators type on the command line:
-//! durations (`30s`, `250ms`, `1.5m`) and rates (`5000/s`, `300/m`, `20`).
+//! durations (`30s`, `250ms`, `1.5m`, `100us`), sizes (`4096`, `64KiB`) and rates
+//! (`5000/s`, `300/m`, `20`). Durations and sizes follow the grammar of the shared
+//! `pingwheel-units` crate, so a value means the same here as in the gateway's flags;
+//! rates are the harness's own.
 
 use std::fmt;
 use std::time::Duration;
 
-/// Why a duration or rate on the command line was not understood.
+/// Why a duration, size or rate on the command line was not understood.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseError(String);
 
@@ -16,7 +19,7 @@ impl fmt::Display for ParseError {
 
 impl std::error::Error for ParseError {}
 
-/// Splits `"1.5ms"` into `(1.5, "ms")`.
+/// Splits `"1.5ms"` into `(1.5, "ms")` (the count of a rate).
 fn split_number(text: &str) -> Result<(f64, &str), ParseError> {
     let text = text.trim();
     let end = text
@@ -32,27 +35,27 @@ fn split_number(text: &str) -> Result<(f64, &str), ParseError> {
     Ok((value, unit.trim()))
 }
 
-/// Parses a duration such as `30s`, `250ms`, `1.5m`, `2h`, `100us` or `0`.
+/// Parses a duration such as `30s`, `250ms`, `1.5m`, `2h`, `100us` or `0`, in the
+/// grammar the gateway also uses ([`pingwheel_units`]).
 ///
 /// A bare number is read as seconds (`--duration 30` is `30s`), because that is what
 /// operators mean most often.
 pub fn parse_duration(text: &str) -> Result<Duration, ParseError> {
-    let (value, unit) = split_number(text)?;
-    let seconds_per_unit = match unit {
-        "" | "s" | "sec" | "secs" => 1.0,
-        "ms" => 1e-3,
-        "us" | "µs" => 1e-6,
-        "ns" => 1e-9,
-        "m" | "min" => 60.0,
-        "h" => 3600.0,
-        other => {
-            return Err(ParseError(format!(
-                "`{text}`: unknown duration unit `{other}` (use ns, us, ms, s, m or h)"
-            )));
-        }
-    };
-    Duration::try_from_secs_f64(value * seconds_per_unit)
-        .map_err(|_| ParseError(format!("`{text}`: duration out of range")))
+    pingwheel_units::parse_duration(text).map_err(|e| {
+        ParseError(format!(
+            "{e} (expected a duration such as 30s, 250ms, 100us or 1.5m; a bare number is seconds)"
+        ))
+    })
+}
+
+/// Parses a size in bytes such as `4096`, `64KiB`, `1MiB` or `1MB`, in the grammar the
+/// gateway also uses ([`pingwheel_units`]).
+pub fn parse_size(text: &str) -> Result<u64, ParseError> {
+    pingwheel_units::parse_size(text).map_err(|e| {
+        ParseError(format!(
+            "{e} (expected a size in bytes such as 4096, 64KiB or 1MiB)"
+        ))
+    })
 }
 
 /// Parses a rate such as `5000/s`, `300/m`, `10/ms` or a bare `20` (per second) into
@@ -88,21 +91,7 @@ pub fn parse_rate(text: &str) -> Result<f64, ParseError> {
     Ok(value / per_seconds)
 }
 
-/// Prints a duration the way [`parse_duration`] reads it back, choosing a readable unit.
-pub fn format_duration(duration: Duration) -> String {
-    let nanos = duration.as_nanos();
-    if nanos == 0 {
-        "0s".to_owned()
-    } else if nanos.is_multiple_of(1_000_000_000) {
-        format!("{}s", nanos / 1_000_000_000)
-    } else if nanos.is_multiple_of(1_000_000) {
-        format!("{}ms", nanos / 1_000_000)
-    } else if nanos.is_multiple_of(1_000) {
-        format!("{}us", nanos / 1_000)
-    } else {
-        format!("{nanos}ns")
-    }
-}
+pub use pingwheel_units::format_duration;
 
 /// Prints a byte count with a binary unit (`1.5 MiB`).
 pub fn format_bytes(bytes: f64) -> String {
@@ -149,6 +138,15 @@ mod tests {
             let error = parse_duration(text).expect_err(text);
             assert!(error.to_string().contains(text.trim()), "{error}");
         }
+    }
+
+    #[test]
+    fn sizes_share_the_gateways_grammar() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64KiB"), Ok(65_536));
+        assert_eq!(parse_size("1MB"), Ok(1_000_000));
+        let error = parse_size("1.5MiB").expect_err("sizes are whole");
+        assert!(error.to_string().contains("1.5MiB"), "{error}");
     }
 
     #[test]

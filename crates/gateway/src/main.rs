@@ -14,6 +14,10 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(err) => err.exit(),
     };
+    if config.print_config {
+        print!("{}", pingwheel::config::default_toml());
+        return ExitCode::SUCCESS;
+    }
     // `--log-level` was validated while loading.
     let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
     // Colour only on a terminal, and never when NO_COLOR is set (https://no-color.org).

@@ -11,37 +11,37 @@
 //! On the first SIGINT or SIGTERM the gateway stops accepting, marks `/healthz` as
 //! draining, sends Close 1001 to every connection, waits up to `--drain-timeout` for
 //! the closing handshakes and exits 0. A second signal exits at once with status 1.
+//!
+//! SIGHUP (`systemctl reload`) is caught and logged so that its default action, exiting,
+//! never takes the gateway down; nothing is reloaded yet, and it does not count towards
+//! the second-signal exit.
 
-use std::fmt;
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing::{error, info, warn};
 
+use crate::admin::publish::PublishApi;
 use crate::admin::{self, AdminState};
 use crate::config::Config;
-use crate::conn::ConnConfig;
-use crate::conn::keepalive::KeepaliveConfig;
-use crate::hub::{Hub, SubscriberCounts};
+use crate::fanout::counts::subscriber_counts;
+use crate::fanout::hub::Hub;
 use crate::listener::bind_reuseport;
 use crate::metrics::{self, WorkerMetrics};
-use crate::publish_api::PublishApi;
-use crate::push::PushLimits;
-use crate::push::auth::{AuthSettings, Authenticator};
-use crate::worker::{self, Command, PushContext, WorkerSettings};
-
-/// Size of each worker's shared read buffer.
-const READ_BUFFER_SIZE: usize = 64 << 10;
+use crate::push::auth::Authenticator;
+use crate::worker::link::Command;
+use crate::worker::{self, PushContext};
 
 /// Why the server could not start or stopped abnormally.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// A listener could not be bound; `flag` names the setting to change.
+    #[error("cannot listen on {addr} ({flag}): {source}")]
     Bind {
         /// The command-line flag that set the address.
         flag: &'static str,
@@ -51,39 +51,11 @@ pub enum ServerError {
         source: io::Error,
     },
     /// Anything else during startup (metrics recorder, threads, signals).
+    #[error("startup failed: {0}")]
     Startup(String),
     /// A worker thread failed while running.
+    #[error("worker failed: {0}")]
     Worker(io::Error),
-}
-
-impl fmt::Display for ServerError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ServerError::Bind { flag, addr, source } => {
-                write!(f, "cannot listen on {addr} ({flag}): {source}")
-            }
-            ServerError::Startup(msg) => write!(f, "startup failed: {msg}"),
-            ServerError::Worker(e) => write!(f, "worker failed: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for ServerError {}
-
-/// The per-connection settings derived from the configuration.
-pub fn conn_config(config: &Config) -> ConnConfig {
-    ConnConfig {
-        keepalive: KeepaliveConfig {
-            ping_interval: config.ping_interval,
-            ping_timeout: config.ping_timeout,
-        },
-        open_timeout: config.open_timeout,
-        close_timeout: config.close_timeout,
-        max_message_size: config.max_message_size,
-        max_queued_bytes: config.max_queued_bytes,
-        max_handshake_size: config.max_handshake_size,
-        echo: config.echo,
-    }
 }
 
 /// Runs the gateway until a signal drains it.
@@ -114,7 +86,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         .map_err(|e| ServerError::Startup(e.to_string()))?;
 
     // Signals are caught before anyone can learn we are ready.
-    let mut signals = Signals::new([SIGINT, SIGTERM])
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])
         .map_err(|e| ServerError::Startup(format!("signals: {e}")))?;
     let signal_handle = signals.handle();
     let (signal_tx, signal_rx) = mpsc::channel();
@@ -123,6 +95,10 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         .spawn(move || {
             let mut seen = 0;
             for signal in signals.forever() {
+                if signal == SIGHUP {
+                    info!("SIGHUP: nothing to reload; ignored");
+                    continue;
+                }
                 seen += 1;
                 if seen > 1 {
                     eprintln!("pingwheel: second signal ({signal}): exiting now");
@@ -133,41 +109,38 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         })
         .map_err(|e| ServerError::Startup(format!("signal thread: {e}")))?;
 
-    let auth = Authenticator::new(&AuthSettings::from_config(&config.push))
-        .map_err(|e| ServerError::Startup(e.message))?;
+    let auth = Authenticator::new(&config.auth()).map_err(|e| ServerError::Startup(e.message))?;
     let dev_mode = auth.dev_mode();
     if dev_mode {
         warn!(
             "INSECURE DEV MODE: no --token-secret or --token-public-key, so every client is \
              accepted anonymously on any channel{}; never expose this gateway beyond loopback",
-            if config.push.api_key.is_none() {
+            if config.api_key.is_none() {
                 " and the publish API needs no key"
             } else {
                 ""
             }
         );
-    } else if config.push.api_key.is_none() {
+    } else if config.api_key.is_none() {
         warn!("no --api-key: the publish API refuses every request (403)");
     }
-    let limits = PushLimits::from_config(&config.push);
-    let counts = Arc::new(SubscriberCounts::default());
+    let limits = config.push_limits();
+    let (count_sender, counts) = subscriber_counts();
     let push = PushContext {
         auth: Arc::new(auth),
         limits: limits.clone(),
-        counts: Arc::clone(&counts),
+        counts: count_sender,
     };
 
-    let conn = conn_config(&config);
     let mut handles = Vec::with_capacity(workers);
     for (id, listener) in listeners.into_iter().enumerate() {
-        let settings = WorkerSettings {
-            id,
-            conn: conn.clone(),
-            tick: config.tick,
-            read_buffer_size: READ_BUFFER_SIZE,
-        };
-        let handle = worker::spawn(settings, listener, WorkerMetrics::new(id), push.clone())
-            .map_err(|e| ServerError::Startup(format!("worker {id}: {e}")))?;
+        let handle = worker::spawn(
+            config.worker(id),
+            listener,
+            WorkerMetrics::new(id),
+            push.clone(),
+        )
+        .map_err(|e| ServerError::Startup(format!("worker {id}: {e}")))?;
         handles.push(handle);
     }
 
@@ -177,7 +150,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     );
     let publish_api = PublishApi {
         hub,
-        api_key: config.push.api_key.clone(),
+        api_key: config.api_key.clone(),
         dev_mode,
         limits,
         metrics: metrics::ApiMetrics::new(),

@@ -66,21 +66,6 @@ impl Default for PushLimits {
     }
 }
 
-impl PushLimits {
-    /// The limits in `config`; the inbound burst equals the rate (`--max-inbound-rate`
-    /// sets both), the rest keep their defaults.
-    pub fn from_config(config: &crate::config::PushConfig) -> Self {
-        PushLimits {
-            max_subscriptions: config.max_subscriptions,
-            max_channel_name: config.max_channel_name,
-            inbound_rate_per_sec: config.max_inbound_rate,
-            inbound_burst: config.max_inbound_rate,
-            max_publish_body: config.max_publish_body,
-            ..PushLimits::default()
-        }
-    }
-}
-
 /// The string a raw JSON value holds, borrowed when it has no escapes; `None` if the
 /// value is not a JSON string.
 pub(crate) fn json_str(raw: &RawValue) -> Option<Cow<'_, str>> {

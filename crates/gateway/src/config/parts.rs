@@ -1,0 +1,126 @@
+//! The settings each part of the gateway takes, built from the one [`Config`]: the only
+//! place that maps settings onto parts (the parts keep no defaults of their own for
+//! these; `ConnConfig::default()` and `PushLimits::default()` are checked against
+//! [`Config::default`] by the tests below).
+
+use crate::conn::ConnConfig;
+use crate::conn::keepalive::KeepaliveConfig;
+use crate::push::PushLimits;
+use crate::push::auth::AuthSettings;
+use crate::worker::WorkerSettings;
+
+use super::Config;
+
+/// Size of each worker's shared read buffer (not a setting: 64 KiB is a fraction of a
+/// millisecond of parsing and keeps a flooding peer's turn short).
+const READ_BUFFER_SIZE: usize = 64 << 10;
+
+impl Config {
+    /// The connection state machine's settings.
+    pub fn conn(&self) -> ConnConfig {
+        ConnConfig {
+            keepalive: KeepaliveConfig {
+                ping_interval: self.ping_interval,
+                ping_timeout: self.ping_timeout,
+            },
+            open_timeout: self.open_timeout,
+            close_timeout: self.close_timeout,
+            max_message_size: self.max_message_size,
+            max_queued_bytes: self.max_queued_bytes,
+            max_handshake_size: self.max_handshake_size,
+            echo: self.echo,
+        }
+    }
+
+    /// The settings of worker `id`.
+    pub fn worker(&self, id: usize) -> WorkerSettings {
+        WorkerSettings {
+            id,
+            conn: self.conn(),
+            tick: self.tick,
+            read_buffer_size: READ_BUFFER_SIZE,
+        }
+    }
+
+    /// The push layer's abuse limits: the inbound burst equals the rate
+    /// (`--max-inbound-rate` sets both); the limits without a flag keep
+    /// `PushLimits::default()`'s values.
+    pub fn push_limits(&self) -> PushLimits {
+        PushLimits {
+            max_subscriptions: self.max_subscriptions,
+            max_channel_name: self.max_channel_name,
+            inbound_rate_per_sec: self.max_inbound_rate,
+            inbound_burst: self.max_inbound_rate,
+            max_publish_body: self.max_publish_body,
+            ..PushLimits::default()
+        }
+    }
+
+    /// Client authentication's settings.
+    pub fn auth(&self) -> AuthSettings {
+        AuthSettings {
+            token_secret: self
+                .token_secret
+                .as_ref()
+                .map(|s| s.expose().as_bytes().to_vec()),
+            token_public_key: self.token_public_key.clone(),
+            allowed_origins: self.allowed_origins.clone(),
+            max_channel_name: self.max_channel_name,
+            max_subscriptions: self.max_subscriptions,
+        }
+    }
+
+    /// True when no token verification key is configured: clients connect anonymously and
+    /// may use any channel. The gateway must log this loudly at start-up.
+    pub fn is_insecure_dev_mode(&self) -> bool {
+        self.token_secret.is_none() && self.token_public_key.is_none()
+    }
+
+    /// True when the publish API accepts unauthenticated requests: dev mode and no
+    /// [`api_key`](Config::api_key).
+    pub fn is_publish_api_open(&self) -> bool {
+        self.is_insecure_dev_mode() && self.api_key.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    #[test]
+    fn the_parts_defaults_are_the_configs() {
+        let defaults = Config::default();
+        assert_eq!(defaults.conn(), ConnConfig::default());
+        assert_eq!(defaults.push_limits(), PushLimits::default());
+    }
+
+    #[test]
+    fn auth_settings_come_from_the_config() {
+        let config = Config {
+            token_secret: Some(Secret::new("s3cret")),
+            allowed_origins: vec!["https://a.example".to_owned()],
+            ..Config::default()
+        };
+        let settings = config.auth();
+        assert_eq!(settings.token_secret.as_deref(), Some(&b"s3cret"[..]));
+        assert_eq!(settings.allowed_origins, ["https://a.example"]);
+        assert_eq!(
+            (settings.max_channel_name, settings.max_subscriptions),
+            (128, 64)
+        );
+    }
+
+    #[test]
+    fn worker_settings_carry_the_conn_settings_and_tick() {
+        let config = Config {
+            tick: std::time::Duration::from_millis(5),
+            echo: true,
+            ..Config::default()
+        };
+        let worker = config.worker(3);
+        assert_eq!((worker.id, worker.tick), (3, config.tick));
+        assert_eq!(worker.conn, config.conn());
+        assert!(worker.conn.echo);
+    }
+}
