@@ -84,6 +84,10 @@ pub mod names {
     pub const AUTH_FAILURES: &str = "pingwheel_auth_failures_total";
     /// Counter: publish-API responses, per HTTP `status`.
     pub const PUBLISH_REQUESTS: &str = "pingwheel_publish_requests_total";
+    /// Counter: accept pauses (100 ms each) after `accept` failed for lack of resources
+    /// (EMFILE, ENFILE, ENOBUFS, ENOMEM), per worker.
+    pub const ACCEPT_PAUSES: &str = "pingwheel_accept_pauses_total";
+
     /// Gauge: messages kept in history on this node.
     pub const HISTORY_MESSAGES: &str = "pingwheel_history_messages";
     /// Gauge: bytes history holds on this node (frames' blocks, index, stream state).
@@ -94,7 +98,7 @@ pub mod names {
     pub const RECOVERED_MESSAGES: &str = "pingwheel_recovered_messages_total";
 
     /// Every metric name, for tests and documentation checks.
-    pub const ALL: [&str; 26] = [
+    pub const ALL: [&str; 27] = [
         CONNECTIONS,
         CONNECTIONS_OPENED,
         CONNECTIONS_CLOSED,
@@ -121,6 +125,7 @@ pub mod names {
         HISTORY_BYTES,
         RECOVERIES,
         RECOVERED_MESSAGES,
+        ACCEPT_PAUSES,
     ];
 
     /// The `result` label values of [`RECOVERIES`].
@@ -302,6 +307,11 @@ pub fn describe() {
         Unit::Count,
         "Messages delivered from history by recoveries."
     );
+    describe_counter!(
+        names::ACCEPT_PAUSES,
+        Unit::Count,
+        "Accept pauses of 100 ms after accept failed for lack of resources (EMFILE, ENFILE, ENOBUFS, ENOMEM)."
+    );
 }
 
 /// One worker's metric handles, labelled `worker="N"`. Build once per worker, after
@@ -354,6 +364,8 @@ pub struct WorkerMetrics {
     pub recoveries: [Counter; 2],
     /// `pingwheel_recovered_messages_total`.
     pub recovered_messages: Counter,
+    /// `pingwheel_accept_pauses_total`.
+    pub accept_pauses: Counter,
 }
 
 impl WorkerMetrics {
@@ -398,6 +410,7 @@ impl WorkerMetrics {
                 counter!(names::RECOVERIES, "worker" => worker.clone(), "result" => result)
             }),
             recovered_messages: counter!(names::RECOVERED_MESSAGES, "worker" => worker.clone()),
+            accept_pauses: counter!(names::ACCEPT_PAUSES, "worker" => worker.clone()),
         }
     }
 
@@ -502,6 +515,7 @@ mod tests {
                 m.delivery_lag.record(Duration::from_millis(1));
                 m.recovery(true, 20);
                 m.recovery(false, 0);
+                m.accept_pauses.increment(1);
             }
             set_history(10, 4096);
             let api = ApiMetrics::new();

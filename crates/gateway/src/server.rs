@@ -166,6 +166,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         api_key: config.api_key.clone(),
         dev_mode,
         limits,
+        body_timeout: config.admin_body_timeout,
         metrics: metrics::ApiMetrics::new(),
     };
     let admin_state = Arc::new(
