@@ -29,6 +29,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod engine;
 /// The sans-IO connection state machine, from its own crate (`crates/conn`).
 pub use pingwheel_conn as conn;
 pub mod fanout;

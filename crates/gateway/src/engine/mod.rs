@@ -1,0 +1,2 @@
+//! Engines: who assigns positions, keeps history, and crosses nodes.
+pub mod redis;
