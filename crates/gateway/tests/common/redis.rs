@@ -1,7 +1,7 @@
 //! A real `redis-server` for tests: started on a free loopback port in a temporary
 //! directory, with no persistence unless asked, killed (by PID) when dropped.
 //!
-//! The binary is `$PINGWHEEL_REDIS_SERVER` or `redis-server` on `PATH`
+//! The binary is `$REDIS_SERVER_BIN` or `redis-server` on `PATH`
 //! (`scripts/test` installs Debian's); a missing binary fails the test, never skips it.
 
 use std::io::{BufRead, BufReader};
@@ -19,7 +19,7 @@ pub struct RedisServer {
 }
 
 fn binary() -> String {
-    std::env::var("PINGWHEEL_REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_owned())
+    std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".to_owned())
 }
 
 fn free_port() -> u16 {
