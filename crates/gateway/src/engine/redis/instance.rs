@@ -325,6 +325,12 @@ impl Instance {
         Ok(replies)
     }
 
+    /// Adds `channels` to what the node wants here without subscribing now: the
+    /// supervisor subscribes them on its next connect (the first included).
+    pub fn want(&self, channels: impl IntoIterator<Item = String>) {
+        self.lock().wanted.extend(channels);
+    }
+
     /// Adds `channels` to what the node wants here and subscribes them now, in
     /// batches. A channel stays wanted even when this fails (it is subscribed on the
     /// next connect) until [`Instance::unsubscribe`].

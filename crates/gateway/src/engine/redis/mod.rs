@@ -12,5 +12,6 @@ pub mod gaps;
 pub mod instance;
 pub mod keys;
 pub mod message;
+pub mod node;
 pub mod nodes;
 pub mod script;
