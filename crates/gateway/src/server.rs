@@ -26,6 +26,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing::{error, info, warn};
 
+use crate::admin::cluster::{Cluster, ClusterApi};
 use crate::admin::publish::PublishApi;
 use crate::admin::{self, AdminState};
 use crate::config::Config;
@@ -144,10 +145,21 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         handles.push(handle);
     }
 
-    let hub = Hub::new(
-        handles.iter().map(worker::WorkerHandle::link).collect(),
-        counts,
-    );
+    let links: Vec<_> = handles.iter().map(worker::WorkerHandle::link).collect();
+    let node_name = config
+        .node_name
+        .clone()
+        .unwrap_or_else(crate::engine::redis::nodes::default_node_name);
+    let cluster_api = ClusterApi {
+        cluster: Cluster::Local,
+        name: node_name,
+        links: links.clone(),
+        api_key: config.api_key.clone(),
+        dev_mode,
+        body_timeout: config.admin_body_timeout,
+        metrics: metrics::ApiMetrics::new(),
+    };
+    let hub = Hub::new(links, counts);
     let publish_api = PublishApi {
         hub,
         api_key: config.api_key.clone(),
@@ -156,7 +168,11 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         body_timeout: config.admin_body_timeout,
         metrics: metrics::ApiMetrics::new(),
     };
-    let admin_state = Arc::new(AdminState::new(prometheus).with_publish_api(publish_api));
+    let admin_state = Arc::new(
+        AdminState::new(prometheus)
+            .with_publish_api(publish_api)
+            .with_cluster_api(cluster_api),
+    );
     let admin = admin::spawn(admin_listener, Arc::clone(&admin_state))
         .map_err(|e| ServerError::Startup(format!("admin listener: {e}")))?;
 

@@ -130,6 +130,11 @@ impl LocalFanout {
         self.accepted.drain(..)
     }
 
+    /// The connections of `user` on this worker.
+    pub fn user_connections(&self, user: &str) -> &[ConnId] {
+        self.index.user(user)
+    }
+
     /// Channels with at least one subscriber on this worker.
     pub fn channel_count(&self) -> usize {
         self.index.channel_count()
