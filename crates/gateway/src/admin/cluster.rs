@@ -119,13 +119,14 @@ impl ClusterApi {
         }
     }
 
-    fn authorize(&self, request: &Request<Incoming>) -> Result<(), Response<AdminBody>> {
+    /// The refusal to answer, unless the request carries the API key.
+    fn refusal(&self, request: &Request<Incoming>) -> Option<Response<AdminBody>> {
         let authorization = request
             .headers()
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
         let configured = self.api_key.as_ref().map(|key| key.expose().as_bytes());
-        check_api_key(configured, self.dev_mode, authorization).map_err(|refusal| {
+        check_api_key(configured, self.dev_mode, authorization).err().map(|refusal| {
             if let Some(reason) = refusal.reason() {
                 self.metrics.auth_failed(reason).increment(1);
             }
@@ -145,7 +146,7 @@ impl ClusterApi {
         if request.method() != Method::GET && request.method() != Method::HEAD {
             return method_not_allowed("GET, HEAD");
         }
-        if let Err(refused) = self.authorize(&request) {
+        if let Some(refused) = self.refusal(&request) {
             return refused;
         }
         let list: Vec<NodeInfo> = match &self.cluster {
@@ -172,7 +173,7 @@ impl ClusterApi {
         if request.method() != Method::POST {
             return method_not_allowed("POST");
         }
-        if let Err(refused) = self.authorize(&request) {
+        if let Some(refused) = self.refusal(&request) {
             return refused;
         }
         let body =
