@@ -146,6 +146,9 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     }
 
     let links: Vec<_> = handles.iter().map(worker::WorkerHandle::link).collect();
+    // Every engine series exists from the first scrape; the memory engine is always up.
+    let engine_metrics = metrics::EngineMetrics::new();
+    engine_metrics.up.set(1.0);
     let node_name = config
         .node_name
         .clone()
@@ -167,6 +170,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         limits,
         body_timeout: config.admin_body_timeout,
         metrics: metrics::ApiMetrics::new(),
+        engine_metrics: engine_metrics.clone(),
     };
     let admin_state = Arc::new(
         AdminState::new(prometheus)

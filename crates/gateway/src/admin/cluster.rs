@@ -126,19 +126,22 @@ impl ClusterApi {
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
         let configured = self.api_key.as_ref().map(|key| key.expose().as_bytes());
-        check_api_key(configured, self.dev_mode, authorization).err().map(|refusal| {
-            if let Some(reason) = refusal.reason() {
-                self.metrics.auth_failed(reason).increment(1);
-            }
-            let status = StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::UNAUTHORIZED);
-            let mut response = json(status, refusal.to_json());
-            if let Some(challenge) = refusal.www_authenticate() {
+        check_api_key(configured, self.dev_mode, authorization)
+            .err()
+            .map(|refusal| {
+                if let Some(reason) = refusal.reason() {
+                    self.metrics.auth_failed(reason).increment(1);
+                }
+                let status =
+                    StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::UNAUTHORIZED);
+                let mut response = json(status, refusal.to_json());
+                if let Some(challenge) = refusal.www_authenticate() {
+                    response
+                        .headers_mut()
+                        .insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+                }
                 response
-                    .headers_mut()
-                    .insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
-            }
-            response
-        })
+            })
     }
 
     /// Answers `GET /v1/nodes`.

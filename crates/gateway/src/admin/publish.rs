@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 use super::http::{AdminBody, BodyError, close_after, read_body, respond};
 use crate::config::Secret;
 use crate::fanout::hub::Hub;
-use crate::metrics::ApiMetrics;
+use crate::metrics::{ApiMetrics, EngineMetrics};
 use crate::push::PushLimits;
 use crate::push::auth::check_api_key;
 use crate::push::publish::{
@@ -42,6 +42,8 @@ pub struct PublishApi {
     pub body_timeout: Duration,
     /// `pingwheel_publishes_total`, auth failures, requests by status.
     pub metrics: ApiMetrics,
+    /// `pingwheel_engine_publish_seconds` (timed here, around the engine call).
+    pub engine_metrics: EngineMetrics,
 }
 
 impl PublishApi {
@@ -114,6 +116,7 @@ impl PublishApi {
             Ok(parsed) => parsed,
             Err(error) => return error_response(&error),
         };
+        let started = std::time::Instant::now();
         let json = match &parsed {
             PublishRequest::Publish(publish) => {
                 let published = self.hub.publish(&[(publish.target.clone(), publish.data)]);
@@ -154,6 +157,9 @@ impl PublishApi {
                 MultiReply::new(results).to_json()
             }
         };
+        self.engine_metrics
+            .publish_seconds
+            .record(started.elapsed());
         let count = match &parsed {
             PublishRequest::Publish(_) => 1,
             PublishRequest::Broadcast(b) => b.channels.len(),

@@ -29,7 +29,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use redis::Value;
@@ -410,9 +410,7 @@ impl RedisNode {
     /// the call, the items on the instances that answered were published (a batch
     /// spanning instances is not atomic; documented in docs/operations.md).
     pub async fn publish(&self, items: &[PublishItem<'_>]) -> Result<Vec<(u64, Epoch)>, NodeError> {
-        let started = Instant::now();
         let result = self.publish_inner(items).await;
-        self.metrics.publish_seconds.record(started.elapsed());
         if result.is_err() {
             self.metrics.error(EngineOp::Publish).increment(1);
         }
