@@ -12,7 +12,7 @@ use common::redis::RedisServer;
 use pingwheel::engine::redis::instance::{Events, Instance, InstanceError, Timing};
 use pingwheel::engine::redis::keys::{self, Kind};
 use pingwheel::engine::redis::message::LiveMessage;
-use pingwheel::engine::redis::script::{self, ReadArgs};
+use pingwheel::engine::redis::script::{self, ReadArgs, ReadMode};
 
 /// What an instance reported.
 #[derive(Debug, Clone, PartialEq)]
@@ -261,7 +261,7 @@ fn the_read_script_recovers_fills_and_creates_positions() {
             epoch: "EpochAAA",
             after: 6,
             last: 6 + 300,
-            fill: false,
+            mode: ReadMode::Recover,
             create: "",
             meta_ttl: 3600,
         };
@@ -283,7 +283,7 @@ fn the_read_script_recovers_fills_and_creates_positions() {
         // A fill reads up to its last seq whatever the top.
         let r = read(ReadArgs {
             last: 8,
-            fill: true,
+            mode: ReadMode::Fill,
             ..base.clone()
         })
         .await;
@@ -303,7 +303,7 @@ fn the_read_script_recovers_fills_and_creates_positions() {
                     epoch: "",
                     after: 0,
                     last: 0,
-                    fill: false,
+                    mode: ReadMode::Recover,
                     create,
                     meta_ttl: 3600,
                 };

@@ -40,7 +40,7 @@ use super::instance::{Events, Instance, InstanceError, Timing};
 use super::keys::{self, Kind};
 use super::message::LiveMessage;
 use super::nodes::{self, Control, NodeInfo};
-use super::script::{self, BadReply, Read, ReadArgs};
+use super::script::{self, BadReply, Read, ReadArgs, ReadMode};
 use crate::metrics::{EngineMetrics, EngineOp};
 
 /// Length of an epoch as the scripts store it.
@@ -644,7 +644,7 @@ impl RedisNode {
                 epoch: &epoch,
                 after: gap.from - 1,
                 last: gap.to,
-                fill: true,
+                mode: ReadMode::Fill,
                 create: "",
                 meta_ttl: 0,
             };
@@ -721,7 +721,7 @@ impl RedisNode {
             epoch: "",
             after: 0,
             last: 0,
-            fill: false,
+            mode: ReadMode::Recover,
             create: "",
             meta_ttl: 0,
         };

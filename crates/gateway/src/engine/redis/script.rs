@@ -56,9 +56,15 @@ return {seq, epoch}
 
 /// The read script. See the module docs.
 ///
-/// `KEYS`: meta, history. `ARGV`: epoch to match, after-seq, last seq to read,
-/// `"r"` (recovery: read only when the top is within the last seq) or `"f"` (fill:
-/// read up to the last seq), new epoch when creating (`""`: never create), meta TTL.
+/// `KEYS`: meta, history. `ARGV`: epoch to match, after-seq, last seq to read, mode,
+/// new epoch when creating (`""`: never create), meta TTL. Modes:
+///
+/// * `r` (recovery): when the epoch matches, `after+1 ..= top`, but only when the top is
+///   at most the last seq (a recovery never hands out part of what is missing);
+/// * `f` (fill): when the epoch matches, at most `last - after` entries from `after+1`;
+/// * `h` (history API): like `f` when the epoch matches, else at most `last - after`
+///   entries from the oldest kept.
+///
 /// Reply: `{top, epoch or nil, entries, now_µs}`.
 pub const READ_LUA: &str = r#"
 local m = redis.call("hmget", KEYS[1], "e", "s")
@@ -73,10 +79,22 @@ if not epoch then
   redis.call("del", KEYS[2])
   return {0, epoch, {}, micros}
 end
-local after, last = tonumber(ARGV[2]), tonumber(ARGV[3])
+local after, last, mode = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local entries = {}
-if ARGV[1] == epoch and after < top and (ARGV[4] == "f" or top <= last) then
-  entries = redis.call("xrange", KEYS[2], string.format("%d", after + 1), string.format("%d", math.min(top, last)))
+if top > 0 and last > after then
+  local from = string.format("%d", after + 1)
+  local count = string.format("%d", last - after)
+  if ARGV[1] == epoch then
+    if mode == "r" then
+      if after < top and top <= last then
+        entries = redis.call("xrange", KEYS[2], from, string.format("%d", top))
+      end
+    elseif after < top then
+      entries = redis.call("xrange", KEYS[2], from, "+", "COUNT", count)
+    end
+  elseif mode == "h" then
+    entries = redis.call("xrange", KEYS[2], "-", "+", "COUNT", count)
+  end
 end
 return {top, epoch, entries, micros}
 "#;
@@ -233,6 +251,17 @@ pub fn parse_read(reply: Value) -> Result<Read, BadReply> {
     })
 }
 
+/// The read script's modes (see [`READ_LUA`]).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum ReadMode {
+    /// `after+1 ..= top` when the epoch matches and the top is at most `last`.
+    Recover,
+    /// At most `last - after` entries from `after+1`, when the epoch matches.
+    Fill,
+    /// Like `Fill`, or from the oldest kept when the epoch does not match.
+    History,
+}
+
 /// What the read script is asked for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReadArgs<'a> {
@@ -242,9 +271,8 @@ pub struct ReadArgs<'a> {
     pub after: u64,
     /// Up to this seq.
     pub last: u64,
-    /// `true`: read up to `last` whatever the top (a gap refill); `false`: only when
-    /// the top is at most `last` (a recovery never hands out part of what is missing).
-    pub fill: bool,
+    /// What to read (see [`READ_LUA`]).
+    pub mode: ReadMode,
     /// A fresh epoch for a stream without a position (`""`: leave it without one).
     pub create: &'a str,
     /// The meta TTL in seconds, for a created position.
@@ -258,7 +286,11 @@ impl ReadArgs<'_> {
             .arg(self.epoch)
             .arg(self.after)
             .arg(self.last)
-            .arg(if self.fill { "f" } else { "r" })
+            .arg(match self.mode {
+                ReadMode::Recover => "r",
+                ReadMode::Fill => "f",
+                ReadMode::History => "h",
+            })
             .arg(self.create)
             .arg(self.meta_ttl);
     }
