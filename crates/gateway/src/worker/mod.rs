@@ -48,7 +48,7 @@ use crate::conn::clock::TickClock;
 use crate::conn::keepalive::PongOutcome;
 use crate::conn::timer;
 use crate::conn::{CloseReason, Conn, ConnConfig, ConnEvent};
-use crate::fanout::counts::CountSender;
+use crate::engine::EngineSender;
 use crate::fanout::local::LocalFanout;
 use crate::fanout::session::Session;
 use crate::listener::{AcceptPauses, is_resource_exhaustion};
@@ -99,8 +99,8 @@ pub struct PushContext {
     pub auth: Arc<Authenticator>,
     /// Abuse limits.
     pub limits: PushLimits,
-    /// Where subscribes and unsubscribes are reported, for the publish API's replies.
-    pub counts: CountSender,
+    /// Where subscribes, unsubscribes and recovery requests go (the engine).
+    pub engine: EngineSender,
 }
 
 /// The other threads' handle on a running worker.
@@ -214,7 +214,7 @@ pub struct Worker {
     api_metrics: ApiMetrics,
     push: PushContext,
     /// Channel → connections and user → connections on this worker, kept in step with
-    /// the sessions and the hub's counts.
+    /// the sessions and the engine's counts.
     fanout: LocalFanout,
     /// Connections with deliveries queued in the current command batch (reused).
     dirty: Vec<ConnId>,
@@ -230,6 +230,7 @@ impl Worker {
         push: PushContext,
     ) -> Worker {
         let now = Instant::now();
+        let fanout = LocalFanout::new(settings.id, push.engine.clone());
         Worker {
             clock: TickClock::new(now, settings.tick),
             wheel: Wheel::with_capacity(wheel::Tick(0), 1024),
@@ -249,7 +250,7 @@ impl Worker {
             drain_deadline: None,
             metrics,
             api_metrics: ApiMetrics::new(),
-            fanout: LocalFanout::new(push.counts.clone()),
+            fanout,
             push,
             dirty: Vec::new(),
         }
@@ -441,6 +442,10 @@ impl Worker {
                 Ok(Command::Shutdown { deadline }) => self.begin_drain(now, deadline),
                 Ok(Command::Deliver(batch)) => self.deliver(&batch, now),
                 Ok(Command::Disconnect { user }) => self.disconnect_user(&user, now),
+                Ok(Command::PositionLost { stream, position }) => {
+                    self.position_lost(&stream, position, now);
+                }
+                Ok(Command::Answers(answers)) => self.answered(answers, now),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
                     // The server is gone without saying so: shut down promptly.
@@ -456,7 +461,7 @@ impl Worker {
 
     /// Closes every connection of `user` on this worker with [`DISCONNECT_CODE`].
     fn disconnect_user(&mut self, user: &str, now: Instant) {
-        let ids = self.fanout.user_connections(user).to_vec();
+        let ids = self.fanout.user_connections(user);
         for id in ids {
             match self.conns.get_mut(id.index as usize) {
                 Some(slot) if slot.generation == id.generation => slot.conn.close(
