@@ -252,6 +252,15 @@ def start_redis(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
         server.kill()
 
 
+def wait_engine_ready(gw, timeout: float = 10.0) -> None:
+    """Waits until ``/readyz`` answers 200: the node reached every Redis instance (the
+    "ready" line only means the listeners are open; a load balancer waits the same way)."""
+    from conftest import wait_for  # conftest loads this plugin: import late
+
+    wait_for(lambda: gw.get("/readyz", timeout=2).status_code == 200, timeout=timeout,
+             message="/readyz 200 (the engine is up)")
+
+
 @pytest.fixture
 def start_nodes(start_gateway) -> Callable[..., list]:
     def start(n: int, redis_urls: list[str], *flags: str, env=None) -> list:
@@ -261,6 +270,8 @@ def start_nodes(start_gateway) -> Callable[..., list]:
             for url in redis_urls:
                 args += ["--redis-url", url]
             nodes.append(start_gateway(*args, *flags, env=env))
+        for gw in nodes:
+            wait_engine_ready(gw)
         return nodes
 
     return start

@@ -14,6 +14,7 @@ import time
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from cluster_fixtures import wait_engine_ready
 from conftest import wait_for
 from test_push import API_KEY, PUSH_ENV, bearer, open_ws, token, ws_url
 
@@ -103,7 +104,10 @@ def subscribe(ws, channel: str, since=None, id=1) -> dict:
     request = {"op": "subscribe", "channel": channel, "id": id}
     if since is not None:
         request["since"] = {"seq": since[0], "epoch": since[1]}
-    return request_reply(ws, request)
+    reply = request_reply(ws, request)
+    while "op" not in reply:  # a delivery of another subscription came first
+        reply = recv_json(ws)
+    return reply
 
 
 def post(gw, path: str, body: dict, timeout: float = 5.0) -> requests.Response:
@@ -233,6 +237,7 @@ def test_two_redis_instances_share_the_streams_and_keep_them_across_a_node_resta
         b.terminate()
         again = start_gateway("--engine", "redis", "--redis-url", one.url, "--redis-url", two.url,
                               "--node-name", "node1", "--config", config_file(tmp_path), env=PUSH_ENV)
+        wait_engine_ready(again)
         second = {r["channel"]: (r["seq"], r["epoch"]) for r in publish_ok(again, body, "/v1/broadcast")["results"]}
         for channel in channels:
             assert second[channel] == (2, first[channel][1]), "same instance, same epoch, next seq"
