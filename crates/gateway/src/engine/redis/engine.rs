@@ -23,9 +23,7 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 
 use super::keys::Kind;
-use super::node::{
-    self, Keep, Live, NodeError, NodeSettings, NodeSink, PublishItem, RedisNode, StreamId,
-};
+use super::node::{self, Keep, Live, NodeSettings, NodeSink, PublishItem, RedisNode, StreamId};
 use super::nodes::Control;
 use super::script::{ReadArgs, ReadMode};
 use crate::admin::cluster::{disconnect_locally, local_counts};
@@ -467,9 +465,4 @@ impl Engine for RedisEngine {
     fn stats(&self) -> EngineStats {
         EngineStats::default()
     }
-}
-
-#[allow(dead_code)]
-fn _node_error(e: NodeError) -> EngineError {
-    unavailable(e)
 }
