@@ -663,6 +663,25 @@ def test_wrong_or_missing_api_key_gets_401_with_a_bearer_challenge(start_gateway
     assert gw.metric("pingwheel_publishes_total") == 0
 
 
+def test_a_refusal_sent_before_the_body_is_read_says_connection_close(start_gateway):
+    """The 401 goes out before the body arrives; the gateway will not read the rest, so
+    it must say ``Connection: close`` (a client reusing the connection would otherwise
+    race its close)."""
+    gw = start_push(start_gateway)
+    host, port = gw.admin.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), 5) as sock:
+        sock.sendall(b"POST /v1/publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wrong\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 30\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(4096)
+            assert chunk, "closed before a response"
+            head += chunk
+    lines = head.split(b"\r\n\r\n", 1)[0].decode().lower().split("\r\n")
+    assert lines[0] == "http/1.1 401 unauthorized"
+    assert "connection: close" in lines[1:], lines
+
+
 def test_body_over_max_publish_body_gets_413(start_gateway):
     gw = start_push(start_gateway, "--max-publish-body", "1KiB")
     fits = '{"channel":"scores","data":"%s"}' % ("x" * (1024 - 30))

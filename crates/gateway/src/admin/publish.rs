@@ -15,7 +15,9 @@
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_LENGTH, HeaderValue, WWW_AUTHENTICATE};
+use hyper::header::{
+    ALLOW, AUTHORIZATION, CONTENT_LENGTH, HeaderValue, TRANSFER_ENCODING, WWW_AUTHENTICATE,
+};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::value::RawValue;
 
@@ -108,16 +110,25 @@ impl PublishApi {
     }
 
     async fn answer(&self, route: PublishRoute, request: Request<Incoming>) -> Response<AdminBody> {
+        // A response sent before the body is read whole ends the connection: hyper
+        // closes it rather than read the rest, so say so (`Connection: close`), or a
+        // client may send its next request on a connection that is going away.
+        let unread = |mut response: Response<AdminBody>| {
+            if has_body(&request) {
+                close_after(&mut response);
+            }
+            response
+        };
         if request.method() != Method::POST {
             let body = error_json("method_not_allowed", "use POST");
             let mut response = respond(StatusCode::METHOD_NOT_ALLOWED, JSON, body);
             response
                 .headers_mut()
                 .insert(ALLOW, HeaderValue::from_static("POST"));
-            return response;
+            return unread(response);
         }
         if let Some(refusal) = self.check_key(&request) {
-            return refusal;
+            return unread(refusal);
         }
         let announced = request
             .headers()
@@ -127,22 +138,22 @@ impl PublishApi {
         if let Some(len) = announced
             && let Err(error) = check_body_len(len, &self.limits)
         {
-            return error_response(&error);
+            return unread(error_response(&error));
         }
         let body = request.into_body();
         let body = match read_body(body, self.limits.max_publish_body, self.body_timeout).await {
             Ok(body) => body,
-            Err(BodyError::TimedOut { after }) => {
-                let mut response = error_response(&PublishError::BodyTimeout { after });
+            Err(error) => {
+                let mut response = error_response(&match error {
+                    BodyError::TimedOut { after } => PublishError::BodyTimeout { after },
+                    BodyError::TooLarge { limit } => PublishError::BodyTooLarge {
+                        len: limit as u64 + 1,
+                        max: limit,
+                    },
+                    error @ BodyError::Read(_) => PublishError::BadRequest(error.to_string()),
+                });
                 close_after(&mut response);
                 return response;
-            }
-            Err(BodyError::TooLarge { limit }) => {
-                let len = limit as u64 + 1;
-                return error_response(&PublishError::BodyTooLarge { len, max: limit });
-            }
-            Err(error @ BodyError::Read(_)) => {
-                return error_response(&PublishError::BadRequest(error.to_string()));
             }
         };
         let parsed = match parse_request(route, &body, &self.limits) {
@@ -203,6 +214,15 @@ impl PublishApi {
         self.metrics.publishes.increment(count as u64);
         respond(StatusCode::OK, JSON, json)
     }
+}
+
+/// Whether `request` announces a body (a non-zero `Content-Length`, or chunks).
+fn has_body(request: &Request<Incoming>) -> bool {
+    let headers = request.headers();
+    headers.contains_key(TRANSFER_ENCODING)
+        || headers
+            .get(CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
 }
 
 /// 503 `{"error":"engine_unavailable",..}`: nothing was published.
