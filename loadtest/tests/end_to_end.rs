@@ -118,8 +118,11 @@ fn idle_split_over_two_processes_keeps_every_connection_pinged() {
         "2",
         "--expect-ping-interval",
         "300ms",
+        // Any interval up to 2× passes: what this test shows is the split (every
+        // connection of both processes pinged), not the spacing, which the pure timer
+        // tests pin on a fake clock; a shared CI machine delays a 300 ms ping by 150 ms.
         "--ping-tolerance",
-        "0.5",
+        "1",
         "--client-ping-interval",
         "200ms",
         "--server-pid",
