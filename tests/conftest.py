@@ -18,6 +18,10 @@ Fixtures
     One gateway started with the default flags.
 ``pingwheel_bin``
     The binary's path; fails (never skips) when it is missing.
+``start_prometheus``
+    A factory: ``start_prometheus(targets, rule_files=(), interval="1s") -> Prometheus``
+    runs a real Prometheus on a free port, scraping the given admin listeners as
+    ``job="pingwheel"`` (and evaluating rule files); stopped by PID at teardown.
 
 Each gateway's stderr (its log) is kept in ``target/test-logs/<test>-<n>.stderr.log``.
 Environment: ``PINGWHEEL_TOKEN_SECRET`` and ``PINGWHEEL_API_KEY`` are removed from the
@@ -30,6 +34,7 @@ from __future__ import annotations
 import os
 import queue
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -436,3 +441,109 @@ def start_gateway(request, pingwheel_bin: Path) -> Iterator[Callable[..., Gatewa
 def gateway(start_gateway) -> Gateway:
     """A gateway with default settings (plus loopback port-0 listeners)."""
     return start_gateway()
+
+
+class Prometheus:
+    """One real ``prometheus`` process started by :func:`start_prometheus`."""
+
+    def __init__(self, process: subprocess.Popen, url: str, log_path: Path):
+        self.process = process
+        #: ``http://127.0.0.1:PORT`` (no trailing slash).
+        self.url = url
+        #: Prometheus's own log (stdout and stderr).
+        self.log_path = log_path
+
+    def api(self, path: str, **params) -> dict:
+        """``GET /api/v1/<path>`` with ``params``; the decoded JSON body, whatever the
+        HTTP status (a bad query answers 400 with ``status: error``)."""
+        response = requests.get(f"{self.url}/api/v1/{path}", params=params, timeout=10)
+        return response.json()
+
+    def query(self, expr: str) -> dict:
+        """An instant query: the decoded ``/api/v1/query`` answer."""
+        return self.api("query", query=expr)
+
+    def ready(self) -> bool:
+        try:
+            return requests.get(f"{self.url}/-/ready", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def log(self) -> str:
+        return _tail(self.log_path, 80)
+
+
+@pytest.fixture
+def start_prometheus(tmp_path: Path) -> Iterator[Callable[..., Prometheus]]:
+    """Factory fixture: ``start_prometheus(targets, rule_files=(), interval="1s")`` runs
+    ``$PROMETHEUS_BIN`` (or ``prometheus`` on ``PATH``; fails, never skips, when missing)
+    on a free loopback port with a fresh TSDB under ``tmp_path``, scraping ``targets``
+    (``HOST:PORT`` admin listeners) as ``job="pingwheel"`` and evaluating ``rule_files``
+    every ``interval``. Waits until ``/-/ready``; killed by PID at teardown."""
+    binary = os.environ.get("PROMETHEUS_BIN") or shutil.which("prometheus")
+    if not binary:
+        pytest.fail(
+            "prometheus is missing: run scripts/test (it installs Debian's prometheus)",
+            pytrace=False,
+        )
+    started: list[subprocess.Popen] = []
+
+    def start(
+        targets: list[str], rule_files: tuple[Path, ...] = (), interval: str = "1s"
+    ) -> Prometheus:
+        index = len(started)
+        config = tmp_path / f"prometheus-{index}.yml"
+        lines = [
+            "global:",
+            f"  scrape_interval: {interval}",
+            f"  evaluation_interval: {interval}",
+        ]
+        if rule_files:
+            lines.append("rule_files:")
+            lines += [f"  - '{path}'" for path in rule_files]
+        lines += [
+            "scrape_configs:",
+            "  - job_name: pingwheel",
+            "    static_configs:",
+            "      - targets: [" + ", ".join(f"'{t}'" for t in targets) + "]",
+        ]
+        config.write_text("\n".join(lines) + "\n")
+        port = free_port()
+        log_path = tmp_path / f"prometheus-{index}.log"
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                [
+                    binary,
+                    f"--config.file={config}",
+                    f"--storage.tsdb.path={tmp_path / f'prometheus-{index}-data'}",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                    "--log.level=warn",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        started.append(process)
+        prometheus = Prometheus(process, f"http://127.0.0.1:{port}", log_path)
+
+        def up() -> bool:
+            if process.poll() is not None:
+                pytest.fail(
+                    f"prometheus exited with {process.returncode}:\n{prometheus.log()}",
+                    pytrace=False,
+                )
+            return prometheus.ready()
+
+        wait_for(up, timeout=30, interval=0.2, message="prometheus /-/ready")
+        return prometheus
+
+    yield start
+
+    for process in started:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)

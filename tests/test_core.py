@@ -17,7 +17,7 @@ import pytest
 import requests
 from websockets.sync.client import connect
 
-from conftest import free_port, wait_for
+from conftest import wait_for
 
 FAST_KEEPALIVE = ("--ping-interval", "1", "--ping-timeout", "1")
 
@@ -80,62 +80,32 @@ def test_metrics_pass_promtool(start_gateway):
     assert check.returncode == 0, f"promtool: {check.stdout}{check.stderr}"
 
 
-def test_real_prometheus_scrapes_and_answers_the_p99_rtt_query(start_gateway, tmp_path: Path):
-    prometheus = os.environ.get("PROMETHEUS_BIN") or shutil.which("prometheus")
-    assert prometheus, "prometheus is missing: run scripts/test (it installs Debian's prometheus)"
+def test_real_prometheus_scrapes_and_answers_the_p99_rtt_query(start_gateway, start_prometheus):
     gw = start_gateway(*FAST_KEEPALIVE)
-    port = free_port()
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-        "scrape_configs:\n  - job_name: pingwheel\n"
-        f"    static_configs:\n      - targets: ['127.0.0.1:{gw.admin_port}']\n"
-    )
-    log = open(tmp_path / "prometheus.log", "wb")
-    proc = subprocess.Popen(
-        [
-            prometheus,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--log.level=warn",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        query = "histogram_quantile(0.99, rate(pingwheel_ping_rtt_seconds_bucket[30s]))"
-        answer: list[float] = []
+    prometheus = start_prometheus([gw.admin])
+    query = "histogram_quantile(0.99, rate(pingwheel_ping_rtt_seconds_bucket[30s]))"
+    answer: list[float] = []
 
-        def has_number() -> bool:
-            try:
-                r = requests.get(f"{base}/api/v1/query", params={"query": query}, timeout=2)
-            except requests.RequestException:
-                return False
-            if r.status_code != 200:
-                return False
-            values = [float(s["value"][1]) for s in r.json()["data"]["result"]]
-            answer[:] = [v for v in values if math.isfinite(v)]
-            return bool(answer)
-
-        with connect(gw.ws_url, ping_interval=None) as ws:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and not has_number():
-                hold(ws, 1)
-            assert answer, f"Prometheus never answered {query} with a number"
-            assert all(0 < v < 1 for v in answer), f"p99 RTT on loopback should be well under 1 s: {answer}"
-        targets = requests.get(f"{base}/api/v1/targets", timeout=5).json()
-        health = [t["health"] for t in targets["data"]["activeTargets"]]
-        assert health == ["up"], f"scrape target health: {health}"
-    finally:
-        proc.terminate()
+    def has_number() -> bool:
         try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        log.close()
+            reply = prometheus.query(query)
+        except requests.RequestException:
+            return False
+        if reply.get("status") != "success":
+            return False
+        values = [float(s["value"][1]) for s in reply["data"]["result"]]
+        answer[:] = [v for v in values if math.isfinite(v)]
+        return bool(answer)
+
+    with connect(gw.ws_url, ping_interval=None) as ws:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not has_number():
+            hold(ws, 1)
+        assert answer, f"Prometheus never answered {query} with a number"
+        assert all(0 < v < 1 for v in answer), f"p99 RTT on loopback should be well under 1 s: {answer}"
+    targets = prometheus.api("targets")
+    health = [t["health"] for t in targets["data"]["activeTargets"]]
+    assert health == ["up"], f"scrape target health: {health}"
 
 
 def test_no_arguments_just_works(pingwheel_bin, tmp_path: Path):

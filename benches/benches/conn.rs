@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
-use pingwheel::conn::{Conn, ConnConfig, ConnEvent};
+use pingwheel_conn::{Conn, ConnConfig, ConnEvent};
 use pingwheel_proto::frame::encode_client_frame;
 
 const REQUEST: &[u8] =

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::SubscribeMode;
+use crate::settings::SubscribeMode;
 use crate::units::{parse_duration, parse_rate, parse_size};
 
 /// What a run does with its connections.

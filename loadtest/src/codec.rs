@@ -5,6 +5,12 @@
 //! Decoding: server frames are parsed in place with tungstenite's [`FrameHeader`]; a
 //! partial frame is reported as `Ok(None)` and nothing is consumed, so the caller keeps
 //! the bytes only while they are partial.
+//!
+//! **Deliberately the harness's own.** This codec shares no code with the gateway's
+//! frame reader and encoder (`crates/proto`), and the harness never imports the
+//! gateway: a load test is also a check of the server, and a bug shared by both sides
+//! would pass unseen. The only common ground is tungstenite's header parser, written
+//! by others. Keep it that way when the server's codec changes.
 
 use std::fmt;
 use std::io::Cursor;
@@ -160,62 +166,9 @@ pub fn apply_mask(data: &mut [u8], mask: [u8; 4]) {
     }
 }
 
-const STANDARD: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-const URL_SAFE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-fn base64_with(alphabet: &[u8; 64], input: &[u8], pad: bool) -> String {
-    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-    for chunk in input.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        let symbols = chunk.len() + 1;
-        for k in 0..4 {
-            if k < symbols {
-                out.push(char::from(alphabet[((n >> (18 - 6 * k)) & 63) as usize]));
-            } else if pad {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-/// Standard base64 with padding (RFC 4648 §4), as `Sec-WebSocket-Key` uses.
-pub fn base64(input: &[u8]) -> String {
-    base64_with(STANDARD, input, true)
-}
-
-/// URL-safe base64 without padding (RFC 4648 §5), as JWTs use.
-pub fn base64url(input: &[u8]) -> String {
-    base64_with(URL_SAFE, input, false)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_rfc4648_vectors() {
-        let cases = [
-            ("", "", ""),
-            ("f", "Zg==", "Zg"),
-            ("fo", "Zm8=", "Zm8"),
-            ("foo", "Zm9v", "Zm9v"),
-            ("foob", "Zm9vYg==", "Zm9vYg"),
-            ("fooba", "Zm9vYmE=", "Zm9vYmE"),
-            ("foobar", "Zm9vYmFy", "Zm9vYmFy"),
-        ];
-        for (input, standard, url) in cases {
-            assert_eq!(base64(input.as_bytes()), standard);
-            assert_eq!(base64url(input.as_bytes()), url);
-        }
-        assert_eq!(base64url(&[0xfb, 0xff]), "-_8");
-        assert_eq!(base64(&[0xfb, 0xff]), "+/8=");
-    }
 
     #[test]
     fn rfc6455_masked_hello() {

@@ -3,9 +3,9 @@
 
 use std::fmt;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use tungstenite::handshake::derive_accept_key;
-
-use crate::codec::base64;
 
 /// Largest response head we buffer before giving up on the server.
 pub const MAX_RESPONSE_HEAD: usize = 16 * 1024;
@@ -13,7 +13,7 @@ pub const MAX_RESPONSE_HEAD: usize = 16 * 1024;
 /// Appends the upgrade request for `path_and_query` on `host_header` with the given
 /// 16-byte nonce (sent base64-encoded as `Sec-WebSocket-Key`).
 pub fn write_request(out: &mut Vec<u8>, host_header: &str, path_and_query: &str, nonce: [u8; 16]) {
-    let key = base64(&nonce);
+    let key = STANDARD.encode(nonce);
     out.extend_from_slice(b"GET ");
     out.extend_from_slice(path_and_query.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
@@ -94,7 +94,7 @@ pub fn parse_response(buf: &[u8], nonce: [u8; 16]) -> Result<Option<usize>, Hand
     if !header(headers, "connection").is_some_and(|v| has_token(v, "upgrade")) {
         return Err(HandshakeFailure::Invalid("missing `Connection: Upgrade`"));
     }
-    let expected = derive_accept_key(base64(&nonce).as_bytes());
+    let expected = derive_accept_key(STANDARD.encode(nonce).as_bytes());
     match header(headers, "sec-websocket-accept") {
         Some(accept) if accept.trim_ascii() == expected.as_bytes() => {}
         Some(_) => return Err(HandshakeFailure::Invalid("wrong Sec-WebSocket-Accept")),

@@ -3,8 +3,13 @@
 //! bottleneck.
 //!
 //! * [`engine`]: one `mio` event loop per process, connections in a slab, a few hundred
-//!   bytes per idle connection; speaks the client side of RFC 6455 ([`codec`],
-//!   [`handshake`]).
+//!   bytes per idle connection; the only code that touches client sockets, which it
+//!   sets up with [`socket`].
+//! * [`client`]: the sans-IO client state machine the loop feeds (bytes and `now` in;
+//!   frames to send, measurements, the next deadline and how it ended out); speaks the
+//!   client side of RFC 6455 ([`codec`], [`handshake`]).
+//! * [`scenario`]: what idle, push, echo and churn clients do beyond that, as hooks on
+//!   the client; their settings are in [`settings`], their schedules in [`pace`].
 //! * [`fleet`]: spreads the connections over child processes when one process may not
 //!   open them all, and speaks the line protocol between parent and children.
 //! * [`coordinator`]: walks the engines through ramp → settle → hold → finish and
@@ -17,6 +22,7 @@
 #![doc(test(attr(deny(warnings))))]
 
 pub mod cli;
+pub mod client;
 pub mod codec;
 pub mod coordinator;
 pub mod counters;
@@ -25,11 +31,15 @@ pub mod fleet;
 pub mod handshake;
 pub mod hist;
 pub mod jwt;
+pub mod pace;
 pub mod plan;
 pub mod plot;
 pub mod procfs;
 pub mod publish;
 pub mod report;
+pub mod scenario;
+pub mod settings;
+pub mod socket;
 pub mod sources;
 pub mod target;
 pub mod units;

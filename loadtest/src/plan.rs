@@ -6,10 +6,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::cli::{Args, Scenario};
-use crate::engine::{
-    ChurnLoad, ECHO_HEADER, EchoLoad, EngineConfig, MainLatency, PushClients, unix_now_ns,
-};
+use crate::engine::unix_now_ns;
 use crate::procfs;
+use crate::scenario::echo::ECHO_HEADER;
+use crate::settings::{ChurnLoad, EchoLoad, EngineConfig, MainLatency, PushClients};
 use crate::sources;
 use crate::target::Endpoint;
 

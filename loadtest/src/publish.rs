@@ -14,8 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crate::engine::{io_cause, unix_now_ns};
+use crate::engine::unix_now_ns;
 use crate::hist::LatencyHistogram;
+use crate::socket::io_cause;
 
 /// Longest response head or chunk-size line accepted from the publish API.
 const MAX_LINE: usize = 8 * 1024;

@@ -12,10 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::cli::Scenario;
 use crate::counters::ProcessReport;
-use crate::engine::{MainLatency, SubscribeMode};
 use crate::hist::{LatencyHistogram, Summary};
 use crate::plan::Plan;
 use crate::publish::PublishStats;
+use crate::settings::{MainLatency, SubscribeMode};
 use crate::units::{format_bytes, format_duration};
 
 /// Version of the JSON schema; bumped only for incompatible changes.

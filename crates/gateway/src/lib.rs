@@ -5,34 +5,36 @@
 //!
 //! | module | what lives there | touches IO? |
 //! |---|---|---|
+//! | [`server`] | process setup and teardown: binds, starts workers and admin, signals, draining | yes (setup only) |
 //! | [`config`] | every setting once: flags, environment, TOML file, defaults; each part's settings | no |
-//! | [`clock`] | `Instant` ↔ wheel [`wheel::Tick`], rounding deadlines up | no |
-//! | [`conn`] | the sans-IO per-connection state machine: handshake, frames, keepalive, close | no |
-//! | [`worker`] | one `mio` event loop per core: sockets, the slab, the one timer wheel; its push half in `worker/push.rs` | **yes** (the only place) |
-//! | [`session`] | per-connection push state, each worker's channel → connections index | no |
-//! | [`hub`] | cross-worker fan-out: a publish becomes one shared frame sent to every worker | channels + wakers |
-//! | [`push`] | JWT auth, channel rules, the client protocol, publish API parsing | no |
-//! | [`publish_api`] | the `/v1/*` routes on the admin listener | (admin thread) |
+//! | [`worker`] | one `mio` event loop per core: sockets, the slab, the one timer wheel (`mod.rs`); its mailbox [`worker::link`] (`Command`, `WorkerLink`, `Delivery`); its push half (`push.rs`) | **yes** (the only place) |
+//! | [`conn`] | re-export of `pingwheel-conn` (`crates/conn`): the sans-IO connection state machine, [`conn::keepalive`], [`conn::clock`], [`conn::timer`] | no |
+//! | [`fanout`] | [`fanout::hub`] numbers a publish and hands one shared frame to every worker; [`fanout::local`] is each worker's side (index, sessions, queueing deliveries); [`fanout::counts`] carries subscriber counts to the hub without a lock | no (channels only) |
+//! | [`push`] | pure push rules: JWT auth, channel rules, the client protocol, publish API parsing | no |
+//! | [`admin`] | the hyper admin listener: routing (`mod.rs`), [`admin::http`] helpers, the `/v1/*` routes in [`admin::publish`] | yes (its own thread) |
 //! | [`listener`] | `SO_REUSEPORT` listening sockets | yes (setup only) |
 //! | [`metrics`] | metric names, histogram buckets, per-worker handles | no |
-//! | [`admin`] | the hyper admin listener: `/metrics`, `/healthz` | yes (its own thread) |
-//! | [`server`] | starts workers and admin, handles signals and draining | yes (setup only) |
+//! | [`token`] | [`token::ConnId`]: slab index + generation, packed in a mio `Token` | no |
 //!
-//! A ping is scheduled in [`conn::keepalive`]; the worker only sees the connection's
-//! next deadline ([`conn::Conn::poll_timeout`]) and files it in its timer wheel.
+//! Each in one step:
+//!
+//! * **a ping is scheduled** in [`conn::keepalive`]; the worker only sees the
+//!   connection's next deadline and files it with [`conn::timer::refile`];
+//! * **a publish is numbered and handed to the workers** in [`fanout::hub::Hub::publish`];
+//! * **a delivery is queued** to a worker's subscribers in
+//!   [`fanout::local::LocalFanout::deliver`] and **written** by the worker's `settle`
+//!   (`worker/mod.rs`), like every other output.
 #![deny(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 #![doc(test(attr(deny(warnings))))]
 
 pub mod admin;
-pub mod clock;
 pub mod config;
-pub mod conn;
-pub mod hub;
+/// The sans-IO connection state machine, from its own crate (`crates/conn`).
+pub use pingwheel_conn as conn;
+pub mod fanout;
 pub mod listener;
 pub mod metrics;
-pub mod publish_api;
 pub mod push;
 pub mod server;
-pub mod session;
 pub mod token;
 pub mod worker;

@@ -31,6 +31,7 @@ use metrics::{
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::conn::{CloseReason, HandshakeFailure};
+use crate::push::auth::AuthFailure;
 
 /// How often the admin thread must call [`PrometheusHandle::run_upkeep`].
 pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
@@ -365,57 +366,6 @@ impl WorkerMetrics {
     /// The `pingwheel_handshake_failures_total` counter for `failure`.
     pub fn handshake_failed(&self, failure: HandshakeFailure) -> &Counter {
         &self.handshake_failures[failure.index()]
-    }
-}
-
-/// Why a client token or a publish-API key was rejected: one value of the `reason` label
-/// of `pingwheel_auth_failures_total`.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
-pub enum AuthFailure {
-    /// No token (client) or no `Authorization` header (publish API).
-    Missing,
-    /// Not a well-formed JWT / bearer header.
-    Malformed,
-    /// The JWT signature did not verify.
-    BadSignature,
-    /// The JWT is expired or not yet valid.
-    Expired,
-    /// A valid token asked for a channel outside its claim.
-    ForbiddenChannel,
-    /// The `Origin` header is not in `--allowed-origin`.
-    ForbiddenOrigin,
-    /// The publish API got a wrong API key.
-    BadApiKey,
-}
-
-impl AuthFailure {
-    /// Every failure, in label order.
-    pub const ALL: [AuthFailure; 7] = [
-        AuthFailure::Missing,
-        AuthFailure::Malformed,
-        AuthFailure::BadSignature,
-        AuthFailure::Expired,
-        AuthFailure::ForbiddenChannel,
-        AuthFailure::ForbiddenOrigin,
-        AuthFailure::BadApiKey,
-    ];
-
-    /// The value of the `reason` label.
-    pub const fn as_label(self) -> &'static str {
-        match self {
-            AuthFailure::Missing => "missing",
-            AuthFailure::Malformed => "malformed",
-            AuthFailure::BadSignature => "bad_signature",
-            AuthFailure::Expired => "expired",
-            AuthFailure::ForbiddenChannel => "forbidden_channel",
-            AuthFailure::ForbiddenOrigin => "forbidden_origin",
-            AuthFailure::BadApiKey => "bad_api_key",
-        }
-    }
-
-    /// Position in [`AuthFailure::ALL`].
-    pub const fn index(self) -> usize {
-        self as usize
     }
 }
 

@@ -11,31 +11,37 @@
 //! On the first SIGINT or SIGTERM the gateway stops accepting, marks `/healthz` as
 //! draining, sends Close 1001 to every connection, waits up to `--drain-timeout` for
 //! the closing handshakes and exits 0. A second signal exits at once with status 1.
+//!
+//! SIGHUP (`systemctl reload`) is caught and logged so that its default action, exiting,
+//! never takes the gateway down; nothing is reloaded yet, and it does not count towards
+//! the second-signal exit.
 
-use std::fmt;
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing::{error, info, warn};
 
+use crate::admin::publish::PublishApi;
 use crate::admin::{self, AdminState};
 use crate::config::Config;
-use crate::hub::{Hub, SubscriberCounts};
+use crate::fanout::counts::subscriber_counts;
+use crate::fanout::hub::Hub;
 use crate::listener::bind_reuseport;
 use crate::metrics::{self, WorkerMetrics};
-use crate::publish_api::PublishApi;
 use crate::push::auth::Authenticator;
-use crate::worker::{self, Command, PushContext};
+use crate::worker::link::Command;
+use crate::worker::{self, PushContext};
 
 /// Why the server could not start or stopped abnormally.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// A listener could not be bound; `flag` names the setting to change.
+    #[error("cannot listen on {addr} ({flag}): {source}")]
     Bind {
         /// The command-line flag that set the address.
         flag: &'static str,
@@ -45,24 +51,12 @@ pub enum ServerError {
         source: io::Error,
     },
     /// Anything else during startup (metrics recorder, threads, signals).
+    #[error("startup failed: {0}")]
     Startup(String),
     /// A worker thread failed while running.
+    #[error("worker failed: {0}")]
     Worker(io::Error),
 }
-
-impl fmt::Display for ServerError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ServerError::Bind { flag, addr, source } => {
-                write!(f, "cannot listen on {addr} ({flag}): {source}")
-            }
-            ServerError::Startup(msg) => write!(f, "startup failed: {msg}"),
-            ServerError::Worker(e) => write!(f, "worker failed: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for ServerError {}
 
 /// Runs the gateway until a signal drains it.
 ///
@@ -92,7 +86,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         .map_err(|e| ServerError::Startup(e.to_string()))?;
 
     // Signals are caught before anyone can learn we are ready.
-    let mut signals = Signals::new([SIGINT, SIGTERM])
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])
         .map_err(|e| ServerError::Startup(format!("signals: {e}")))?;
     let signal_handle = signals.handle();
     let (signal_tx, signal_rx) = mpsc::channel();
@@ -101,6 +95,10 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         .spawn(move || {
             let mut seen = 0;
             for signal in signals.forever() {
+                if signal == SIGHUP {
+                    info!("SIGHUP: nothing to reload; ignored");
+                    continue;
+                }
                 seen += 1;
                 if seen > 1 {
                     eprintln!("pingwheel: second signal ({signal}): exiting now");
@@ -127,11 +125,11 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         warn!("no --api-key: the publish API refuses every request (403)");
     }
     let limits = config.push_limits();
-    let counts = Arc::new(SubscriberCounts::default());
+    let (count_sender, counts) = subscriber_counts();
     let push = PushContext {
         auth: Arc::new(auth),
         limits: limits.clone(),
-        counts: Arc::clone(&counts),
+        counts: count_sender,
     };
 
     let mut handles = Vec::with_capacity(workers);

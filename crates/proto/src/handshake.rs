@@ -9,7 +9,7 @@
 //! module only hands over the `Authorization`, `Origin` and `Sec-WebSocket-Protocol`
 //! values as sent.
 
-use std::{borrow::Cow, error::Error, fmt};
+use std::borrow::Cow;
 
 use httparse::Status;
 use tungstenite::handshake::derive_accept_key;
@@ -114,7 +114,8 @@ fn form_decode(raw: &str) -> Cow<'_, str> {
 }
 
 /// Why a request is refused and the short text body to send.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("upgrade refused ({}): {message}", .failure.as_label())]
 pub struct Refusal {
     /// The failure: its HTTP status and metrics label.
     pub failure: HandshakeFailure,
@@ -131,19 +132,6 @@ impl Refusal {
         Refusal::new(HandshakeFailure::BadRequest, message)
     }
 }
-
-impl fmt::Display for Refusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "upgrade refused ({}): {}",
-            self.failure.as_label(),
-            self.message
-        )
-    }
-}
-
-impl Error for Refusal {}
 
 /// Whether the comma-separated list `value` contains `token` (ASCII case-insensitive,
 /// items trimmed of optional whitespace).

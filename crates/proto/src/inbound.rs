@@ -31,7 +31,7 @@
 //!
 //! An idle reader is 16 bytes inline and owns no heap (see [`MessageReader`]).
 
-use std::{error::Error, fmt, str};
+use std::str;
 
 use crate::{
     frame::MAX_CONTROL_PAYLOAD,
@@ -86,14 +86,17 @@ pub enum Flow {
 }
 
 /// Why the peer's input was rejected. Each maps to one close code.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ReadError {
     /// The peer broke a framing rule of RFC 6455 (close code 1002). The text names
     /// the rule, is ASCII and fits in a close frame.
+    #[error("WebSocket protocol error: {0}")]
     Protocol(&'static str),
     /// A text message or close reason was not valid UTF-8 (close code 1007).
+    #[error("invalid UTF-8 in a text message or close reason")]
     InvalidUtf8,
     /// A message or frame is larger than [`Limits::max_message_size`] (close code 1009).
+    #[error("WebSocket message over the size limit")]
     TooBig,
 }
 
@@ -127,20 +130,6 @@ impl ReadError {
         }
     }
 }
-
-impl fmt::Display for ReadError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ReadError::Protocol(rule) => write!(f, "WebSocket protocol error: {rule}"),
-            ReadError::InvalidUtf8 => {
-                f.write_str("invalid UTF-8 in a text message or close reason")
-            }
-            ReadError::TooBig => f.write_str("WebSocket message over the size limit"),
-        }
-    }
-}
-
-impl Error for ReadError {}
 
 /// Whether a peer may send `code` in a Close frame (RFC 6455 §7.4.1 and the IANA
 /// registry: 1012–1014 are registered; 1004 is reserved; 1005, 1006 and 1015 must

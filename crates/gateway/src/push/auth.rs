@@ -65,7 +65,6 @@
 //! | `bad_api_key` | a wrong publish API key |
 
 use std::borrow::Cow;
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use jsonwebtoken::errors::ErrorKind;
@@ -76,7 +75,6 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use super::channel::{ChannelGrant, validate_channel_name, validate_user_id};
-pub use crate::metrics::AuthFailure;
 
 /// The subprotocol the gateway speaks and echoes when offered.
 pub const PROTOCOL: &str = "pingwheel.v1";
@@ -88,9 +86,61 @@ pub const BEARER_PROTOCOL_PREFIX: &str = "bearer.";
 /// `exp + 30` and from `nbf - 30`.
 pub const TOKEN_LEEWAY_SECS: u64 = 30;
 
+/// Why a client token or a publish-API key was rejected: one value of the `reason` label
+/// of `pingwheel_auth_failures_total`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum AuthFailure {
+    /// No token (client) or no `Authorization` header (publish API).
+    Missing,
+    /// Not a well-formed JWT / bearer header.
+    Malformed,
+    /// The JWT signature did not verify.
+    BadSignature,
+    /// The JWT is expired or not yet valid.
+    Expired,
+    /// A valid token asked for a channel outside its claim.
+    ForbiddenChannel,
+    /// The `Origin` header is not in `--allowed-origin`.
+    ForbiddenOrigin,
+    /// The publish API got a wrong API key.
+    BadApiKey,
+}
+
+impl AuthFailure {
+    /// Every failure, in label order.
+    pub const ALL: [AuthFailure; 7] = [
+        AuthFailure::Missing,
+        AuthFailure::Malformed,
+        AuthFailure::BadSignature,
+        AuthFailure::Expired,
+        AuthFailure::ForbiddenChannel,
+        AuthFailure::ForbiddenOrigin,
+        AuthFailure::BadApiKey,
+    ];
+
+    /// The value of the `reason` label.
+    pub const fn as_label(self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "missing",
+            AuthFailure::Malformed => "malformed",
+            AuthFailure::BadSignature => "bad_signature",
+            AuthFailure::Expired => "expired",
+            AuthFailure::ForbiddenChannel => "forbidden_channel",
+            AuthFailure::ForbiddenOrigin => "forbidden_origin",
+            AuthFailure::BadApiKey => "bad_api_key",
+        }
+    }
+
+    /// Position in [`AuthFailure::ALL`].
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// A refused upgrade: the HTTP failure to answer with, the metrics reason, and the
 /// response body.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{} ({}): {message}", .failure.as_label(), .reason.as_label())]
 pub struct AuthRefusal {
     /// `Unauthorized` (401) for token problems, `Forbidden` (403) for origin and
     /// channel problems, `BadRequest` (400) for a malformed subprotocol list or `?user=`.
@@ -123,25 +173,12 @@ impl AuthRefusal {
     }
 }
 
-impl fmt::Display for AuthRefusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} ({}): {}",
-            self.failure.as_label(),
-            self.reason.as_label(),
-            self.message
-        )
-    }
-}
-
-impl std::error::Error for AuthRefusal {}
-
 /// An accepted client: who it is, what it may subscribe to, and what to put in the
-/// 101 response. The worker keeps it (boxed) for the life of the connection;
-/// `initial_channels` can be taken out once they are subscribed.
+/// 101 response. The worker answers the upgrade with it and builds the connection's
+/// push session (`fanout::session::Session`) from it, subscribing `initial_channels`
+/// before any delivery can arrive.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Session {
+pub struct Admission {
     /// The token's `sub` (or dev mode's `?user=`); `None` for an anonymous dev-mode
     /// client. Per-user deliveries go to every connection with this user.
     pub user: Option<Box<str>>,
@@ -171,19 +208,12 @@ pub struct AuthSettings {
 }
 
 /// Why the authentication keys could not be set up (at startup).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
 pub struct AuthSetupError {
     /// What is wrong, naming the file or flag.
     pub message: String,
 }
-
-impl fmt::Display for AuthSetupError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for AuthSetupError {}
 
 /// Verifies client upgrades. Built once at startup (keys are read and parsed then, so
 /// a bad key file stops the gateway instead of refusing every client) and shared by
@@ -309,7 +339,7 @@ impl Authenticator {
         &self,
         req: &UpgradeRequest,
         now_unix_secs: u64,
-    ) -> Result<Session, AuthRefusal> {
+    ) -> Result<Admission, AuthRefusal> {
         self.check_origin(req.origin.as_deref())?;
 
         let protocol = req
@@ -369,7 +399,7 @@ impl Authenticator {
         };
 
         self.check_channels(&channels, &grant)?;
-        Ok(Session {
+        Ok(Admission {
             user,
             grant,
             initial_channels: channels,
@@ -525,31 +555,23 @@ impl Authenticator {
 /// Splits one PEM file into its public keys: (RS256 keys, ES256 keys).
 fn parse_public_keys(
     path: &Path,
-    pem: &[u8],
+    file: &[u8],
 ) -> Result<(Vec<DecodingKey>, Vec<DecodingKey>), AuthSetupError> {
     let fail = |message: String| AuthSetupError {
         message: format!("--token-public-key {}: {message}", path.display()),
     };
-    let text = std::str::from_utf8(pem).map_err(|_| fail("not a PEM text file".to_owned()))?;
+    let text = std::str::from_utf8(file).map_err(|_| fail("not a PEM text file".to_owned()))?;
+    let blocks = pem::parse_many(text).map_err(|err| fail(format!("malformed PEM: {err}")))?;
+    // `parse_many` stops quietly at a block without its END line: name it instead.
+    if text.matches("-----BEGIN ").count() > blocks.len() {
+        let number = blocks.len() + 1;
+        return Err(fail(format!("PEM block {number}: no -----END line")));
+    }
     let provider = &jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER;
     let (mut rsa, mut ec) = (Vec::new(), Vec::new());
-    let mut rest = text;
-    let mut number = 0;
-    while let Some(start) = rest.find("-----BEGIN ") {
-        number += 1;
-        let block_and_after = &rest[start..];
-        let label_end = block_and_after["-----BEGIN ".len()..]
-            .find("-----")
-            .ok_or_else(|| fail(format!("PEM block {number}: unterminated BEGIN line")))?;
-        let label = &block_and_after["-----BEGIN ".len().."-----BEGIN ".len() + label_end];
-        let end_marker = format!("-----END {label}-----");
-        let end = block_and_after.find(&end_marker).ok_or_else(|| {
-            fail(format!(
-                "PEM block {number} ({label}): no {end_marker} line"
-            ))
-        })?;
-        let block = &block_and_after[..end + end_marker.len()];
-        rest = &block_and_after[end + end_marker.len()..];
+    for (index, block) in blocks.iter().enumerate() {
+        let number = index + 1;
+        let label = block.tag();
         let what = format!("PEM block {number} ({label})");
         match label {
             "PUBLIC KEY" | "RSA PUBLIC KEY" => {}
@@ -564,6 +586,8 @@ fn parse_public_keys(
                 )));
             }
         }
+        // jsonwebtoken reads keys from PEM text; each block is handed over on its own.
+        let block = pem::encode(block);
         if let Ok(key) = DecodingKey::from_rsa_pem(block.as_bytes()) {
             let der = key
                 .try_get_as_bytes()
@@ -590,7 +614,7 @@ fn parse_public_keys(
             return Err(fail(format!("{what}: neither an RSA nor an EC public key")));
         }
     }
-    if number == 0 {
+    if blocks.is_empty() {
         return Err(fail(
             "no PEM block found (expected -----BEGIN PUBLIC KEY-----)".to_owned(),
         ));
@@ -609,7 +633,8 @@ pub fn bearer_credentials(authorization: &str) -> Option<&str> {
 }
 
 /// Why a publish API request was refused.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.message())]
 pub enum ApiKeyRefusal {
     /// No `Authorization: Bearer` header: 401 with `WWW-Authenticate: Bearer`.
     Missing,
@@ -672,14 +697,6 @@ impl ApiKeyRefusal {
         super::publish::error_json(self.code(), self.message())
     }
 }
-
-impl fmt::Display for ApiKeyRefusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.message())
-    }
-}
-
-impl std::error::Error for ApiKeyRefusal {}
 
 /// Checks a publish API request's `Authorization` header.
 ///
@@ -781,7 +798,7 @@ mod tests {
     }
 
     #[track_caller]
-    fn refused(result: Result<Session, AuthRefusal>) -> (HandshakeFailure, AuthFailure, String) {
+    fn refused(result: Result<Admission, AuthRefusal>) -> (HandshakeFailure, AuthFailure, String) {
         let refusal = result.expect_err("expected a refusal");
         (
             refusal.failure,
@@ -797,29 +814,8 @@ mod tests {
     }
 
     fn b64(json: &serde_json::Value) -> String {
-        use base64_url::encode;
-        encode(&json.to_string())
-    }
-
-    /// Minimal base64url (no padding) for hand-built tokens.
-    mod base64_url {
-        pub fn encode(input: &str) -> String {
-            const ALPHABET: &[u8; 64] =
-                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-            let bytes = input.as_bytes();
-            let mut out = String::new();
-            for chunk in bytes.chunks(3) {
-                let n = chunk
-                    .iter()
-                    .enumerate()
-                    .fold(0u32, |acc, (i, &b)| acc | (u32::from(b) << (16 - 8 * i)));
-                let chars = chunk.len() + 1;
-                for i in 0..chars {
-                    out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-                }
-            }
-            out
-        }
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json.to_string())
     }
 
     #[test]
@@ -1275,6 +1271,21 @@ mod tests {
     }
 
     #[test]
+    fn a_truncated_or_mismatched_block_is_refused_not_skipped() {
+        let truncated = [EC_PUBLIC, b"-----BEGIN PUBLIC KEY-----\nAAAA\n"].concat();
+        assert_eq!(
+            with_pem(&truncated).unwrap_err().message,
+            "--token-public-key keys.pem: PEM block 2: no -----END line"
+        );
+        let mismatched = b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
+        let message = with_pem(mismatched).unwrap_err().message;
+        assert!(
+            message.starts_with("--token-public-key keys.pem: malformed PEM: "),
+            "{message}"
+        );
+    }
+
+    #[test]
     fn bad_key_files_name_the_file_and_block() {
         let cases: [(&[u8], &str); 6] = [
             (
@@ -1472,12 +1483,12 @@ mod tests {
     }
 
     #[test]
-    fn session_is_compact() {
+    fn admission_is_compact() {
         assert_eq!(std::mem::size_of::<ChannelGrant>(), 16);
         assert!(
-            std::mem::size_of::<Session>() <= 72,
+            std::mem::size_of::<Admission>() <= 72,
             "{}",
-            std::mem::size_of::<Session>()
+            std::mem::size_of::<Admission>()
         );
     }
 

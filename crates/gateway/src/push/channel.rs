@@ -29,8 +29,6 @@
 //! A prefix must itself be a valid name prefix (same byte rules, no leading `#`); a `*`
 //! anywhere but at the end is not a pattern.
 
-use std::fmt;
-
 /// The channel of per-user deliveries (`POST /v1/publish {"user": ..}`): every
 /// connection authenticated as that user receives them under this channel name.
 /// Clients never subscribe to it; it is implicit for an authenticated connection.
@@ -40,11 +38,13 @@ pub const USER_CHANNEL: &str = "#user";
 pub const MAX_USER_ID_BYTES: usize = 256;
 
 /// Why a string is not a valid channel name (see the module docs for the rules).
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ChannelNameError {
     /// The name is empty.
+    #[error("channel name is empty")]
     Empty,
     /// The name is longer than the limit.
+    #[error("channel name is {len} bytes, the limit is {max}")]
     TooLong {
         /// Its length in bytes.
         len: usize,
@@ -52,8 +52,10 @@ pub enum ChannelNameError {
         max: usize,
     },
     /// The name starts with the reserved `#`.
+    #[error("channel names starting with '#' are reserved")]
     Reserved,
     /// The name contains a byte outside the allowed set.
+    #[error("{}", forbidden_byte(*.index, *.byte))]
     InvalidByte {
         /// Byte offset of the first offending byte.
         index: usize,
@@ -62,35 +64,20 @@ pub enum ChannelNameError {
     },
 }
 
-impl fmt::Display for ChannelNameError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            ChannelNameError::Empty => f.write_str("channel name is empty"),
-            ChannelNameError::TooLong { len, max } => {
-                write!(f, "channel name is {len} bytes, the limit is {max}")
-            }
-            ChannelNameError::Reserved => {
-                f.write_str("channel names starting with '#' are reserved")
-            }
-            ChannelNameError::InvalidByte { index, byte } => {
-                if byte.is_ascii_graphic() {
-                    write!(
-                        f,
-                        "channel name has a forbidden character '{}' at byte {index}",
-                        byte as char
-                    )
-                } else {
-                    write!(
-                        f,
-                        "channel name has a forbidden byte 0x{byte:02x} at byte {index} (allowed: printable ASCII without space, '\"', '\\', '*')"
-                    )
-                }
-            }
-        }
+/// The message of [`ChannelNameError::InvalidByte`]: the character itself when it is
+/// printable, else its value and the allowed set.
+fn forbidden_byte(index: usize, byte: u8) -> String {
+    if byte.is_ascii_graphic() {
+        format!(
+            "channel name has a forbidden character '{}' at byte {index}",
+            byte as char
+        )
+    } else {
+        format!(
+            "channel name has a forbidden byte 0x{byte:02x} at byte {index} (allowed: printable ASCII without space, '\"', '\\', '*')"
+        )
     }
 }
-
-impl std::error::Error for ChannelNameError {}
 
 /// Whether `byte` may appear in a channel name (anywhere; `#` is only refused first).
 const fn is_name_byte(byte: u8) -> bool {
@@ -139,35 +126,21 @@ fn validate_name_bytes(
 }
 
 /// Why a string is not a valid user id.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum UserIdError {
     /// The id is empty.
+    #[error("user id is empty")]
     Empty,
     /// The id is longer than [`MAX_USER_ID_BYTES`].
+    #[error("user id is {len} bytes, the limit is {max}", max = MAX_USER_ID_BYTES)]
     TooLong {
         /// Its length in bytes.
         len: usize,
     },
     /// The id contains a control character (U+0000..U+001F or U+007F..U+009F).
+    #[error("user id contains a control character")]
     ControlCharacter,
 }
-
-impl fmt::Display for UserIdError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            UserIdError::Empty => f.write_str("user id is empty"),
-            UserIdError::TooLong { len } => {
-                write!(
-                    f,
-                    "user id is {len} bytes, the limit is {MAX_USER_ID_BYTES}"
-                )
-            }
-            UserIdError::ControlCharacter => f.write_str("user id contains a control character"),
-        }
-    }
-}
-
-impl std::error::Error for UserIdError {}
 
 /// Checks a user id (a token's `sub`, a publish's `user`): 1 to [`MAX_USER_ID_BYTES`]
 /// bytes of UTF-8 without control characters. Any other character is allowed; ids
@@ -201,25 +174,14 @@ pub enum ChannelGrant {
 }
 
 /// Why a pattern in a `channels` claim was refused.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("channels[{index}] is not a valid channel pattern: {problem}")]
 pub struct PatternError {
     /// Position of the pattern in the claim list.
     pub index: usize,
     /// What is wrong with it.
     pub problem: ChannelNameError,
 }
-
-impl fmt::Display for PatternError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "channels[{}] is not a valid channel pattern: {}",
-            self.index, self.problem
-        )
-    }
-}
-
-impl std::error::Error for PatternError {}
 
 impl ChannelGrant {
     /// A grant of every channel.

@@ -152,7 +152,8 @@ impl ClientRequest<'_> {
 
 /// A refused client message: the code, a human-readable message, and the request's
 /// `id` when it could be read.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{code}: {message}")]
 pub struct ClientError<'a> {
     /// The stable error code.
     pub code: ErrorCode,
@@ -212,14 +213,6 @@ impl<'a> ClientError<'a> {
         }
     }
 }
-
-impl fmt::Display for ClientError<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.code, self.message)
-    }
-}
-
-impl std::error::Error for ClientError<'_> {}
 
 /// The fields of a client message, each kept as raw JSON so a wrong type becomes a
 /// precise `bad_request` instead of a generic deserialization error. Unknown fields
@@ -490,27 +483,6 @@ fn needs_no_json_escape(s: &str) -> bool {
     s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\')
 }
 
-/// Appends `n` in decimal to `out`, without allocating.
-fn push_decimal(n: u64, out: &mut Vec<u8>) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut rest = n;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
-}
-
-/// Number of decimal digits of `n`.
-fn decimal_digits(n: u64) -> usize {
-    n.checked_ilog10().map_or(1, |log| log as usize + 1)
-}
-
 /// Encodes one delivery, `{"channel":<channel>,"seq":<seq>,"data":<data>}`, as one
 /// complete unmasked WebSocket text frame in a single allocation of exactly its size.
 ///
@@ -532,10 +504,12 @@ pub fn encode_delivery(channel: &str, seq: u64, data: &RawValue) -> Bytes {
     const DATA: &[u8] = br#","data":"#;
     const TAIL: &[u8] = b"}";
     let data = data.get().as_bytes();
+    let mut digits = itoa::Buffer::new();
+    let seq_digits = digits.format(seq).as_bytes();
     let payload_len = HEAD.len()
         + channel_json.len()
         + SEQ.len()
-        + decimal_digits(seq)
+        + seq_digits.len()
         + DATA.len()
         + data.len()
         + TAIL.len();
@@ -546,7 +520,7 @@ pub fn encode_delivery(channel: &str, seq: u64, data: &RawValue) -> Bytes {
     frame.extend_from_slice(HEAD);
     frame.extend_from_slice(channel_json.as_bytes());
     frame.extend_from_slice(SEQ);
-    push_decimal(seq, &mut frame);
+    frame.extend_from_slice(seq_digits);
     frame.extend_from_slice(DATA);
     frame.extend_from_slice(data);
     frame.extend_from_slice(TAIL);
@@ -962,12 +936,15 @@ mod tests {
     }
 
     #[test]
-    fn decimal_digit_counts() {
+    fn delivery_seq_is_written_in_decimal_at_every_width() {
+        let data = RawValue::from_string("1".to_owned()).unwrap();
         for n in [0, 1, 9, 10, 99, 100, 12345, u64::MAX] {
-            assert_eq!(decimal_digits(n), n.to_string().len(), "{n}");
-            let mut out = Vec::new();
-            push_decimal(n, &mut out);
-            assert_eq!(out, n.to_string().as_bytes());
+            let frame = encode_delivery("c", n, &data);
+            let (_, _, _, payload) = decode_frame(&frame);
+            assert_eq!(
+                payload,
+                format!(r#"{{"channel":"c","seq":{n},"data":1}}"#).as_bytes()
+            );
         }
     }
 

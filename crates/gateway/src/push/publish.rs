@@ -25,7 +25,6 @@
 
 use std::borrow::Cow;
 use std::collections::HashSet;
-use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
@@ -115,9 +114,10 @@ pub enum PublishRequest<'a> {
 }
 
 /// A refused publish request: 400 or 413, with a JSON body naming the problem.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PublishError {
     /// The body is larger than `max_publish_body`: 413.
+    #[error("request body is {len} bytes, the limit is {max}")]
     BodyTooLarge {
         /// The body's length (or its announced `Content-Length`), in bytes.
         len: u64,
@@ -126,6 +126,7 @@ pub enum PublishError {
     },
     /// The body is not a valid request for the route: 400. The message names the
     /// field (and the index within a list) that is wrong.
+    #[error("{0}")]
     BadRequest(String),
 }
 
@@ -155,19 +156,6 @@ impl PublishError {
         error_json(self.code(), &self.to_string())
     }
 }
-
-impl fmt::Display for PublishError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            PublishError::BodyTooLarge { len, max } => {
-                write!(f, "request body is {len} bytes, the limit is {max}")
-            }
-            PublishError::BadRequest(message) => f.write_str(message),
-        }
-    }
-}
-
-impl std::error::Error for PublishError {}
 
 /// `{"error":<code>,"message":<message>}`, the shape of every publish API error reply.
 pub fn error_json(code: &str, message: &str) -> String {
@@ -512,7 +500,7 @@ mod tests {
         parse_publish(body.as_bytes(), &limits())
     }
 
-    fn bad(result: Result<impl fmt::Debug, PublishError>) -> String {
+    fn bad(result: Result<impl std::fmt::Debug, PublishError>) -> String {
         match result {
             Err(PublishError::BadRequest(message)) => message,
             other => panic!("expected a 400, got {other:?}"),

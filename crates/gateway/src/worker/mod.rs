@@ -3,7 +3,8 @@
 //! One [`Worker`] runs per core on its own thread with its own `mio::Poll`, its own
 //! `SO_REUSEPORT` listener, its own [`Slab`] of connections and its own timer
 //! [`Wheel`]. Nothing is shared with other workers on the per-event path; the only
-//! cross-thread input is a command channel paired with a `mio::Waker`.
+//! cross-thread input is a command channel paired with a `mio::Waker`: the
+//! mailbox in [`link`].
 //!
 //! # One loop iteration
 //!
@@ -16,7 +17,7 @@
 //! 4. after every state-machine call, *settle* the connection: act on its
 //!    events, write its output (`send`/`sendmsg`, until `WouldBlock`), shut down / drop the
 //!    socket when the machine says so, and re-file its **single wheel entry** when its
-//!    next deadline moved.
+//!    next deadline moved (`pingwheel_conn::timer`: the tick, ping slack included).
 //!
 //! Sockets are registered once for both readable and writable, edge-triggered, and
 //! never re-registered: a writable edge only arrives after the kernel's send buffer
@@ -28,8 +29,7 @@
 use std::io::{self, IoSlice, Read};
 use std::net::Shutdown;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::mpsc::TryRecvError;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -40,16 +40,20 @@ use slab::Slab;
 use tracing::{debug, error, info, warn};
 use wheel::{TimerKey, Wheel};
 
-use crate::clock::TickClock;
+use self::link::{Command, Inbox, WorkerLink};
+use crate::conn::clock::TickClock;
 use crate::conn::keepalive::PongOutcome;
+use crate::conn::timer;
 use crate::conn::{CloseReason, Conn, ConnConfig, ConnEvent};
-use crate::hub::{Delivery, SubscriberCounts};
+use crate::fanout::counts::CountSender;
+use crate::fanout::local::LocalFanout;
+use crate::fanout::session::Session;
 use crate::metrics::{ApiMetrics, WorkerMetrics};
 use crate::push::PushLimits;
 use crate::push::auth::Authenticator;
-use crate::session::{Session, Subscribers};
 use crate::token::{ConnId, LISTENER, WAKER};
 
+pub mod link;
 mod push;
 
 /// Connections accepted per loop iteration before other work gets a turn.
@@ -80,45 +84,6 @@ pub struct WorkerSettings {
     pub read_buffer_size: usize,
 }
 
-/// Commands from other threads.
-#[derive(Debug)]
-pub enum Command {
-    /// Stop accepting, close every connection with 1001, and return once all are gone
-    /// or `deadline` passes.
-    Shutdown {
-        /// When to give up on closing handshakes.
-        deadline: Instant,
-    },
-    /// Queue these publishes for the local subscribers, in order.
-    Deliver(Arc<[Delivery]>),
-}
-
-/// A worker's inbox: its command channel plus its waker. Cheap to clone; the hub holds
-/// one per worker.
-///
-/// Wake-ups are coalesced: the sender wakes the worker only if no wake-up is pending
-/// yet, and the worker clears the flag *before* draining its channel, so no command is
-/// ever left unnoticed and a burst of publishes costs one `eventfd` write.
-#[derive(Clone, Debug)]
-pub struct WorkerLink {
-    commands: Sender<Command>,
-    waker: Arc<Waker>,
-    wake_pending: Arc<AtomicBool>,
-}
-
-impl WorkerLink {
-    /// Sends `command` and wakes the worker. Returns false if the worker has exited.
-    pub fn send(&self, command: Command) -> bool {
-        if self.commands.send(command).is_err() {
-            return false;
-        }
-        if !self.wake_pending.swap(true, Ordering::AcqRel) {
-            return self.waker.wake().is_ok();
-        }
-        true
-    }
-}
-
 /// What the push layer needs in every worker.
 #[derive(Clone, Debug)]
 pub struct PushContext {
@@ -126,8 +91,8 @@ pub struct PushContext {
     pub auth: Arc<Authenticator>,
     /// Abuse limits.
     pub limits: PushLimits,
-    /// Process-wide subscriber counts, for the publish API's replies.
-    pub counts: Arc<SubscriberCounts>,
+    /// Where subscribes and unsubscribes are reported, for the publish API's replies.
+    pub counts: CountSender,
 }
 
 /// The other threads' handle on a running worker.
@@ -176,38 +141,20 @@ pub fn spawn(
     metrics: WorkerMetrics,
     push: PushContext,
 ) -> io::Result<WorkerHandle> {
-    let (tx, rx) = mpsc::channel();
     let poll = Poll::new()?;
-    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-    let wake_pending = Arc::new(AtomicBool::new(false));
+    let (link, inbox) = link::mailbox(Waker::new(poll.registry(), WAKER)?);
     let mut listener = TcpListener::from_std(listener);
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)?;
     let name = format!("pingwheel-worker-{}", settings.id);
-    let inbox = Inbox {
-        commands: rx,
-        wake_pending: Arc::clone(&wake_pending),
-    };
     let worker = Worker::new(settings, poll, listener, inbox, metrics, push);
     let thread = std::thread::Builder::new()
         .name(name)
         .spawn(move || worker.run())?;
-    let link = WorkerLink {
-        commands: tx,
-        waker,
-        wake_pending,
-    };
     Ok(WorkerHandle {
         link,
         thread: Some(thread),
     })
-}
-
-/// The receiving end of a [`WorkerLink`].
-#[derive(Debug)]
-struct Inbox {
-    commands: Receiver<Command>,
-    wake_pending: Arc<AtomicBool>,
 }
 
 /// One connection's slot in the slab.
@@ -256,14 +203,11 @@ pub struct Worker {
     /// Auth failures share the process-wide series of the publish API.
     api_metrics: ApiMetrics,
     push: PushContext,
-    /// Channel → connections and user → connections on this worker.
-    subscribers: Subscribers,
+    /// Channel → connections and user → connections on this worker, kept in step with
+    /// the sessions and the hub's counts.
+    fanout: LocalFanout,
     /// Connections with deliveries queued in the current command batch (reused).
     dirty: Vec<ConnId>,
-    /// A copy of one channel's subscriber list while delivering to it (reused).
-    scratch: Vec<ConnId>,
-    /// Publish-accepted instants of the deliveries in the current batch (reused).
-    delivered_at: Vec<Instant>,
 }
 
 impl Worker {
@@ -294,11 +238,9 @@ impl Worker {
             drain_deadline: None,
             metrics,
             api_metrics: ApiMetrics::new(),
+            fanout: LocalFanout::new(push.counts.clone()),
             push,
-            subscribers: Subscribers::default(),
             dirty: Vec::new(),
-            scratch: Vec::new(),
-            delivered_at: Vec::new(),
         }
     }
 
@@ -348,10 +290,10 @@ impl Worker {
             self.metrics.timers.set(self.wheel.len() as f64);
             self.metrics
                 .subscriptions
-                .set(self.subscribers.subscription_count() as f64);
+                .set(self.fanout.subscription_count() as f64);
             self.metrics
                 .channels
-                .set(self.subscribers.channel_count() as f64);
+                .set(self.fanout.channel_count() as f64);
             if let Some(deadline) = self.drain_deadline
                 && (self.conns.is_empty() || now >= deadline)
             {
@@ -457,10 +399,9 @@ impl Worker {
     // ---- commands ----
 
     fn run_commands(&mut self, now: Instant) {
-        // Clear first: a command sent from here on wakes us again (see `WorkerLink`).
-        self.inbox.wake_pending.store(false, Ordering::Release);
+        self.inbox.woken();
         loop {
-            match self.inbox.commands.try_recv() {
+            match self.inbox.try_recv() {
                 Ok(Command::Shutdown { deadline }) => self.begin_drain(now, deadline),
                 Ok(Command::Deliver(batch)) => self.deliver(&batch, now),
                 Err(TryRecvError::Empty) => break,
@@ -627,35 +568,15 @@ impl Worker {
                 self.wheel.cancel(key);
             }
             if let Some(session) = slot.session {
-                self.forget_session(id, &session);
+                self.fanout.leave(id, *session);
             }
             // Dropping the socket closes it and removes it from epoll.
             return;
         }
-        // Ping deadlines may be served a little late (the ping slack): filing them
-        // on a coarser grid sends many connections' pings in one wake-up.
-        let slack = slot.conn.timeout_slack(&self.settings.conn);
-        let due = slot
-            .conn
-            .poll_timeout(&self.settings.conn)
-            .map(|t| self.clock.deadline_tick_with_slack(t, slack));
-        match (slot.timer, due) {
-            (Some(key), Some(tick)) => {
-                if self.wheel.deadline(key) != Some(tick) {
-                    let live = self.wheel.reset(key, tick);
-                    debug_assert!(
-                        live,
-                        "a slot's timer key is live until it fires or is cancelled"
-                    );
-                }
-            }
-            (None, Some(tick)) => slot.timer = Some(self.wheel.insert(tick, id)),
-            (Some(key), None) => {
-                self.wheel.cancel(key);
-                slot.timer = None;
-            }
-            (None, None) => {}
-        }
+        // Ping deadlines are filed on the ping-slack grid, so many connections' pings
+        // go out in one wake-up; the wheel is touched only when the tick moved.
+        let due = timer::due_tick(&slot.conn, &self.settings.conn, &self.clock);
+        timer::refile(&mut self.wheel, &mut slot.timer, due, id);
     }
 
     /// Acts on the events the connection pushed (and any they lead to).
@@ -692,14 +613,7 @@ impl Worker {
                     m.ping_rtt.record(rtt.as_secs_f64());
                 }
             }
-            ConnEvent::Closed(reason) => {
-                m.connections_closed[reason.index()].increment(1);
-                match reason {
-                    CloseReason::PingTimeout => m.ping_timeouts.increment(1),
-                    CloseReason::SlowConsumer => m.slow_consumer_disconnects.increment(1),
-                    _ => {}
-                }
-            }
+            ConnEvent::Closed(reason) => count_closed(m, reason),
         }
     }
 
@@ -736,6 +650,16 @@ impl Worker {
             self.settle(id, now);
         }
         self.fired = fired;
+    }
+}
+
+/// Counts a connection's close under its reason.
+fn count_closed(m: &WorkerMetrics, reason: CloseReason) {
+    m.connections_closed[reason.index()].increment(1);
+    match reason {
+        CloseReason::PingTimeout => m.ping_timeouts.increment(1),
+        CloseReason::SlowConsumer => m.slow_consumer_disconnects.increment(1),
+        _ => {}
     }
 }
 

@@ -1,21 +1,20 @@
-//! The push half of a worker: authentication at the upgrade, client ops, and the
-//! delivery of publishes to local subscribers. Same event loop, same rules: no locks
-//! on the per-event path (the subscriber counts are touched only on subscribe and
-//! unsubscribe), and deliveries are written once per connection per command batch.
+//! The push half of a worker: authentication at the upgrade, client ops, and handing
+//! publishes to the local subscribers. Same event loop, same rules: no locks on the
+//! per-event path (subscriptions go through the worker's own
+//! [`LocalFanout`](crate::fanout::local::LocalFanout)), and deliveries are written once
+//! per connection per command batch.
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-
-use super::{Slot, Worker};
+use super::link::Delivery;
+use super::{Slot, Worker, count_closed};
 use crate::conn::{CloseReason, Conn, ConnEvent, Message, UpgradeRequest};
-use crate::hub::{Delivery, DeliveryTarget};
+use crate::fanout::session::Session;
 use crate::push::channel::ChannelGrant;
 use crate::push::protocol::{
     ClientError, ClientOp, InboundRateLimit, RateDecision, Reply, authorize_subscribe,
     encode_reply, parse_client_message,
 };
-use crate::session::Session;
 use crate::token::ConnId;
 
 impl Worker {
@@ -61,24 +60,10 @@ impl Worker {
                 if anonymous && self.push.auth.dev_mode() {
                     return; // nothing to remember until it subscribes
                 }
-                let mut session = Box::new(Session {
-                    user: granted.user,
-                    grant: granted.grant,
-                    channels: Vec::with_capacity(granted.initial_channels.len()),
-                    rate: InboundRateLimit::new(now_ms, &self.push.limits),
-                });
-                for channel in &granted.initial_channels {
-                    if !session.is_subscribed(channel) {
-                        session
-                            .channels
-                            .push(self.subscribers.subscribe(channel, id));
-                        self.push.counts.add_channel(channel);
-                    }
-                }
-                if let Some(user) = &session.user {
-                    self.subscribers.add_user(user, id);
-                    self.push.counts.add_user(user);
-                }
+                let rate = InboundRateLimit::new(now_ms, &self.push.limits);
+                let mut session = Box::new(Session::new(granted.user, granted.grant, rate));
+                self.fanout
+                    .join(id, &mut session, &granted.initial_channels);
                 slot.session = Some(session);
             }
         }
@@ -97,12 +82,8 @@ impl Worker {
         }
         // Only dev mode has session-less connections: anonymous, any channel.
         let session = session.get_or_insert_with(|| {
-            Box::new(Session {
-                user: None,
-                grant: ChannelGrant::any(),
-                channels: Vec::new(),
-                rate: InboundRateLimit::new(now_ms, limits),
-            })
+            let rate = InboundRateLimit::new(now_ms, limits);
+            Box::new(Session::new(None, ChannelGrant::any(), rate))
         });
         let events = &mut self.events;
         let reply = |conn: &mut Conn, events: &mut Vec<ConnEvent>, reply: &Reply<'_>| {
@@ -128,44 +109,24 @@ impl Worker {
         match &request.op {
             ClientOp::Subscribe { channel } => {
                 let already = session.is_subscribed(channel);
-                let count = session.channels.len();
+                let count = session.subscription_count();
                 let grant = &session.grant;
                 if let Err(error) =
                     authorize_subscribe(grant, channel, already, count, limits, request.id)
                 {
                     return reply(conn, events, &error.reply());
                 }
-                if !already {
-                    session
-                        .channels
-                        .push(self.subscribers.subscribe(channel, id));
-                    self.push.counts.add_channel(channel);
-                }
+                self.fanout.subscribe(id, session, channel);
             }
             ClientOp::Unsubscribe { channel } => {
-                let Some(pos) = session.channels.iter().position(|c| **c == **channel) else {
+                if !self.fanout.unsubscribe(id, session, channel) {
                     let error = ClientError::not_subscribed(channel, request.id);
                     return reply(conn, events, &error.reply());
-                };
-                session.channels.remove(pos);
-                self.subscribers.unsubscribe(channel, id);
-                self.push.counts.remove_channel(channel);
+                }
             }
             ClientOp::Ping => {}
         }
         reply(conn, events, &request.ack());
-    }
-
-    /// Removes a departing connection from the indexes and counts.
-    pub(super) fn forget_session(&mut self, id: ConnId, session: &Session) {
-        for channel in &session.channels {
-            self.subscribers.unsubscribe(channel, id);
-            self.push.counts.remove_channel(channel);
-        }
-        if let Some(user) = &session.user {
-            self.subscribers.remove_user(user, id);
-            self.push.counts.remove_user(user);
-        }
     }
 
     /// Queues every delivery of `batch` for its local subscribers. The writes happen
@@ -175,47 +136,37 @@ impl Worker {
         if self.drain_deadline.is_some() {
             return;
         }
-        for delivery in batch {
-            let ids = match &delivery.target {
-                DeliveryTarget::Channel(channel) => self.subscribers.channel(channel),
-                DeliveryTarget::User(user) => self.subscribers.user(user),
+        let Worker {
+            fanout,
+            conns,
+            settings,
+            events,
+            metrics,
+            dirty,
+            ..
+        } = self;
+        let queued = fanout.deliver(batch, |id, frame| {
+            let Some(slot) = conns.get_mut(id.index as usize) else {
+                return false;
             };
-            if ids.is_empty() {
-                continue;
+            if slot.generation != id.generation {
+                return false;
             }
-            let mut scratch = std::mem::take(&mut self.scratch);
-            scratch.clear();
-            scratch.extend_from_slice(ids);
-            // One worker-local reference count for all local subscribers, so workers
-            // never contend on the shared frame's counter once per subscriber.
-            let frame = Bytes::from_owner(delivery.frame.clone());
-            let mut queued = 0;
-            for &id in &scratch {
-                let Some(slot) = self.conns.get_mut(id.index as usize) else {
-                    continue;
-                };
-                if slot.generation != id.generation {
-                    continue;
-                }
-                if slot
-                    .conn
-                    .send(&self.settings.conn, now, frame.clone(), &mut self.events)
-                {
-                    queued += 1;
-                }
-                if !slot.dirty {
-                    slot.dirty = true;
-                    self.dirty.push(id);
-                }
-                if !self.events.is_empty() {
-                    // A slow consumer was just closed: count it now.
-                    self.handle_events(id, now);
+            let queued = slot.conn.send(&settings.conn, now, frame, events);
+            if !slot.dirty {
+                slot.dirty = true;
+                dirty.push(id);
+            }
+            // `send` emits nothing but a slow consumer's close: count it now.
+            for event in events.drain(..) {
+                match event {
+                    ConnEvent::Closed(reason) => count_closed(metrics, reason),
+                    other => debug_assert!(false, "Conn::send emitted {other:?}"),
                 }
             }
-            self.scratch = scratch;
-            self.metrics.deliveries.increment(queued);
-            self.delivered_at.push(delivery.accepted_at);
-        }
+            queued
+        });
+        metrics.deliveries.increment(queued);
     }
 
     /// Writes out every connection that got deliveries in this batch, once each.
@@ -234,7 +185,7 @@ impl Worker {
         }
         self.dirty = dirty;
         let written = Instant::now();
-        for accepted in self.delivered_at.drain(..) {
+        for accepted in self.fanout.take_accepted() {
             let lag = written.saturating_duration_since(accepted);
             self.metrics.delivery_lag.record(lag.as_secs_f64());
         }

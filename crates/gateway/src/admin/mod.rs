@@ -4,24 +4,34 @@
 //! `hyper`'s HTTP/1.1 server; the workers never see it. Connections are kept alive, so a
 //! publisher can send many requests over one socket.
 //!
+//! | file | what |
+//! |---|---|
+//! | `mod.rs` | the thread, the accept loop, graceful stop, and routing ([`route`]) |
+//! | [`http`] | the body type, size-limited body reads, response builders |
+//! | [`publish`] | the `/v1/*` publish routes |
+//!
 //! # Routes
 //!
 //! | method | path | answer |
 //! |---|---|---|
 //! | `GET`, `HEAD` | `/metrics` | 200, Prometheus text format 0.0.4 |
 //! | `GET`, `HEAD` | `/healthz` | 200 `ok`, or 503 `draining` once [`AdminState::set_draining`] |
-//! | `POST` | `/v1/publish`, `/v1/broadcast`, `/v1/batch` | the publish API ([`crate::publish_api`]) |
+//! | `POST` | `/v1/publish`, `/v1/broadcast`, `/v1/batch` | the publish API ([`publish`]) |
 //! | other | known path | 405 with `Allow` |
 //! | any | other path | 404 |
 //!
 //! New routes are new arms in [`route`]'s `match (method, path)`. A route that reads a
-//! request body must use [`read_body`], which enforces a size limit (413 when exceeded).
+//! request body must use [`http::read_body`], which enforces a size limit (413 when exceeded).
 //!
 //! # Upkeep
 //!
 //! The thread also calls [`PrometheusHandle::run_upkeep`] every
 //! [`metrics::UPKEEP_INTERVAL`](crate::metrics::UPKEEP_INTERVAL), which drains histogram
-//! samples even when nobody scrapes.
+//! samples even when nobody scrapes, and folds the subscriber changes the workers
+//! reported every [`FOLD_INTERVAL`], so they do not pile up while nobody publishes.
+
+pub mod http;
+pub mod publish;
 
 use std::convert::Infallible;
 use std::io;
@@ -31,10 +41,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use hyper::body::{Body, Incoming};
-use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -43,8 +50,10 @@ use hyper_util::server::graceful::GracefulShutdown;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::oneshot;
 
+use self::http::{AdminBody, method_not_allowed, plain, respond};
+use self::publish::PublishApi;
+use crate::fanout::counts::FOLD_INTERVAL;
 use crate::metrics::UPKEEP_INTERVAL;
-use crate::publish_api::PublishApi;
 use crate::push::publish::PublishRoute;
 
 /// Content type of the Prometheus text exposition format.
@@ -60,9 +69,6 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// After an `accept` error such as EMFILE, wait this long before accepting again instead
 /// of spinning.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
-
-/// The response body type of every route.
-pub type AdminBody = Full<Bytes>;
 
 /// What the admin routes need, shared with the rest of the process.
 #[derive(Debug)]
@@ -100,6 +106,14 @@ impl AdminState {
     /// Marks the process as draining (or not); `/healthz` reflects it immediately.
     pub fn set_draining(&self, draining: bool) {
         self.draining.store(draining, Ordering::Release);
+    }
+
+    /// Folds the subscriber changes the workers reported into the publish API's counts
+    /// (see [`crate::fanout::counts`]).
+    pub fn fold_subscriber_counts(&self) {
+        if let Some(api) = &self.publish {
+            api.hub.fold_counts();
+        }
     }
 
     /// Whether the process is draining.
@@ -199,12 +213,15 @@ async fn serve(
     let graceful = GracefulShutdown::new();
     let mut upkeep = tokio::time::interval(UPKEEP_INTERVAL);
     upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut fold = tokio::time::interval(FOLD_INTERVAL);
+    fold.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
         tokio::select! {
             // A send or a dropped sender both mean stop.
             _ = &mut stop => break,
             _ = upkeep.tick() => state.metrics.run_upkeep(),
+            _ = fold.tick(), if state.publish.is_some() => state.fold_subscriber_counts(),
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     // Responses are written in one go; don't let Nagle hold the tail.
@@ -269,95 +286,6 @@ pub async fn route(state: &AdminState, request: Request<Incoming>) -> Response<A
         (_, "/healthz") => method_not_allowed("GET, HEAD"),
         _ => plain(StatusCode::NOT_FOUND, "not found\n"),
     }
-}
-
-/// Why a request body could not be read.
-#[derive(Debug)]
-pub enum BodyError {
-    /// The body is longer than the limit: answer 413.
-    TooLarge {
-        /// The limit that was exceeded, in bytes.
-        limit: usize,
-    },
-    /// The connection failed or the body was malformed mid-read: answer 400 (if the
-    /// connection still can).
-    Read(Box<dyn std::error::Error + Send + Sync>),
-}
-
-impl BodyError {
-    /// The status to answer with.
-    pub fn status(&self) -> StatusCode {
-        match self {
-            BodyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            BodyError::Read(_) => StatusCode::BAD_REQUEST,
-        }
-    }
-
-    /// A plain-text response for this error.
-    pub fn to_response(&self) -> Response<AdminBody> {
-        let message = match self {
-            BodyError::TooLarge { limit } => format!("request body exceeds {limit} bytes\n"),
-            BodyError::Read(err) => format!("cannot read request body: {err}\n"),
-        };
-        respond(self.status(), "text/plain; charset=utf-8", message)
-    }
-}
-
-impl std::fmt::Display for BodyError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            BodyError::TooLarge { limit } => write!(f, "request body exceeds {limit} bytes"),
-            BodyError::Read(err) => write!(f, "cannot read request body: {err}"),
-        }
-    }
-}
-
-impl std::error::Error for BodyError {}
-
-/// Reads a whole request body, failing with [`BodyError::TooLarge`] as soon as more than
-/// `limit` bytes have arrived (nothing past the limit is buffered).
-///
-/// # Errors
-///
-/// See [`BodyError`].
-pub async fn read_body<B>(body: B, limit: usize) -> Result<Bytes, BodyError>
-where
-    B: Body,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<LengthLimitError>() => Err(BodyError::TooLarge { limit }),
-        Err(err) => Err(BodyError::Read(err)),
-    }
-}
-
-/// A response with `status`, `content_type` and `body`.
-pub fn respond(
-    status: StatusCode,
-    content_type: &'static str,
-    body: impl Into<Bytes>,
-) -> Response<AdminBody> {
-    let mut response = Response::new(Full::new(body.into()));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    response
-}
-
-/// A short `text/plain` response.
-pub fn plain(status: StatusCode, body: &'static str) -> Response<AdminBody> {
-    respond(status, "text/plain; charset=utf-8", body)
-}
-
-/// 405 with `Allow: <allow>`.
-pub fn method_not_allowed(allow: &'static str) -> Response<AdminBody> {
-    let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-    response
-        .headers_mut()
-        .insert(ALLOW, HeaderValue::from_static(allow));
-    response
 }
 
 #[cfg(test)]
@@ -520,24 +448,5 @@ mod tests {
         drop(handle);
         let refused = TcpStream::connect(addr);
         assert!(refused.is_err(), "the listener is closed after drop");
-    }
-
-    #[test]
-    fn read_body_enforces_the_limit() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("runtime");
-        runtime.block_on(async {
-            let body = Full::new(Bytes::from_static(b"0123456789"));
-            let bytes = read_body(body.clone(), 10)
-                .await
-                .expect("exactly at the limit");
-            assert_eq!(&bytes[..], b"0123456789");
-
-            let err = read_body(body, 9).await.expect_err("one byte over");
-            assert!(matches!(err, BodyError::TooLarge { limit: 9 }), "{err:?}");
-            assert_eq!(err.status(), StatusCode::PAYLOAD_TOO_LARGE);
-            assert_eq!(err.to_response().status(), StatusCode::PAYLOAD_TOO_LARGE);
-        });
     }
 }

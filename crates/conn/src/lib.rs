@@ -1,8 +1,19 @@
-//! The sans-IO per-connection WebSocket state machine.
+//! The sans-IO per-connection WebSocket state machine of pingwheel.
 //!
 //! Bytes and `now` go in; bytes to send, the next deadline and events come out.
-//! Nothing here reads a clock or touches a socket: the worker
-//! ([`crate::worker`]) does both, and tests drive a [`Conn`] with a fake clock.
+//! Nothing here reads a clock or touches a socket: the gateway's worker
+//! (`crates/gateway/src/worker/`) does both, and tests drive a [`Conn`] with a fake
+//! clock. The crate's dependencies keep it that way: `pingwheel-proto`, `bytes`,
+//! tungstenite's frame types and the (std-only) timer wheel, nothing with a runtime, a
+//! socket, metrics or logging.
+//!
+//! | module | what |
+//! |---|---|
+//! | this one | [`Conn`], [`ConnConfig`], [`ConnEvent`], the lifecycle below |
+//! | [`keepalive`] | **where pings are scheduled**: interval, timeout, jitter, slack |
+//! | [`outbound`] | the per-connection output queue of whole frames |
+//! | [`clock`] | [`clock::TickClock`]: `Instant` ↔ wheel [`wheel::Tick`], deadlines rounded up |
+//! | [`timer`] | the connection's one wheel entry: the tick its next deadline is filed under (ping slack included), re-filed only when it moved |
 //!
 //! # Calling a `Conn` (quinn-proto's taxonomy)
 //!
@@ -40,8 +51,14 @@
 //! worker's vector, and the settings ([`ConnConfig`]) are passed by reference on every
 //! call instead of being stored per connection.
 
+#![deny(missing_docs, missing_debug_implementations, rust_2018_idioms)]
+#![forbid(unsafe_code)]
+#![doc(test(attr(deny(warnings))))]
+
+pub mod clock;
 pub mod keepalive;
 pub mod outbound;
+pub mod timer;
 
 use std::io::{self, IoSlice};
 use std::time::{Duration, Instant};

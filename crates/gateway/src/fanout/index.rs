@@ -1,44 +1,16 @@
-//! Per-connection push state and each worker's subscription index.
+//! Each worker's subscription index: channel → connections and user → connections.
 //!
-//! Pure data structures, owned by one worker: no locks, no IO.
+//! A pure data structure, owned by one worker: no locks, no IO. A channel name is stored
+//! once per worker (an `Arc<str>` shared by the index and every session on it).
 //!
-//! * A [`Session`] is boxed into a connection's slot only when it is needed — when the
-//!   connection has a user id, a subscription, or has sent a message — so the idle
-//!   anonymous connections of a keepalive benchmark carry nothing but a `None`.
-//! * [`Subscribers`] maps channel → connections and user → connections on this worker.
-//!   A channel name is stored once per worker (an `Arc<str>` shared by the index and
-//!   every session on it).
-//!
-//! Invariant (kept by the worker): a connection appears in `Subscribers` under channel
-//! `c` exactly when its session lists `c`, and under user `u` exactly when its session's
-//! user is `u`; the worker removes both when the connection goes.
+//! Invariant (kept by [`LocalFanout`](super::local::LocalFanout), the index's only
+//! user): a connection appears under channel `c` exactly when its session lists `c`,
+//! and under user `u` exactly when its session's user is `u`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::push::channel::ChannelGrant;
-use crate::push::protocol::InboundRateLimit;
 use crate::token::ConnId;
-
-/// What the push layer knows about one connection.
-#[derive(Debug)]
-pub struct Session {
-    /// The token's `sub` (or the dev-mode `?user=`): per-user deliveries come here.
-    pub user: Option<Box<str>>,
-    /// Channel patterns the connection may subscribe to.
-    pub grant: ChannelGrant,
-    /// Channels subscribed to, in subscription order.
-    pub channels: Vec<Arc<str>>,
-    /// Inbound message rate limit.
-    pub rate: InboundRateLimit,
-}
-
-impl Session {
-    /// True if the session is subscribed to `channel`.
-    pub fn is_subscribed(&self, channel: &str) -> bool {
-        self.channels.iter().any(|c| &**c == channel)
-    }
-}
 
 /// This worker's channel → connections and user → connections index.
 #[derive(Debug, Default)]

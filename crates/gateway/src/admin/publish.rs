@@ -11,9 +11,9 @@ use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, HeaderValue, WWW_AUTHENTICATE
 use hyper::{Request, Response, StatusCode};
 use serde_json::value::RawValue;
 
-use crate::admin::{AdminBody, BodyError, read_body, respond};
+use super::http::{AdminBody, BodyError, read_body, respond};
 use crate::config::Secret;
-use crate::hub::Hub;
+use crate::fanout::hub::Hub;
 use crate::metrics::ApiMetrics;
 use crate::push::PushLimits;
 use crate::push::auth::check_api_key;
