@@ -18,6 +18,7 @@
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -133,10 +134,13 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     };
 
     let mut handles = Vec::with_capacity(workers);
+    // Each worker closes the later workers' listeners in its private descriptor table.
+    let listener_fds: Vec<RawFd> = listeners.iter().map(AsRawFd::as_raw_fd).collect();
     for (id, listener) in listeners.into_iter().enumerate() {
         let handle = worker::spawn(
             config.worker(id),
             listener,
+            &listener_fds[id + 1..],
             WorkerMetrics::new(id),
             push.clone(),
         )

@@ -25,11 +25,16 @@
 //!
 //! The push layer's work in the loop (authentication at the upgrade, client ops,
 //! deliveries) lives in `worker/push.rs`.
+//!
+//! On Linux each worker thread runs on its own private descriptor table (`worker/fdtable.rs`):
+//! its socket syscalls then take the kernel's single-owner path, and the open-files
+//! limit applies to each worker separately.
 
 use std::io::{self, IoSlice, Read};
 use std::net::Shutdown;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
-use std::sync::mpsc::TryRecvError;
+use std::sync::mpsc::{self, TryRecvError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -53,6 +58,7 @@ use crate::push::PushLimits;
 use crate::push::auth::Authenticator;
 use crate::token::{ConnId, LISTENER, WAKER};
 
+mod fdtable;
 pub mod link;
 mod push;
 
@@ -133,11 +139,17 @@ impl WorkerHandle {
 
 /// Starts a worker thread serving `listener`.
 ///
+/// `foreign` are the descriptors of the other workers' listeners that are still open
+/// in the calling thread's table: the worker closes them in its private copy (see
+/// `worker/fdtable.rs`). Returns once the worker thread has made its table private (or failed
+/// to); the calling thread then closes its own copies of the worker's epoll and listener.
+///
 /// # Errors
 /// Creating the poller, registering the listener, or spawning the thread.
 pub fn spawn(
     settings: WorkerSettings,
     listener: std::net::TcpListener,
+    foreign: &[RawFd],
     metrics: WorkerMetrics,
     push: PushContext,
 ) -> io::Result<WorkerHandle> {
@@ -146,11 +158,31 @@ pub fn spawn(
     let mut listener = TcpListener::from_std(listener);
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)?;
-    let name = format!("pingwheel-worker-{}", settings.id);
+    // The worker uses these through its table's copies once it has one of its own.
+    let spawner_copies = [poll.as_raw_fd(), listener.as_raw_fd()];
+    let foreign = foreign.to_vec();
+    let (table_tx, table_rx) = mpsc::sync_channel(1);
+    let id = settings.id;
+    let name = format!("pingwheel-worker-{id}");
     let worker = Worker::new(settings, poll, listener, inbox, metrics, push);
-    let thread = std::thread::Builder::new()
-        .name(name)
-        .spawn(move || worker.run())?;
+    let thread = std::thread::Builder::new().name(name).spawn(move || {
+        let private = match fdtable::make_private(&foreign) {
+            fdtable::FdTable::Private => true,
+            fdtable::FdTable::Shared(e) => {
+                warn!(worker = id, error = %e, "no private descriptor table; sharing the process's");
+                false
+            }
+        };
+        let _ = table_tx.send(private);
+        worker.run()
+    })?;
+    if table_rx.recv().unwrap_or(false) {
+        for fd in spawner_copies {
+            // SAFETY: `fd` is this thread's entry for the worker's epoll or listener; the
+            // worker owns the objects and uses its own private copies of them.
+            unsafe { libc::close(fd) };
+        }
+    }
     Ok(WorkerHandle {
         link,
         thread: Some(thread),

@@ -25,7 +25,35 @@ impl Gateway {
     /// Like [`Gateway::start`], with `env` (`(name, value)` pairs, e.g.
     /// `PINGWHEEL_TOKEN_SECRET`) set in the gateway's environment.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Gateway {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pingwheel"))
+        Gateway::spawn(args, env, None)
+    }
+
+    /// Like [`Gateway::start`], with the gateway's open-files limit (soft and hard
+    /// `RLIMIT_NOFILE`) set to `limit`.
+    pub fn start_with_open_files_limit(args: &[&str], limit: u64) -> Gateway {
+        Gateway::spawn(args, &[], Some(limit))
+    }
+
+    fn spawn(args: &[&str], env: &[(&str, &str)], nofile: Option<u64>) -> Gateway {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_pingwheel"));
+        if let Some(limit) = nofile {
+            use std::os::unix::process::CommandExt as _;
+            let rlimit = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            // SAFETY: setrlimit is async-signal-safe and touches only the child.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let mut child = command
             .env_remove("PINGWHEEL_TOKEN_SECRET")
             .env_remove("PINGWHEEL_API_KEY")
             .envs(env.iter().copied())
