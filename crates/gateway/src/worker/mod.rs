@@ -607,7 +607,7 @@ impl Worker {
         }
         // Ping deadlines are filed on the ping-slack grid, so many connections' pings
         // go out in one wake-up; the wheel is touched only when the tick moved.
-        let due = timer::due_tick(&slot.conn, &self.settings.conn, &self.clock);
+        let due = timer::due_tick(&slot.conn, &self.settings.conn, &self.clock, now);
         timer::refile(&mut self.wheel, &mut slot.timer, due, id);
     }
 
