@@ -33,7 +33,7 @@ use crate::config::Config;
 use crate::fanout::counts::subscriber_counts;
 use crate::fanout::hub::Hub;
 use crate::listener::bind_reuseport;
-use crate::metrics::{self, WorkerMetrics};
+use crate::metrics;
 use crate::push::auth::Authenticator;
 use crate::worker::link::Command;
 use crate::worker::{self, PushContext};
@@ -65,7 +65,7 @@ pub enum ServerError {
 /// See [`ServerError`].
 pub fn run(config: Config) -> Result<(), ServerError> {
     let workers = config.workers.get();
-    let prometheus = metrics::install_recorder()
+    let mut exporter = metrics::install_recorder()
         .map_err(|e| ServerError::Startup(format!("metrics recorder: {e}")))?;
 
     let (listen, listeners) =
@@ -141,7 +141,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             config.worker(id),
             listener,
             &listener_fds[id + 1..],
-            WorkerMetrics::new(id),
+            exporter.worker(id),
             push.clone(),
         )
         .map_err(|e| ServerError::Startup(format!("worker {id}: {e}")))?;
@@ -159,7 +159,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         limits,
         metrics: metrics::ApiMetrics::new(),
     };
-    let admin_state = Arc::new(AdminState::new(prometheus).with_publish_api(publish_api));
+    let admin_state = Arc::new(AdminState::new(exporter).with_publish_api(publish_api));
     let admin = admin::spawn(admin_listener, Arc::clone(&admin_state))
         .map_err(|e| ServerError::Startup(format!("admin listener: {e}")))?;
 

@@ -25,7 +25,7 @@
 //!
 //! # Upkeep
 //!
-//! The thread also calls [`PrometheusHandle::run_upkeep`] every
+//! The thread also calls [`Exporter::run_upkeep`] every
 //! [`metrics::UPKEEP_INTERVAL`](crate::metrics::UPKEEP_INTERVAL), which drains histogram
 //! samples even when nobody scrapes, and folds the subscriber changes the workers
 //! reported every [`FOLD_INTERVAL`], so they do not pile up while nobody publishes.
@@ -47,13 +47,12 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::oneshot;
 
 use self::http::{AdminBody, method_not_allowed, plain, respond};
 use self::publish::PublishApi;
 use crate::fanout::counts::FOLD_INTERVAL;
-use crate::metrics::UPKEEP_INTERVAL;
+use crate::metrics::{Exporter, UPKEEP_INTERVAL};
 use crate::push::publish::PublishRoute;
 
 /// Content type of the Prometheus text exposition format.
@@ -73,8 +72,9 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// What the admin routes need, shared with the rest of the process.
 #[derive(Debug)]
 pub struct AdminState {
-    /// Renders `/metrics`; also the target of periodic upkeep.
-    metrics: PrometheusHandle,
+    /// Renders `/metrics` (the workers' own counters and the recorder's series); also
+    /// the target of periodic upkeep.
+    metrics: Exporter,
     /// Set when the server starts draining; `/healthz` answers 503 from then on so load
     /// balancers stop sending new clients.
     draining: AtomicBool,
@@ -84,7 +84,7 @@ pub struct AdminState {
 
 impl AdminState {
     /// State for a server that is not draining.
-    pub fn new(metrics: PrometheusHandle) -> AdminState {
+    pub fn new(metrics: Exporter) -> AdminState {
         AdminState {
             metrics,
             draining: AtomicBool::new(false),
@@ -98,8 +98,8 @@ impl AdminState {
         self
     }
 
-    /// The Prometheus handle `/metrics` renders.
-    pub fn metrics(&self) -> &PrometheusHandle {
+    /// What `/metrics` renders.
+    pub fn metrics(&self) -> &Exporter {
         &self.metrics
     }
 
@@ -318,7 +318,7 @@ mod tests {
         metrics::with_local_recorder(&recorder, || {
             metrics::counter!("pingwheel_admin_test_total").increment(3);
         });
-        let state = Arc::new(AdminState::new(recorder.handle()));
+        let state = Arc::new(AdminState::new(Exporter::new(recorder.handle())));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
         let handle = spawn(listener, Arc::clone(&state)).expect("admin server starts");
         (handle, state)
