@@ -253,7 +253,8 @@ impl Worker {
     ) -> Worker {
         let now = Instant::now();
         Worker {
-            clock: TickClock::new(now, settings.tick),
+            clock: TickClock::new(now, settings.tick)
+                .with_slack(settings.conn.keepalive.ping_slack()),
             wheel: Wheel::with_capacity(wheel::Tick(0), 1024),
             read_buf: vec![0; settings.read_buffer_size.max(4096)].into_boxed_slice(),
             settings,
