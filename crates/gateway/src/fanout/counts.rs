@@ -32,8 +32,10 @@ use std::time::Duration;
 use crate::worker::link::DeliveryTarget;
 
 /// How often the admin thread folds pending changes when nobody publishes: bounds
-/// what a subscribe storm leaves queued to that many milliseconds' worth.
-pub const FOLD_INTERVAL: Duration = Duration::from_millis(100);
+/// what a subscribe storm leaves queued to one second's worth. Each fold wakes the
+/// admin thread (three `epoll_wait`s of its runtime); at 100 ms that was 0.08 % of a
+/// core in an idle gateway, 7 % of its whole CPU at 20 s pings (docs/benchmarks.md).
+pub const FOLD_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Who a change is about.
 #[derive(Debug)]
