@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -59,6 +59,15 @@ pub enum ServerError {
     Worker(io::Error),
 }
 
+/// What wakes the main thread while the gateway runs.
+#[derive(Debug)]
+enum Wake {
+    /// SIGINT or SIGTERM (the first one): drain.
+    Signal(i32),
+    /// Worker `id`'s thread ended although nobody asked it to.
+    WorkerStopped(usize),
+}
+
 /// Runs the gateway until a signal drains it.
 ///
 /// # Errors
@@ -90,7 +99,9 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])
         .map_err(|e| ServerError::Startup(format!("signals: {e}")))?;
     let signal_handle = signals.handle();
-    let (signal_tx, signal_rx) = mpsc::channel();
+    // What the main thread waits for: a signal, or a worker that stopped on its own.
+    let (wake_tx, wake_rx) = mpsc::channel();
+    let signal_tx = wake_tx.clone();
     let signal_thread = std::thread::Builder::new()
         .name("pingwheel-signals".into())
         .spawn(move || {
@@ -105,7 +116,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
                     eprintln!("pingwheel: second signal ({signal}): exiting now");
                     std::process::exit(1);
                 }
-                let _ = signal_tx.send(signal);
+                let _ = signal_tx.send(Wake::Signal(signal));
             }
         })
         .map_err(|e| ServerError::Startup(format!("signal thread: {e}")))?;
@@ -143,6 +154,12 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             &listener_fds[id + 1..],
             exporter.worker(id),
             push.clone(),
+            {
+                let wake = wake_tx.clone();
+                move || {
+                    let _ = wake.send(Wake::WorkerStopped(id));
+                }
+            },
         )
         .map_err(|e| ServerError::Startup(format!("worker {id}: {e}")))?;
         handles.push(handle);
@@ -173,21 +190,19 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let _ = stdout.flush();
     drop(stdout);
 
-    // Wait for a signal, watching for a worker that dies on its own.
-    let result = loop {
-        match signal_rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(signal) => {
-                info!(signal, drain_timeout = ?config.drain_timeout, "signal received: draining");
-                break Ok(());
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                if handles.iter().any(worker::WorkerHandle::is_finished) {
-                    error!("a worker stopped unexpectedly: shutting down");
-                    break Err(());
-                }
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break Ok(()),
+    // Wait for a signal, or for a worker that stops on its own (it says so as its thread
+    // ends): no polling, so an idle gateway's main thread never wakes.
+    drop(wake_tx);
+    let result = match wake_rx.recv() {
+        Ok(Wake::Signal(signal)) => {
+            info!(signal, drain_timeout = ?config.drain_timeout, "signal received: draining");
+            Ok(())
         }
+        Ok(Wake::WorkerStopped(id)) => {
+            error!(worker = id, "a worker stopped unexpectedly: shutting down");
+            Err(())
+        }
+        Err(mpsc::RecvError) => Ok(()),
     };
 
     admin_state.set_draining(true);

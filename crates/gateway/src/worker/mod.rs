@@ -119,11 +119,6 @@ impl WorkerHandle {
         self.link.clone()
     }
 
-    /// True once the worker thread has ended (normally only after a shutdown).
-    pub fn is_finished(&self) -> bool {
-        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
-    }
-
     /// Waits for the worker thread to end.
     ///
     /// # Errors
@@ -137,7 +132,8 @@ impl WorkerHandle {
     }
 }
 
-/// Starts a worker thread serving `listener`.
+/// Starts a worker thread serving `listener`; `on_exit` runs on that thread when it
+/// ends (returned or panicked).
 ///
 /// `foreign` are the descriptors of the other workers' listeners that are still open
 /// in the calling thread's table: the worker closes them in its private copy (see
@@ -152,6 +148,7 @@ pub fn spawn(
     foreign: &[RawFd],
     metrics: WorkerMetrics,
     push: PushContext,
+    on_exit: impl FnOnce() + Send + 'static,
 ) -> io::Result<WorkerHandle> {
     let poll = Poll::new()?;
     let (link, inbox) = link::mailbox(Waker::new(poll.registry(), WAKER)?);
@@ -166,6 +163,7 @@ pub fn spawn(
     let name = format!("pingwheel-worker-{id}");
     let worker = Worker::new(settings, poll, listener, inbox, metrics, push);
     let thread = std::thread::Builder::new().name(name).spawn(move || {
+        let _exit = OnExit(Some(on_exit));
         let private = match fdtable::make_private(&foreign) {
             fdtable::FdTable::Private => true,
             fdtable::FdTable::Shared(e) => {
@@ -187,6 +185,17 @@ pub fn spawn(
         link,
         thread: Some(thread),
     })
+}
+
+/// Runs its closure when dropped: when the worker thread ends, however it ends.
+struct OnExit<F: FnOnce()>(Option<F>);
+
+impl<F: FnOnce()> Drop for OnExit<F> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
 }
 
 /// One connection's slot in the slab.
