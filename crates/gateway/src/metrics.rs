@@ -43,7 +43,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use metrics::{Counter, Unit, counter, describe_counter, describe_gauge, describe_histogram};
+use metrics::{
+    Counter, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge,
+};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::conn::{CloseReason, HandshakeFailure};
@@ -100,9 +102,21 @@ pub mod names {
     pub const AUTH_FAILURES: &str = "pingwheel_auth_failures_total";
     /// Counter: publish-API responses, per HTTP `status`.
     pub const PUBLISH_REQUESTS: &str = "pingwheel_publish_requests_total";
+    /// Counter: accept pauses (100 ms each) after `accept` failed for lack of resources
+    /// (EMFILE, ENFILE, ENOBUFS, ENOMEM), per worker.
+    pub const ACCEPT_PAUSES: &str = "pingwheel_accept_pauses_total";
+
+    /// Gauge: messages kept in history on this node.
+    pub const HISTORY_MESSAGES: &str = "pingwheel_history_messages";
+    /// Gauge: bytes history holds on this node (frames' blocks, index, stream state).
+    pub const HISTORY_BYTES: &str = "pingwheel_history_bytes";
+    /// Counter: subscribes with `since`, per worker and `result`.
+    pub const RECOVERIES: &str = "pingwheel_recoveries_total";
+    /// Counter: messages handed out by recoveries, per worker.
+    pub const RECOVERED_MESSAGES: &str = "pingwheel_recovered_messages_total";
 
     /// Every metric name, for tests and documentation checks.
-    pub const ALL: [&str; 22] = [
+    pub const ALL: [&str; 27] = [
         CONNECTIONS,
         CONNECTIONS_OPENED,
         CONNECTIONS_CLOSED,
@@ -125,7 +139,15 @@ pub mod names {
         PUBLISHES,
         AUTH_FAILURES,
         PUBLISH_REQUESTS,
+        HISTORY_MESSAGES,
+        HISTORY_BYTES,
+        RECOVERIES,
+        RECOVERED_MESSAGES,
+        ACCEPT_PAUSES,
     ];
+
+    /// The `result` label values of [`RECOVERIES`].
+    pub const RECOVERY_RESULTS: [&str; 2] = ["recovered", "not_recovered"];
 
     /// The histograms among [`ALL`].
     pub const HISTOGRAMS: [&str; 3] = [PING_RTT, EVENT_LOOP_LAG, DELIVERY_LAG];
@@ -216,7 +238,7 @@ const fn family(name: &'static str, kind: Kind, unit: Unit, help: &'static str) 
 }
 
 /// Every per-worker family, in the order `/metrics` lists them.
-const WORKER_FAMILIES: [Family; 19] = [
+const WORKER_FAMILIES: [Family; 22] = [
     family(
         names::CONNECTIONS,
         Kind::Gauge,
@@ -331,6 +353,24 @@ const WORKER_FAMILIES: [Family; 19] = [
         Unit::Seconds,
         "Time from a publish being accepted to its frame being written to a subscriber's socket, in seconds.",
     ),
+    family(
+        names::RECOVERIES,
+        Kind::Counter,
+        Unit::Count,
+        "Subscribes with since, by result (recovered or not_recovered).",
+    ),
+    family(
+        names::RECOVERED_MESSAGES,
+        Kind::Counter,
+        Unit::Count,
+        "Messages delivered from history by recoveries.",
+    ),
+    family(
+        names::ACCEPT_PAUSES,
+        Kind::Counter,
+        Unit::Count,
+        "Accept pauses of 100 ms after accept failed for lack of resources (EMFILE, ENFILE, ENOBUFS, ENOMEM).",
+    ),
 ];
 
 /// Registers HELP text and units for every metric with the current recorder.
@@ -357,6 +397,16 @@ pub fn describe() {
         names::PUBLISH_REQUESTS,
         Unit::Count,
         "Publish-API responses, by HTTP status."
+    );
+    describe_gauge!(
+        names::HISTORY_MESSAGES,
+        Unit::Count,
+        "Messages kept in history on this node."
+    );
+    describe_gauge!(
+        names::HISTORY_BYTES,
+        Unit::Bytes,
+        "Bytes history holds on this node (bounded by --history-max-bytes)."
     );
 }
 
@@ -514,6 +564,12 @@ pub struct WorkerStats {
     pub channels: LocalGauge,
     /// `pingwheel_delivery_lag_seconds`.
     pub delivery_lag: LocalHistogram,
+    /// `pingwheel_recoveries_total{result}`, indexed like [`names::RECOVERY_RESULTS`].
+    pub recoveries: [LocalCounter; names::RECOVERY_RESULTS.len()],
+    /// `pingwheel_recovered_messages_total`.
+    pub recovered_messages: LocalCounter,
+    /// `pingwheel_accept_pauses_total`.
+    pub accept_pauses: LocalCounter,
 }
 
 impl WorkerStats {
@@ -539,7 +595,16 @@ impl WorkerStats {
             subscriptions: LocalGauge::default(),
             channels: LocalGauge::default(),
             delivery_lag: LocalHistogram::new(&LATENCY_BUCKETS),
+            recoveries: Default::default(),
+            recovered_messages: LocalCounter::default(),
+            accept_pauses: LocalCounter::default(),
         }
+    }
+
+    /// Counts one finished subscribe with `since`.
+    pub fn recovery(&self, recovered: bool, messages: usize) {
+        self.recoveries[usize::from(!recovered)].increment(1);
+        self.recovered_messages.increment(messages as u64);
     }
 
     /// The `pingwheel_connections_closed_total` counter for `reason`.
@@ -588,6 +653,13 @@ impl WorkerStats {
             names::PING_RTT => write_histogram(f.name, w, &self.ping_rtt, out),
             names::EVENT_LOOP_LAG => write_histogram(f.name, w, &self.event_loop_lag, out),
             names::DELIVERY_LAG => write_histogram(f.name, w, &self.delivery_lag, out),
+            names::RECOVERIES => {
+                for (result, counter) in names::RECOVERY_RESULTS.iter().zip(&self.recoveries) {
+                    line(&format!(",result=\"{result}\""), &counter.get());
+                }
+            }
+            names::RECOVERED_MESSAGES => line("", &self.recovered_messages.get()),
+            names::ACCEPT_PAUSES => line("", &self.accept_pauses.get()),
             other => debug_assert!(false, "no per-worker series for {other}"),
         }
     }
@@ -673,6 +745,12 @@ pub struct ApiMetrics {
     pub auth_failures: [Counter; AuthFailure::ALL.len()],
 }
 
+/// Sets the process-wide history gauges (at each scrape, from the engine's numbers).
+pub fn set_history(messages: u64, bytes: u64) {
+    gauge!(names::HISTORY_MESSAGES).set(messages as f64);
+    gauge!(names::HISTORY_BYTES).set(bytes as f64);
+}
+
 impl ApiMetrics {
     /// Registers the process-wide series with the current recorder.
     pub fn new() -> ApiMetrics {
@@ -739,9 +817,13 @@ mod tests {
             m.channels.set(1.0);
             m.delivery_lag
                 .record(Duration::from_millis(1).as_secs_f64());
+            m.recovery(true, 20);
+            m.recovery(false, 0);
+            m.accept_pauses.increment(1);
         }
         metrics::with_local_recorder(&recorder, || {
             describe();
+            set_history(10, 4096);
             let api = ApiMetrics::new();
             api.publishes.increment(1);
             for failure in AuthFailure::ALL {

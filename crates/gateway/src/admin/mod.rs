@@ -16,19 +16,23 @@
 //! |---|---|---|
 //! | `GET`, `HEAD` | `/metrics` | 200, Prometheus text format 0.0.4 |
 //! | `GET`, `HEAD` | `/healthz` | 200 `ok`, or 503 `draining` once [`AdminState::set_draining`] |
-//! | `POST` | `/v1/publish`, `/v1/broadcast`, `/v1/batch` | the publish API ([`publish`]) |
+//! | any | `/v1/publish`, `/v1/broadcast`, `/v1/batch` | the publish API ([`publish`]): `POST`, else a JSON 405; every answer counted by status |
+//! | `GET` | `/v1/history` | the history API ([`publish`]) |
 //! | other | known path | 405 with `Allow` |
 //! | any | other path | 404 |
 //!
 //! New routes are new arms in [`route`]'s `match (method, path)`. A route that reads a
-//! request body must use [`http::read_body`], which enforces a size limit (413 when exceeded).
+//! request body must use [`http::read_body`], which enforces a size limit (413 when
+//! exceeded) and a time limit (`--admin-body-timeout`, 408 when exceeded). Request
+//! heads have their own limit ([`HEADER_READ_TIMEOUT`]); together they bound how long a
+//! client that dribbles its request can hold a connection.
 //!
 //! # Upkeep
 //!
 //! The thread also calls [`Exporter::run_upkeep`] every
 //! [`metrics::UPKEEP_INTERVAL`](crate::metrics::UPKEEP_INTERVAL), which drains histogram
-//! samples even when nobody scrapes, and folds the subscriber changes the workers
-//! reported every [`FOLD_INTERVAL`], so they do not pile up while nobody publishes.
+//! samples even when nobody scrapes. The engine's own task ([`Engine::run`]: the
+//! workers' requests, history timers) runs on this runtime too.
 
 pub mod http;
 pub mod publish;
@@ -39,7 +43,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -51,12 +55,15 @@ use tokio::sync::oneshot;
 
 use self::http::{AdminBody, method_not_allowed, plain, respond};
 use self::publish::PublishApi;
-use crate::fanout::counts::FOLD_INTERVAL;
+use crate::engine::Engine;
+use crate::listener::{AcceptPauses, is_resource_exhaustion};
 use crate::metrics::{Exporter, UPKEEP_INTERVAL};
 use crate::push::publish::PublishRoute;
 
 /// Content type of the Prometheus text exposition format.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// Path of the history API.
+pub const HISTORY_PATH: &str = "/v1/history";
 /// Name of the admin thread.
 pub const THREAD_NAME: &str = "pingwheel-admin";
 
@@ -64,7 +71,7 @@ pub const THREAD_NAME: &str = "pingwheel-admin";
 /// dropped. Idle keep-alive connections close at once.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// A client must send a complete request head within this, or its connection is closed.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// After an `accept` error such as EMFILE, wait this long before accepting again instead
 /// of spinning.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
@@ -80,7 +87,21 @@ pub struct AdminState {
     draining: AtomicBool,
     /// The publish API (`/v1/...`), when the process has workers to publish to.
     publish: Option<PublishApi>,
+    /// The engine's background task, spawned on the admin runtime at start.
+    engine_task: std::sync::Mutex<Option<TaskSlot>>,
 }
+
+/// Holds the engine's task until the runtime starts it.
+struct TaskSlot(EngineTask);
+
+impl std::fmt::Debug for TaskSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EngineTask")
+    }
+}
+
+/// A future an engine runs for the life of the process ([`Engine::run`]).
+pub type EngineTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 impl AdminState {
     /// State for a server that is not draining.
@@ -89,7 +110,17 @@ impl AdminState {
             metrics,
             draining: AtomicBool::new(false),
             publish: None,
+            engine_task: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Runs `task` (the engine's [`Engine::run`]) on the admin runtime.
+    pub fn with_engine_task(self, task: EngineTask) -> AdminState {
+        *self
+            .engine_task
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(TaskSlot(task));
+        self
     }
 
     /// Serves the publish API (`POST /v1/publish`, `/v1/broadcast`, `/v1/batch`) too.
@@ -108,12 +139,8 @@ impl AdminState {
         self.draining.store(draining, Ordering::Release);
     }
 
-    /// Folds the subscriber changes the workers reported into the publish API's counts
-    /// (see [`crate::fanout::counts`]).
-    pub fn fold_subscriber_counts(&self) {
-        if let Some(api) = &self.publish {
-            api.hub.fold_counts();
-        }
+    fn engine(&self) -> Option<&dyn Engine> {
+        self.publish.as_ref().map(|api| &*api.engine)
     }
 
     /// Whether the process is draining.
@@ -170,21 +197,39 @@ impl Drop for AdminHandle {
     }
 }
 
-/// Serves the admin routes on `listener` from a new thread named `pingwheel-admin`.
+/// Builds the admin thread's runtime (current-thread, I/O and timers), for [`spawn`].
+///
+/// Build it before the workers start: a worker wakes the engine's task on this runtime
+/// (`tokio::sync::Notify`), which can write to the runtime's I/O-driver eventfd from the
+/// worker's thread, and a worker's private descriptor table holds only the descriptors
+/// that existed when it started (see `worker/fdtable.rs`).
+///
+/// # Errors
+///
+/// Creating the runtime failed.
+pub fn runtime() -> io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+}
+
+/// Serves the admin routes on `listener` from a new thread named `pingwheel-admin`,
+/// running `runtime` (from [`runtime`]).
 ///
 /// The caller binds the listener, so a bind error surfaces where the address is known.
 /// The listener is switched to non-blocking mode here.
 ///
 /// # Errors
 ///
-/// Creating the runtime, registering the listener, or spawning the thread failed.
-pub fn spawn(listener: std::net::TcpListener, state: Arc<AdminState>) -> io::Result<AdminHandle> {
+/// Registering the listener or spawning the thread failed.
+pub fn spawn(
+    runtime: tokio::runtime::Runtime,
+    listener: std::net::TcpListener,
+    state: Arc<AdminState>,
+) -> io::Result<AdminHandle> {
     let local_addr = listener.local_addr()?;
     listener.set_nonblocking(true)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()?;
     let listener = {
         let _context = runtime.enter();
         tokio::net::TcpListener::from_std(listener)?
@@ -211,19 +256,30 @@ async fn serve(
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .keep_alive(true);
     let graceful = GracefulShutdown::new();
+    let mut pauses = AcceptPauses::default();
     let mut upkeep = tokio::time::interval(UPKEEP_INTERVAL);
     upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut fold = tokio::time::interval(FOLD_INTERVAL);
-    fold.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let engine_task = state
+        .engine_task
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    if let Some(TaskSlot(task)) = engine_task {
+        tokio::spawn(task);
+    }
 
     loop {
         tokio::select! {
             // A send or a dropped sender both mean stop.
             _ = &mut stop => break,
             _ = upkeep.tick() => state.metrics.run_upkeep(),
-            _ = fold.tick(), if state.publish.is_some() => state.fold_subscriber_counts(),
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    if let Some((count, lasted)) = pauses.resumed(Instant::now()) {
+                        tracing::info!(
+                            "admin listener accepting again after {count} accept pauses over {lasted:.1?}"
+                        );
+                    }
                     // Responses are written in one go; don't let Nagle hold the tail.
                     let _ = stream.set_nodelay(true);
                     let state = Arc::clone(&state);
@@ -239,11 +295,20 @@ async fn serve(
                         }
                     });
                 }
-                Err(err) => {
-                    // Per-connection failures (ECONNABORTED) and resource exhaustion
-                    // (EMFILE) alike: the listener itself stays usable.
-                    tracing::warn!("admin listener accept failed: {err}");
+                Err(err) if is_resource_exhaustion(&err) => {
+                    // The listener itself stays usable; retry after a pause, logging
+                    // once per episode (and once when it ends) instead of every retry.
+                    if pauses.paused(Instant::now()) {
+                        tracing::warn!(
+                            "admin listener cannot accept: {err} (raise the open-files limit); \
+                             pausing accepts for {ACCEPT_ERROR_BACKOFF:?} at a time until one works"
+                        );
+                    }
                     tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                }
+                Err(err) => {
+                    // A failure of one connection (ECONNABORTED and the like).
+                    tracing::debug!("admin listener accept failed: {err}");
                 }
             },
         }
@@ -264,14 +329,22 @@ pub async fn route(state: &AdminState, request: Request<Incoming>) -> Response<A
     let method = request.method();
     let path = request.uri().path();
     if let (Some(route), Some(api)) = (PublishRoute::from_path(path), &state.publish) {
-        return if method == Method::POST {
-            api.handle(route, request).await
+        // Every answer on these paths (405 included) is counted there.
+        return api.handle(route, request).await;
+    }
+    if let (HISTORY_PATH, Some(api)) = (path, &state.publish) {
+        return if method == Method::GET {
+            api.history(request).await
         } else {
-            method_not_allowed("POST")
+            method_not_allowed("GET")
         };
     }
     match (method, path) {
         (&Method::GET | &Method::HEAD, "/metrics") => {
+            if let Some(engine) = state.engine() {
+                let stats = engine.stats();
+                crate::metrics::set_history(stats.history_messages, stats.history_bytes);
+            }
             let body = state.metrics.render();
             respond(StatusCode::OK, METRICS_CONTENT_TYPE, body)
         }
@@ -320,7 +393,8 @@ mod tests {
         });
         let state = Arc::new(AdminState::new(Exporter::new(recorder.handle())));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-        let handle = spawn(listener, Arc::clone(&state)).expect("admin server starts");
+        let handle = spawn(runtime().expect("a runtime"), listener, Arc::clone(&state))
+            .expect("admin server starts");
         (handle, state)
     }
 

@@ -31,13 +31,17 @@
 //! The PEM file may hold several public keys (for rotation); a token is accepted if
 //! any key of its algorithm verifies it. HMAC verification compares in constant time.
 //!
-//! Claims: `exp` (required, seconds since the Unix epoch), `nbf` (optional), both with
-//! [`TOKEN_LEEWAY_SECS`] of clock-skew leeway and checked against the `now` the caller
-//! passes; `sub` (required, a string: the user id, see
-//! [`validate_user_id`]); `channels` (optional list of patterns, see
-//! [`ChannelGrant`]; absent means no channel at all, only per-user deliveries; `["*"]`
-//! grants every channel). A token carrying `aud` is refused: pingwheel has no audience
-//! of its own to match (RFC 7519 §4.1.3). Other claims are ignored.
+//! Claims: `exp` (required, seconds since the Unix epoch), `nbf` (optional), both
+//! between 0 and [`MAX_TOKEN_TIME`] (the end of year 9999), with [`TOKEN_LEEWAY_SECS`]
+//! of clock-skew leeway and checked against the `now` the caller passes; `sub`
+//! (required, a string: the user id, see [`validate_user_id`]: no control or
+//! bidirectional control characters); `channels` (optional list of patterns, see
+//! [`ChannelGrant`], at most `--max-token-channels` of them; absent means no channel at
+//! all, only per-user deliveries; `["*"]` grants every channel). A token carrying `aud`
+//! is refused: pingwheel has no audience of its own to match (RFC 7519 §4.1.3). Other
+//! claims are ignored. A token whose header has `crit` is refused: it names
+//! extensions the recipient must understand (RFC 7515 §4.1.11), and pingwheel
+//! implements none.
 //!
 //! # Dev mode
 //!
@@ -57,7 +61,7 @@
 //! | label | refusals |
 //! |---|---|
 //! | `missing` | no token; no publish API key |
-//! | `malformed` | not a JWT (including `alg: none`); bad claims (`sub`/`exp` missing, wrong types, `aud`, invalid `channels` patterns); a `bearer.` subprotocol without `pingwheel.v1`; a bad dev-mode `?user=` |
+//! | `malformed` | not a JWT (including `alg: none`); a `crit` header; bad claims (`sub`/`exp` missing, wrong types, `exp`/`nbf` not a plausible timestamp, a `sub` with a control or bidirectional control character, `aud`, invalid `channels` patterns, more than `--max-token-channels` of them); a `bearer.` subprotocol without `pingwheel.v1`; a bad dev-mode `?user=` |
 //! | `bad_signature` | the signature does not verify, or the token's algorithm has no configured key |
 //! | `expired` | `exp` passed, or `nbf` not reached (beyond the leeway) |
 //! | `forbidden_channel` | a `?channel=` invalid, outside the claim, or too many of them |
@@ -74,7 +78,8 @@ use pingwheel_proto::handshake::UpgradeRequest;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
-use super::channel::{ChannelGrant, validate_channel_name, validate_user_id};
+use super::channel::{ChannelGrant, USER_CHANNEL, validate_channel_name, validate_user_id};
+use crate::engine::position::{Since, parse_url_since};
 
 /// The subprotocol the gateway speaks and echoes when offered.
 pub const PROTOCOL: &str = "pingwheel.v1";
@@ -86,6 +91,11 @@ pub const BEARER_PROTOCOL_PREFIX: &str = "bearer.";
 /// `exp + 30` and from `nbf - 30`.
 pub const TOKEN_LEEWAY_SECS: u64 = 30;
 
+/// The latest `exp` or `nbf` accepted, in seconds since the Unix epoch:
+/// 9999-12-31T23:59:59Z, the last second most date libraries can represent. A larger
+/// value (`1e300`, `2^64`) or a negative one is not a plausible timestamp, and an `exp`
+/// like that would mean "never expires", so the token is refused.
+pub const MAX_TOKEN_TIME: u64 = 253_402_300_799;
 /// Why a client token or a publish-API key was rejected: one value of the `reason` label
 /// of `pingwheel_auth_failures_total`.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -184,9 +194,13 @@ pub struct Admission {
     pub user: Option<Box<str>>,
     /// The channels the client may subscribe to.
     pub grant: ChannelGrant,
-    /// The distinct `?channel=` values, in URL order: valid, granted, and at most
-    /// `max_subscriptions` of them. Subscribe to them before any delivery.
+    /// The distinct `?channel=` values and the channels of `?since=`, in URL order:
+    /// valid, granted, and at most `max_subscriptions` of them. Subscribe to them before
+    /// any delivery.
     pub initial_channels: Vec<Box<str>>,
+    /// The streams to recover at connect (`?since=CHANNEL:SEQ:EPOCH`): channels, each
+    /// also in `initial_channels`, and `#user` for the user stream (only with a user).
+    pub since: Box<[(Box<str>, Since)]>,
     /// The subprotocol to echo in the 101 (`Sec-WebSocket-Protocol`), if any.
     pub protocol: Option<&'static str>,
 }
@@ -205,6 +219,8 @@ pub struct AuthSettings {
     pub max_channel_name: usize,
     /// Most `?channel=` values one URL may carry.
     pub max_subscriptions: usize,
+    /// Most patterns a token's `channels` claim may list.
+    pub max_token_channels: usize,
 }
 
 /// Why the authentication keys could not be set up (at startup).
@@ -232,6 +248,7 @@ pub struct Authenticator {
     allowed_origins: Box<[Box<str>]>,
     max_channel_name: usize,
     max_subscriptions: usize,
+    max_token_channels: usize,
 }
 
 /// The claims pingwheel reads. Types are loose where a wrong type should give a
@@ -324,6 +341,7 @@ impl Authenticator {
                 .collect(),
             max_channel_name: settings.max_channel_name,
             max_subscriptions: settings.max_subscriptions,
+            max_token_channels: settings.max_token_channels,
         })
     }
 
@@ -362,12 +380,35 @@ impl Authenticator {
         let mut query_token = None;
         let mut query_user = None;
         let mut channels: Vec<Box<str>> = Vec::new();
+        let mut since: Vec<(Box<str>, Since)> = Vec::new();
         for (name, value) in req.query_pairs() {
             match &*name {
                 "token" if query_token.is_none() => query_token = Some(value),
                 "user" if query_user.is_none() => query_user = Some(value),
                 "channel" if !channels.iter().any(|c| **c == *value) => {
                     channels.push(value.into());
+                }
+                "since" => {
+                    let (channel, position) = parse_url_since(&value).map_err(|err| {
+                        let shown: String = value.chars().take(64).collect();
+                        AuthRefusal::new(
+                            HandshakeFailure::BadRequest,
+                            AuthFailure::Malformed,
+                            format!("{err}: {shown}"),
+                        )
+                    })?;
+                    if since.iter().any(|(c, _)| **c == *channel) {
+                        let shown: String = channel.chars().take(64).collect();
+                        return Err(AuthRefusal::new(
+                            HandshakeFailure::BadRequest,
+                            AuthFailure::Malformed,
+                            format!("since for channel {shown} is given twice"),
+                        ));
+                    }
+                    since.push((channel.into(), position));
+                    if channel != USER_CHANNEL && !channels.iter().any(|c| **c == *channel) {
+                        channels.push(channel.into());
+                    }
                 }
                 _ => {}
             }
@@ -399,10 +440,17 @@ impl Authenticator {
         };
 
         self.check_channels(&channels, &grant)?;
+        if user.is_none() && since.iter().any(|(c, _)| &**c == USER_CHANNEL) {
+            return Err(AuthRefusal::forbidden(
+                AuthFailure::ForbiddenChannel,
+                "since=#user needs a user: this connection has none (dev mode without ?user=)",
+            ));
+        }
         Ok(Admission {
             user,
             grant,
             initial_channels: channels,
+            since: since.into_boxed_slice(),
             protocol,
         })
     }
@@ -467,6 +515,15 @@ impl Authenticator {
         use AuthFailure as R;
         let malformed = || AuthRefusal::unauthorized(R::Malformed, "malformed token");
         let header = jsonwebtoken::decode_header(token).map_err(|_| malformed())?;
+        // RFC 7515 §4.1.11: a recipient that does not understand every extension named
+        // in `crit` must reject the token. pingwheel understands none (and `[]` is
+        // itself invalid there), so any `crit` is refused.
+        if header.crit.is_some() {
+            return Err(AuthRefusal::unauthorized(
+                R::Malformed,
+                "token header has a crit parameter; pingwheel supports no critical extensions",
+            ));
+        }
         let (slot, keys): (usize, &[DecodingKey]) = match header.alg {
             Algorithm::HS256 => (0, self.hmac.as_slice()),
             Algorithm::RS256 => (1, &self.rsa),
@@ -526,6 +583,17 @@ impl Authenticator {
         let exp = claims
             .exp
             .ok_or_else(|| AuthRefusal::unauthorized(R::Malformed, "token has no exp claim"))?;
+        for (name, time) in [("exp", Some(exp)), ("nbf", claims.nbf)] {
+            if time.is_some_and(|t| !(0.0..=MAX_TOKEN_TIME as f64).contains(&t)) {
+                return Err(AuthRefusal::unauthorized(
+                    R::Malformed,
+                    format!(
+                        "token {name} claim is not a plausible timestamp \
+                         (0 to {MAX_TOKEN_TIME}, the end of year 9999)"
+                    ),
+                ));
+            }
+        }
         // `as` saturates: a negative or fractional NumericDate rounds toward zero.
         if now > (exp as u64).saturating_add(TOKEN_LEEWAY_SECS) {
             return Err(AuthRefusal::unauthorized(R::Expired, "token expired"));
@@ -542,6 +610,16 @@ impl Authenticator {
             AuthRefusal::unauthorized(R::Malformed, format!("token sub claim: {err}"))
         })?;
         let grant = match &claims.channels {
+            Some(patterns) if patterns.len() > self.max_token_channels => {
+                return Err(AuthRefusal::unauthorized(
+                    R::Malformed,
+                    format!(
+                        "token channels claim has {} patterns, the limit is {}",
+                        patterns.len(),
+                        self.max_token_channels
+                    ),
+                ));
+            }
             Some(patterns) => ChannelGrant::from_patterns(patterns, self.max_channel_name)
                 .map_err(|err| {
                     AuthRefusal::unauthorized(R::Malformed, format!("token claim {err}"))
@@ -750,6 +828,7 @@ mod tests {
             allowed_origins: Vec::new(),
             max_channel_name: 128,
             max_subscriptions: 4,
+            max_token_channels: 8,
         }
     }
 
@@ -952,6 +1031,9 @@ mod tests {
         // Fractional NumericDates are accepted.
         let token = hs_token(&json!({"sub": "u", "exp": (NOW as f64) + 0.5}));
         assert!(auth.authenticate(&with_bearer(&token), NOW).is_ok());
+        // The latest plausible exp is accepted.
+        let token = hs_token(&json!({"sub": "u", "exp": MAX_TOKEN_TIME}));
+        assert!(auth.authenticate(&with_bearer(&token), NOW).is_ok());
     }
 
     #[test]
@@ -1050,6 +1132,30 @@ mod tests {
     }
 
     #[test]
+    fn crit_header_is_refused() {
+        for crit in [json!(["exp"]), json!(["b64"]), json!([])] {
+            let mut header = Header::new(Algorithm::HS256);
+            header.crit = serde_json::from_value(crit.clone()).unwrap();
+            let token = jsonwebtoken::encode(
+                &header,
+                &claims("u", &["*"]),
+                &EncodingKey::from_secret(SECRET),
+            )
+            .unwrap();
+            assert_eq!(
+                refused(hs256().authenticate(&with_bearer(&token), NOW)),
+                (
+                    HandshakeFailure::Unauthorized,
+                    AuthFailure::Malformed,
+                    "token header has a crit parameter; pingwheel supports no critical extensions"
+                        .to_owned()
+                ),
+                "{crit}"
+            );
+        }
+    }
+
+    #[test]
     fn claim_problems() {
         let auth = hs256();
         let cases = [
@@ -1075,6 +1181,34 @@ mod tests {
                 json!({"sub": "u", "exp": NOW + 60, "aud": "someone"}),
                 "token has an aud claim; pingwheel accepts tokens without one",
             ),
+            (
+                json!({"sub": "u", "exp": 1e300}),
+                "token exp claim is not a plausible timestamp (0 to 253402300799, the end of year 9999)",
+            ),
+            (
+                json!({"sub": "u", "exp": 18_446_744_073_709_551_616.0_f64}),
+                "token exp claim is not a plausible timestamp (0 to 253402300799, the end of year 9999)",
+            ),
+            (
+                json!({"sub": "u", "exp": u64::MAX}),
+                "token exp claim is not a plausible timestamp (0 to 253402300799, the end of year 9999)",
+            ),
+            (
+                json!({"sub": "u", "exp": -1}),
+                "token exp claim is not a plausible timestamp (0 to 253402300799, the end of year 9999)",
+            ),
+            (
+                json!({"sub": "u", "exp": NOW + 60, "nbf": 1e300}),
+                "token nbf claim is not a plausible timestamp (0 to 253402300799, the end of year 9999)",
+            ),
+            (
+                json!({"sub": "admin\u{202E}gnp.exe", "exp": NOW + 60}),
+                "token sub claim: user id contains a Unicode bidirectional control character (U+202E)",
+            ),
+            (
+                json!({"sub": "u", "exp": NOW + 60, "channels": ["a", "b", "c", "d", "e", "f", "g", "h", "i"]}),
+                "token channels claim has 9 patterns, the limit is 8",
+            ),
         ];
         for (claims, want) in cases {
             let token = hs_token(&claims);
@@ -1086,6 +1220,15 @@ mod tests {
             );
             assert_eq!(message, want, "{claims}");
         }
+    }
+
+    #[test]
+    fn channels_claim_at_the_pattern_limit_is_accepted() {
+        let patterns = ["a", "b", "c", "d", "e", "f", "g", "h*"];
+        let token = hs_token(&claims("u", &patterns));
+        let session = hs256().authenticate(&with_bearer(&token), NOW).unwrap();
+        assert_eq!(session.grant.patterns().count(), 8);
+        assert!(session.grant.allows("h:1"));
     }
 
     #[test]
@@ -1361,6 +1504,72 @@ mod tests {
     }
 
     #[test]
+    fn url_since_subscribes_and_recovers() {
+        let token = hs_token(&claims("u1", &["team:*"]));
+        let with = |query: &str| UpgradeRequest {
+            authorization: Some(format!("Bearer {token}")),
+            ..request(query)
+        };
+        let admission = hs256()
+            .authenticate(
+                &with("/?channel=team:1&since=team%3Aa%3Ab:40:Xy3kP0aQ&since=%23user:0:"),
+                NOW,
+            )
+            .unwrap();
+        assert_eq!(
+            admission.initial_channels,
+            [Box::from("team:1"), Box::from("team:a:b")],
+            "a since subscribes its channel; #user is no channel"
+        );
+        assert_eq!(
+            &*admission.since,
+            [
+                (Box::from("team:a:b"), Since::new(40, "Xy3kP0aQ")),
+                (Box::from("#user"), Since::new(0, "")),
+            ]
+        );
+        let cases = [
+            (
+                "/?since=team:1",
+                HandshakeFailure::BadRequest,
+                "since must be CHANNEL:SEQ:EPOCH: team:1",
+            ),
+            (
+                "/?since=team:1:x:Xy3kP0aQ",
+                HandshakeFailure::BadRequest,
+                "the seq in since must be a decimal number: team:1:x:Xy3kP0aQ",
+            ),
+            (
+                "/?since=team:1:1:a&since=team:1:2:a",
+                HandshakeFailure::BadRequest,
+                "since for channel team:1 is given twice",
+            ),
+            (
+                "/?since=admin:1:a",
+                HandshakeFailure::Forbidden,
+                "token does not grant channel admin",
+            ),
+        ];
+        for (query, failure, message) in cases {
+            let (got_failure, _, got) = refused(hs256().authenticate(&with(query), NOW));
+            assert_eq!((got_failure, got.as_str()), (failure, message), "{query}");
+        }
+        // Dev mode without ?user= has no user stream to recover.
+        let dev = Authenticator::new(&AuthSettings {
+            token_secret: None,
+            ..settings()
+        })
+        .unwrap();
+        let (failure, _, message) = refused(dev.authenticate(&request("/?since=%23user:0:"), NOW));
+        assert_eq!(failure, HandshakeFailure::Forbidden);
+        assert!(message.starts_with("since=#user needs a user"), "{message}");
+        assert!(
+            dev.authenticate(&request("/?user=7&since=%23user:0:"), NOW)
+                .is_ok()
+        );
+    }
+
+    #[test]
     fn dev_mode_accepts_anyone() {
         let auth = Authenticator::new(&AuthSettings {
             token_secret: None,
@@ -1485,8 +1694,9 @@ mod tests {
     #[test]
     fn admission_is_compact() {
         assert_eq!(std::mem::size_of::<ChannelGrant>(), 16);
+        // 88: the boxed `since` list (empty and unallocated without `since=`).
         assert!(
-            std::mem::size_of::<Admission>() <= 72,
+            std::mem::size_of::<Admission>() <= 88,
             "{}",
             std::mem::size_of::<Admission>()
         );

@@ -18,6 +18,14 @@
 //!   eventfd and its listener are created by the spawning thread (`worker::spawn`) and
 //!   used through the copies; every socket it accepts is created in its table. Nothing
 //!   passes a descriptor between a worker and any other thread.
+//! * **What other threads' code does on a worker thread uses descriptors that existed
+//!   before the workers.** A worker's engine request wakes the engine's task on the
+//!   admin runtime (`tokio::sync::Notify`), and that wake-up may write to the runtime's
+//!   I/O-driver eventfd from the worker's thread; so `server::run` builds the admin
+//!   runtime (`admin::runtime`) before the first worker starts, and the number names
+//!   the same eventfd in every copy. A descriptor the main table opens later does not
+//!   exist in a worker's copy: there its number fails with `EBADF` or, worse, names one
+//!   of the worker's client sockets.
 //! * **The spawning thread closes its copies of the worker's epoll and listener** once
 //!   the worker reports a private table, so that dropping the listener at drain really
 //!   closes the socket (a copy left elsewhere would keep it in the `SO_REUSEPORT` group,
