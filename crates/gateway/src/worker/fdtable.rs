@@ -20,10 +20,11 @@
 //!   passes a descriptor between a worker and any other thread.
 //! * **What other threads' code does on a worker thread uses descriptors that existed
 //!   before the workers.** A worker's engine request wakes the engine's task on the
-//!   admin runtime (`tokio::sync::Notify`), and that wake-up may write to the runtime's
-//!   I/O-driver eventfd from the worker's thread; so `server::run` builds the admin
-//!   runtime (`admin::runtime`) before the first worker starts, and the number names
-//!   the same eventfd in every copy. A descriptor the main table opens later does not
+//!   admin runtime, or with `--engine redis` on the broker's (`tokio::sync::Notify`),
+//!   and that wake-up may write to the runtime's I/O-driver eventfd from the worker's
+//!   thread; so `server::run` builds both runtimes (`admin::runtime`,
+//!   `engine::redis::broker::spawn_runtime`) before the first worker starts, and the
+//!   number names the same eventfd in every copy. A descriptor the main table opens later does not
 //!   exist in a worker's copy: there its number fails with `EBADF` or, worse, names one
 //!   of the worker's client sockets.
 //! * **The spawning thread closes its copies of the worker's epoll and listener** once

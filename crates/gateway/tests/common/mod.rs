@@ -296,3 +296,5 @@ pub fn wait_until(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
     cond()
 }
+
+pub mod redis;
