@@ -34,7 +34,7 @@ fn sample_group(pids: &[u32]) -> Result<GroupSample, String> {
     for &pid in pids {
         let sample = procfs::sample(Pid::Other(pid))
             .map_err(|e| format!("cannot sample /proc/{pid}: {e}"))?;
-        group.add(sample.rss_bytes, sample.cpu_seconds);
+        group.add(sample.rss_bytes, sample.cpu_seconds, sample.user_seconds);
     }
     Ok(group)
 }
@@ -42,7 +42,7 @@ fn sample_group(pids: &[u32]) -> Result<GroupSample, String> {
 fn sample_self() -> GroupSample {
     let mut group = GroupSample::default();
     if let Ok(sample) = procfs::sample(Pid::Current) {
-        group.add(sample.rss_bytes, sample.cpu_seconds);
+        group.add(sample.rss_bytes, sample.cpu_seconds, sample.user_seconds);
     }
     group
 }

@@ -2,7 +2,8 @@
 //!
 //! * Resident memory: `VmRSS` in `/proc/PID/status` (kB).
 //! * CPU time: `utime + stime` (fields 14 and 15) of `/proc/PID/stat`, in clock ticks
-//!   of `sysconf(_SC_CLK_TCK)` — all threads of the process together.
+//!   of `sysconf(_SC_CLK_TCK)` — all threads of the process together; `utime` alone is
+//!   kept too, so a report can split user-space from kernel time.
 
 use std::fs;
 use std::io;
@@ -15,6 +16,8 @@ pub struct ProcSample {
     pub rss_bytes: u64,
     /// User + system CPU time in seconds.
     pub cpu_seconds: f64,
+    /// User-space CPU time in seconds (the part of `cpu_seconds` outside the kernel).
+    pub user_seconds: f64,
     /// When the sample was taken.
     pub at: Instant,
 }
@@ -44,11 +47,13 @@ pub fn sample(pid: Pid) -> io::Result<ProcSample> {
     let stat = fs::read_to_string(format!("{dir}/stat"))?;
     let rss_bytes = parse_vm_rss(&status)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no VmRSS in status"))?;
-    let ticks = parse_cpu_ticks(&stat)
+    let (user, system) = parse_user_system_ticks(&stat)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed stat"))?;
+    let hz = clock_ticks_per_second();
     Ok(ProcSample {
         rss_bytes,
-        cpu_seconds: ticks as f64 / clock_ticks_per_second(),
+        cpu_seconds: (user + system) as f64 / hz,
+        user_seconds: user as f64 / hz,
         at: Instant::now(),
     })
 }
@@ -68,12 +73,18 @@ pub fn parse_vm_rss(status: &str) -> Option<u64> {
 /// parentheses and may contain spaces and parentheses, so fields are counted from the
 /// last `)`.
 pub fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    parse_user_system_ticks(stat).map(|(user, system)| user + system)
+}
+
+/// `(utime, stime)` from a `/proc/PID/stat` line, fields counted as in
+/// [`parse_cpu_ticks`].
+pub fn parse_user_system_ticks(stat: &str) -> Option<(u64, u64)> {
     let after_comm = &stat[stat.rfind(')')? + 1..];
     // After the name: field 3 (state) is index 0, so utime (14) is 11 and stime (15) 12.
     let mut fields = after_comm.split_whitespace().skip(11);
     let utime: u64 = fields.next()?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
+    Some((utime, stime))
 }
 
 fn clock_ticks_per_second() -> f64 {
@@ -122,6 +133,7 @@ mod tests {
         let stat =
             "4242 (a) b (c) S 1 4242 4242 0 -1 4194560 100 0 0 0 37 5 0 0 20 0 1 0 123 1000 10";
         assert_eq!(parse_cpu_ticks(stat), Some(42));
+        assert_eq!(parse_user_system_ticks(stat), Some((37, 5)));
         assert_eq!(parse_cpu_ticks("4242 (x) S 1"), None);
     }
 
@@ -129,7 +141,7 @@ mod tests {
     fn samples_this_process() {
         let s = sample(Pid::Current).expect("/proc/self is readable");
         assert!(s.rss_bytes > 0);
-        assert!(s.cpu_seconds >= 0.0);
+        assert!(s.cpu_seconds >= s.user_seconds && s.user_seconds >= 0.0);
     }
 
     #[test]

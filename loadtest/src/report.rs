@@ -28,13 +28,17 @@ pub struct GroupSample {
     pub rss_bytes: u64,
     /// CPU seconds (user + system).
     pub cpu_seconds: f64,
+    /// The user-space part of `cpu_seconds`.
+    #[serde(default)]
+    pub user_seconds: f64,
 }
 
 impl GroupSample {
-    /// Adds another process's sample.
-    pub fn add(&mut self, rss_bytes: u64, cpu_seconds: f64) {
+    /// Adds another process's sample, `user_seconds` of its `cpu_seconds` in user space.
+    pub fn add(&mut self, rss_bytes: u64, cpu_seconds: f64, user_seconds: f64) {
         self.rss_bytes += rss_bytes;
         self.cpu_seconds += cpu_seconds;
+        self.user_seconds += user_seconds;
     }
 }
 
@@ -308,9 +312,18 @@ pub struct ServerSection {
     pub cpu_seconds_hold: Option<f64>,
     /// cpu_seconds_hold ÷ hold seconds × 100.
     pub cpu_percent_of_core: Option<f64>,
+    /// The user-space part of `cpu_seconds_hold` (the rest is kernel time).
+    #[serde(default)]
+    pub cpu_user_seconds_hold: Option<f64>,
     /// Server CPU per ping round trip (pings received by clients during the hold);
     /// idle only, where keepalive is the server's only work.
     pub cpu_per_ping_us: Option<f64>,
+    /// The user-space part of `cpu_per_ping_us`.
+    #[serde(default)]
+    pub cpu_user_per_ping_us: Option<f64>,
+    /// The kernel (system) part of `cpu_per_ping_us`.
+    #[serde(default)]
+    pub cpu_system_per_ping_us: Option<f64>,
     /// Server CPU per push delivery.
     pub cpu_per_delivery_us: Option<f64>,
     /// Server CPU per echoed message.
@@ -524,7 +537,15 @@ impl Report {
                 (Some(a), Some(e)) => Some((e.cpu_seconds - a.cpu_seconds).max(0.0)),
                 _ => None,
             };
-            let per_op = |ops: u64| cpu_hold.and_then(|cpu| ratio(cpu * 1e6, ops as f64));
+            let user_hold = match (s.after_ramp, s.end) {
+                (Some(a), Some(e)) => Some((e.user_seconds - a.user_seconds).max(0.0)),
+                _ => None,
+            };
+            let system_hold = cpu_hold.zip(user_hold).map(|(c, u)| (c - u).max(0.0));
+            let per = |cpu: Option<f64>, ops: u64| cpu.and_then(|cpu| ratio(cpu * 1e6, ops as f64));
+            let per_op = |ops: u64| per(cpu_hold, ops);
+            let idle = args.scenario == Scenario::Idle;
+            let pings = total.pings.received_hold;
             let growth = |sample: Option<GroupSample>, connections: u64| {
                 sample.and_then(|g| {
                     ratio(
@@ -542,10 +563,11 @@ impl Report {
                 bytes_per_connection: growth(s.after_ramp, outcome.open_at_ramp_sample),
                 bytes_per_connection_end: growth(s.end, total.open_at_end),
                 cpu_seconds_hold: cpu_hold,
+                cpu_user_seconds_hold: user_hold,
                 cpu_percent_of_core: cpu_hold.and_then(|cpu| ratio(cpu * 100.0, hold)),
-                cpu_per_ping_us: (args.scenario == Scenario::Idle)
-                    .then(|| per_op(total.pings.received_hold))
-                    .flatten(),
+                cpu_per_ping_us: idle.then(|| per_op(pings)).flatten(),
+                cpu_user_per_ping_us: idle.then(|| per(user_hold, pings)).flatten(),
+                cpu_system_per_ping_us: idle.then(|| per(system_hold, pings)).flatten(),
                 cpu_per_delivery_us: total.push.as_ref().and_then(|p| per_op(p.delivered)),
                 cpu_per_message_us: total.echo.as_ref().and_then(|e| per_op(e.received)),
                 cpu_per_cycle_us: total.churn.as_ref().and_then(|c| per_op(c.completed)),
@@ -767,10 +789,13 @@ impl Report {
             row(
                 "server cpu (hold)",
                 format!(
-                    "{} s, {}% of a core, {} µs/ping, {} µs/delivery, {} µs/message",
+                    "{} s ({} s user), {}% of a core, {} µs/ping ({} user + {} system), {} µs/delivery, {} µs/message",
                     opt_f(s.cpu_seconds_hold, 2),
+                    opt_f(s.cpu_user_seconds_hold, 2),
                     opt_f(s.cpu_percent_of_core, 1),
                     opt_f(s.cpu_per_ping_us, 2),
+                    opt_f(s.cpu_user_per_ping_us, 2),
+                    opt_f(s.cpu_system_per_ping_us, 2),
                     opt_f(s.cpu_per_delivery_us, 2),
                     opt_f(s.cpu_per_message_us, 2),
                 ),
@@ -1163,14 +1188,17 @@ mod tests {
             before: GroupSample {
                 rss_bytes: 1_000_000,
                 cpu_seconds: 1.0,
+                user_seconds: 0.5,
             },
             after_ramp: Some(GroupSample {
                 rss_bytes: 1_051_200,
                 cpu_seconds: 2.0,
+                user_seconds: 1.0,
             }),
             end: Some(GroupSample {
                 rss_bytes: 1_100_000,
                 cpu_seconds: 2.5,
+                user_seconds: 1.125,
             }),
             errors: Vec::new(),
         });
@@ -1185,6 +1213,31 @@ mod tests {
         );
         assert_eq!(server.cpu_per_message_us, Some(1000.0));
         assert!(assertion(&report, "echo_payloads_match").ok);
+    }
+
+    #[test]
+    fn idle_splits_cpu_per_ping_into_user_and_system() {
+        let p = plan(&["idle", "--url", "ws://127.0.0.1:9/", "--server-pid", "1"]);
+        let mut o = outcome(100);
+        o.total.pings.received_hold = 1000;
+        let sample = |cpu_seconds, user_seconds| GroupSample {
+            rss_bytes: 1_000_000,
+            cpu_seconds,
+            user_seconds,
+        };
+        o.server = Some(ServerSamples {
+            pids: vec![1],
+            before: sample(0.0, 0.0),
+            after_ramp: Some(sample(1.0, 0.25)),
+            end: Some(sample(1.5, 0.375)),
+            errors: Vec::new(),
+        });
+        let report = Report::build(&p, &o);
+        let server = report.server.as_ref().unwrap();
+        assert_eq!(server.cpu_per_ping_us, Some(500.0));
+        assert_eq!(server.cpu_user_seconds_hold, Some(0.125));
+        assert_eq!(server.cpu_user_per_ping_us, Some(125.0));
+        assert_eq!(server.cpu_system_per_ping_us, Some(375.0));
     }
 
     #[test]

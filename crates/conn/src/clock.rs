@@ -15,6 +15,12 @@ use wheel::Tick;
 pub struct TickClock {
     epoch: Instant,
     tick_nanos: u64,
+    /// The slack [`TickClock::deadline_tick_with_slack`] is called with most (the ping
+    /// slack, see [`TickClock::with_slack`]), in nanoseconds, and its grid: the window
+    /// in ticks and in nanoseconds. Saves the divisions that derive them on every call.
+    slack_nanos: u64,
+    window: u64,
+    window_nanos: u64,
 }
 
 impl TickClock {
@@ -25,7 +31,23 @@ impl TickClock {
     pub fn new(epoch: Instant, tick: Duration) -> TickClock {
         let tick_nanos = u64::try_from(tick.as_nanos()).expect("tick fits in u64 nanoseconds");
         assert!(tick_nanos > 0, "tick must be positive");
-        TickClock { epoch, tick_nanos }
+        TickClock {
+            epoch,
+            tick_nanos,
+            slack_nanos: 0,
+            window: 1,
+            window_nanos: tick_nanos,
+        }
+    }
+
+    /// The same clock, with the grid for `slack` worked out once: the worker passes the
+    /// ping slack here, since every Ping deadline is filed with it.
+    #[must_use]
+    pub fn with_slack(mut self, slack: Duration) -> TickClock {
+        self.slack_nanos = nanos(slack);
+        self.window = (self.slack_nanos / self.tick_nanos).max(1);
+        self.window_nanos = self.window * self.tick_nanos;
+        self
     }
 
     /// The length of one tick.
@@ -50,12 +72,19 @@ impl TickClock {
     /// grid), so deadlines with slack that fall in the same window share one tick and
     /// fire in one batch. Never early; late by less than `slack` plus one tick.
     pub fn deadline_tick_with_slack(&self, deadline: Instant, slack: Duration) -> Tick {
-        let exact = self.deadline_tick(deadline);
-        let window = u64::try_from(slack.as_nanos()).unwrap_or(u64::MAX) / self.tick_nanos;
-        if window <= 1 {
-            return exact;
+        let slack = nanos(slack);
+        let (window, window_nanos) = if slack == self.slack_nanos {
+            (self.window, self.window_nanos)
+        } else {
+            let window = (slack / self.tick_nanos).max(1);
+            (window, window * self.tick_nanos)
+        };
+        if window == 1 {
+            return self.deadline_tick(deadline);
         }
-        Tick(exact.0.div_ceil(window).saturating_mul(window))
+        // ⌈⌈n / tick⌉ / window⌉ = ⌈n / (tick · window)⌉: the next grid line, in one division.
+        let windows = self.nanos_since_epoch(deadline).div_ceil(window_nanos);
+        Tick(windows.saturating_mul(window))
     }
 
     /// The instant at which `tick` starts.
@@ -66,9 +95,13 @@ impl TickClock {
     }
 
     fn nanos_since_epoch(&self, t: Instant) -> u64 {
-        let d = t.saturating_duration_since(self.epoch);
-        u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+        nanos(t.saturating_duration_since(self.epoch))
     }
+}
+
+/// `d` in nanoseconds, saturating at `u64::MAX` (584 years).
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -142,5 +175,35 @@ mod tests {
         let t0 = Instant::now() + ms(50);
         let c = TickClock::new(t0, ms(10));
         assert_eq!(c.now_tick(t0 - ms(20)), Tick(0));
+    }
+
+    #[test]
+    fn the_precomputed_grid_files_as_the_two_step_rounding_did() {
+        let t0 = Instant::now();
+        for (tick, slack) in [
+            (ms(10), ms(200)),
+            (ms(10), ms(1000)),
+            (ms(7), ms(50)),
+            (ms(10), ms(5)),
+        ] {
+            let plain = TickClock::new(t0, tick);
+            let gridded = plain.with_slack(slack);
+            let t = u64::try_from(tick.as_nanos()).unwrap();
+            let window = (u64::try_from(slack.as_nanos()).unwrap() / t).max(1);
+            for n in (0..5_000_000_000u64).step_by(3_333_337) {
+                let deadline = t0 + Duration::from_nanos(n);
+                let two_step = Tick(n.div_ceil(t).div_ceil(window) * window);
+                assert_eq!(
+                    gridded.deadline_tick_with_slack(deadline, slack),
+                    two_step,
+                    "{n}"
+                );
+                assert_eq!(
+                    plain.deadline_tick_with_slack(deadline, slack),
+                    two_step,
+                    "{n}"
+                );
+            }
+        }
     }
 }

@@ -122,6 +122,16 @@ impl Keepalive {
         }
     }
 
+    /// While a Ping awaits its Pong (timeout mode): the slot of the next Ping, which goes
+    /// out once that Pong is in (`None` otherwise). The worker may file the connection's
+    /// timer under this slot when it comes before the Pong deadline, so that the Pong,
+    /// which makes the slot the next deadline, leaves the timer where it is
+    /// (`timer::due_tick`).
+    pub fn ping_after_pong(&self, cfg: &KeepaliveConfig) -> Option<Instant> {
+        self.pong_deadline(cfg)?;
+        self.next_ping
+    }
+
     /// The instant by which the outstanding Ping must be answered, if any.
     pub fn pong_deadline(&self, cfg: &KeepaliveConfig) -> Option<Instant> {
         Some(self.outstanding? + cfg.ping_timeout?)
@@ -230,6 +240,23 @@ mod tests {
             k.on_pong(t0 + s(20 * n) + late + Duration::from_millis(1), &p);
             assert_eq!(k.poll_timeout(&c), Some(t0 + s(20 * (n + 1))), "ping {n}");
         }
+    }
+
+    #[test]
+    fn the_next_ping_slot_is_known_while_its_pong_is_awaited() {
+        let c = cfg(Some(20), Some(20));
+        let t0 = Instant::now();
+        let mut k = Keepalive::default();
+        k.start(&c, t0, 0.0);
+        assert_eq!(k.ping_after_pong(&c), None, "no Ping outstanding");
+        let p = k.poll_ping(&c, t0 + s(20)).unwrap();
+        assert_eq!(k.ping_after_pong(&c), Some(t0 + s(40)));
+        k.on_pong(t0 + s(21), &p);
+        assert_eq!(k.ping_after_pong(&c), None);
+        let untimed = cfg(Some(20), None);
+        k.start(&untimed, t0, 0.0);
+        k.poll_ping(&untimed, t0 + s(20)).unwrap();
+        assert_eq!(k.ping_after_pong(&untimed), None, "no Pong is awaited");
     }
 
     #[test]

@@ -292,6 +292,16 @@ impl Conn {
         }
     }
 
+    /// While a keepalive Ping awaits its Pong: the slot of the Ping after it (see
+    /// [`keepalive::Keepalive::ping_after_pong`]); `None` otherwise. Used by
+    /// [`timer::due_tick`] only: it is not a deadline of its own.
+    pub fn ping_after_pong(&self, cfg: &ConnConfig) -> Option<Instant> {
+        match self.phase {
+            Phase::Open => self.keepalive.ping_after_pong(&cfg.keepalive),
+            _ => None,
+        }
+    }
+
     /// Fills `iov` with the unsent output, oldest first; returns how many slices are used.
     pub fn io_slices<'a>(&'a self, iov: &mut [IoSlice<'a>]) -> usize {
         self.out.io_slices(iov)

@@ -6,7 +6,7 @@
 //! every call into a [`Conn`] the worker files that minimum again:
 //!
 //! ```text
-//! let due = timer::due_tick(&conn, &cfg, &clock);
+//! let due = timer::due_tick(&conn, &cfg, &clock, now);
 //! timer::refile(&mut wheel, &mut slot.timer, due, id);
 //! ```
 //!
@@ -18,21 +18,47 @@
 //! handshake and close deadlines have no slack and get the exact tick.
 //!
 //! [`refile`] then touches the wheel only when the tick moved (quinn's `drive_timer`
-//! skips re-arming when the deadline is unchanged), which is what makes an answered
-//! Ping whose next Ping lands in the same slack window cost no wheel operation at all.
+//! skips re-arming when the deadline is unchanged).
+//!
+//! # A keepalive round trip costs one wheel operation
+//!
+//! While a Ping awaits its Pong, the deadline is the Pong's, but the entry is filed
+//! under the **earlier of the Pong deadline and the next Ping's slot** (when that slot
+//! is still ahead of `now`). With the default `ping_timeout = ping_interval` the slot
+//! comes first: the Ping went out at or after its own slot, so its Pong deadline is at
+//! least one interval after it. When the Pong arrives the slot *is* the next deadline,
+//! and the entry does not move: a round trip costs the one re-insert after the Ping
+//! fires, instead of that plus a reset (an unlink and a re-link among other
+//! connections' entries, cache misses each) when the Pong comes back. If the slot comes
+//! up before the Pong, the firing finds nothing to do (no Ping goes out while one is
+//! awaited, and the Pong deadline has not passed) and the entry moves to the exact Pong
+//! deadline, so 1011 is still on time.
+
+use std::time::Instant;
 
 use wheel::{Tick, TimerKey, Wheel};
 
 use crate::clock::TickClock;
 use crate::{Conn, ConnConfig};
 
-/// The tick under which `conn`'s next deadline is filed on `clock`, or `None` when it
-/// has none. Never before the deadline; late by less than one tick, plus the ping
-/// slack when the deadline is a keepalive Ping.
+/// The tick under which `conn`'s next deadline is filed on `clock` at `now`, or `None`
+/// when it has none. Never before the deadline; late by less than one tick, plus the
+/// ping slack when the deadline is a keepalive Ping. While a Pong is awaited it may be
+/// the next Ping's slot instead, when that is earlier and still ahead (see the module
+/// docs): firing there is early for the connection, which ignores it.
 #[must_use]
-pub fn due_tick(conn: &Conn, cfg: &ConnConfig, clock: &TickClock) -> Option<Tick> {
+pub fn due_tick(conn: &Conn, cfg: &ConnConfig, clock: &TickClock, now: Instant) -> Option<Tick> {
     let deadline = conn.poll_timeout(cfg)?;
-    Some(clock.deadline_tick_with_slack(deadline, conn.timeout_slack(cfg)))
+    let due = clock.deadline_tick_with_slack(deadline, conn.timeout_slack(cfg));
+    let Some(next_ping) = conn.ping_after_pong(cfg) else {
+        return Some(due);
+    };
+    let slot = clock.deadline_tick_with_slack(next_ping, cfg.keepalive.ping_slack());
+    Some(if slot < due && slot > clock.now_tick(now) {
+        slot
+    } else {
+        due
+    })
 }
 
 /// What [`refile`] did to the wheel.
@@ -111,6 +137,8 @@ mod tests {
         cfg: ConnConfig,
         clock: TickClock,
         t0: Instant,
+        /// Virtual time: the last instant the connection was driven at.
+        now: Instant,
         conn: Conn,
         wheel: Wheel<u32>,
         entry: Option<TimerKey>,
@@ -124,6 +152,7 @@ mod tests {
             let mut f = Filed {
                 clock: TickClock::new(t0, TICK),
                 t0,
+                now: t0,
                 conn: Conn::new(&cfg, t0),
                 cfg,
                 wheel: Wheel::with_capacity(Tick(0), 4),
@@ -146,7 +175,11 @@ mod tests {
         }
 
         fn refile(&mut self) -> Refiled {
-            let due = due_tick(&self.conn, &self.cfg, &self.clock);
+            self.refile_at(self.now)
+        }
+
+        fn refile_at(&mut self, now: Instant) -> Refiled {
+            let due = due_tick(&self.conn, &self.cfg, &self.clock, now);
             refile(&mut self.wheel, &mut self.entry, due, 7)
         }
 
@@ -158,14 +191,30 @@ mod tests {
 
         /// Advances the wheel to its entry's tick, fires it into the connection, refiles.
         fn fire(&mut self) -> (Duration, Refiled) {
+            self.fire_late(Duration::ZERO)
+        }
+
+        /// Like [`Filed::fire`], with the event loop getting to it `late` after the tick
+        /// began (a real loop always runs a little after the instant of its tick).
+        fn fire_late(&mut self, late: Duration) -> (Duration, Refiled) {
             let tick = self.wheel.next_expiry().expect("an entry is filed");
             let mut fired = Vec::new();
             self.wheel.advance(tick, 16, |_, v| fired.push(v));
             assert_eq!(fired, [7]);
             self.entry = None; // the entry fired and is gone
-            let now = self.clock.instant(tick);
-            self.conn.handle_timeout(&self.cfg, now, &mut self.events);
-            (now - self.t0, self.refile())
+            self.now = self.clock.instant(tick) + late;
+            self.conn
+                .handle_timeout(&self.cfg, self.now, &mut self.events);
+            (self.now - self.t0, self.refile())
+        }
+
+        /// Feeds the client's Pong for Ping number `seq` at `now`.
+        fn pong(&mut self, now: Instant, seq: u32) {
+            let mut pong = Vec::new();
+            encode_client_frame(0x8A, &seq.to_be_bytes(), [1, 2, 3, 4], &mut pong);
+            self.now = now;
+            self.conn
+                .handle_input(&self.cfg, now, &mut pong, &mut self.events);
         }
     }
 
@@ -293,5 +342,89 @@ mod tests {
                 f.refile();
             }
         }
+    }
+
+    #[test]
+    fn an_answered_ping_leaves_the_entry_under_the_next_ping_slot() {
+        // 4 s pings and timeout: slack 200 ms. The loop runs each tick 3 ms late, so the
+        // Pong deadline (send + 4 s) lands 3 ms after the next Ping's slot.
+        let cfg = ConnConfig {
+            keepalive: KeepaliveConfig {
+                ping_interval: Some(secs(4)),
+                ping_timeout: Some(secs(4)),
+            },
+            ..ConnConfig::default()
+        };
+        let mut f = Filed::open(cfg, 0.3); // first Ping due at 3.88 s, slot 4 s
+        f.refile();
+        for seq in 1..=3u32 {
+            let slot = secs(4 * u64::from(seq));
+            assert_eq!(f.filed_at(), Some(slot), "ping {seq}");
+            let (sent, refiled) = f.fire_late(ms(3));
+            assert_eq!(sent, slot + ms(3));
+            assert_eq!(f.events, [ConnEvent::PingSent]);
+            f.events.clear();
+            assert_eq!(refiled, Refiled::Inserted);
+            let pong_deadline = f.conn.poll_timeout(&f.cfg).unwrap() - f.t0;
+            assert_eq!(pong_deadline, sent + secs(4));
+            assert_eq!(
+                f.filed_at(),
+                Some(slot + secs(4)),
+                "filed under the next Ping's slot, before the Pong deadline"
+            );
+            f.pong(f.t0 + sent + ms(1), seq);
+            assert!(matches!(f.events[..], [ConnEvent::Pong(_)]));
+            f.events.clear();
+            assert_eq!(f.refile(), Refiled::Unchanged, "the Pong moves nothing");
+        }
+    }
+
+    #[test]
+    fn a_pong_later_than_the_next_slot_still_gets_its_exact_deadline() {
+        let cfg = ConnConfig {
+            keepalive: KeepaliveConfig {
+                ping_interval: Some(secs(4)),
+                ping_timeout: Some(secs(4)),
+            },
+            ..ConnConfig::default()
+        };
+        let mut f = Filed::open(cfg, 0.0); // first Ping due at 4 s, on the grid
+        f.refile();
+        let (sent, _) = f.fire_late(ms(3));
+        assert_eq!(sent, ms(4_003));
+        f.events.clear();
+        assert_eq!(f.filed_at(), Some(secs(8)), "the next Ping's slot");
+        // No Pong: the slot fires early for the connection, which does nothing, and the
+        // entry moves to the exact Pong deadline (8.003 s, one tick up: 8.01 s).
+        let (at, refiled) = f.fire_late(ms(2));
+        assert_eq!(at, ms(8_002));
+        assert_eq!(f.events, [], "no second Ping while one is awaited");
+        assert_eq!(refiled, Refiled::Inserted);
+        assert_eq!(f.filed_at(), Some(ms(8_010)));
+        // Still no Pong: 1011 at the Pong deadline.
+        let (at, _) = f.fire();
+        assert_eq!(at, ms(8_010));
+        assert_eq!(f.events, [ConnEvent::Closed(CloseReason::PingTimeout)]);
+    }
+
+    #[test]
+    fn a_shorter_timeout_is_filed_at_the_pong_deadline() {
+        // 20 s interval, 5 s timeout: the Pong deadline comes first and is filed exactly.
+        let cfg = ConnConfig {
+            keepalive: KeepaliveConfig {
+                ping_interval: Some(secs(20)),
+                ping_timeout: Some(secs(5)),
+            },
+            ..ConnConfig::default()
+        };
+        let mut f = Filed::open(cfg, 0.0);
+        f.refile();
+        let (sent, _) = f.fire_late(ms(3));
+        f.events.clear();
+        assert_eq!(f.filed_at(), Some(sent + secs(5) + ms(7)), "one tick up");
+        f.pong(f.t0 + sent + ms(1), 1);
+        f.events.clear();
+        assert_eq!(f.refile(), Refiled::Moved, "later, to the next Ping's slot");
+        assert_eq!(f.filed_at(), Some(secs(40)));
     }
 }

@@ -1,27 +1,46 @@
-//! Metric names, histogram buckets, per-worker handles, and the Prometheus recorder.
+//! Metric names, histogram buckets, per-worker counters, and the `/metrics` exporter.
 //!
 //! Every metric pingwheel exports is named here (see [`names`]) and described in
 //! `docs/metrics.md`. Names follow Prometheus conventions: base units (seconds, bytes) in
 //! the name, `_total` on counters. Histograms are real Prometheus histograms with explicit
 //! buckets (never summaries), so they can be aggregated across workers and processes.
 //!
-//! # Hot path
+//! # Hot path: no atomics, no allocation
 //!
-//! The event loop never looks a metric up by name. Each worker builds one
-//! [`WorkerMetrics`] at start-up, which registers every series it will touch (with a
-//! `worker="N"` label) and keeps the handles; recording is then an atomic add (counters,
-//! gauges) or a lock-free push (histograms).
+//! The event loop never looks a metric up by name, and records without a
+//! read-modify-write atomic or an allocation. Each worker owns one [`WorkerMetrics`]:
+//! plain per-worker counters, gauges and fixed-bucket histograms ([`LocalCounter`],
+//! [`LocalGauge`], [`LocalHistogram`]) that only that worker writes. The exporter reads
+//! them when `/metrics` is scraped ([`Exporter::render`]) and prints them in the same
+//! Prometheus text format, with the same names, labels and buckets, as
+//! `metrics-exporter-prometheus` prints the admin thread's own series (publish API, auth
+//! failures), which still go through the `metrics` facade.
+//!
+//! A value is a `u64` in an `AtomicU64` that its one writer updates with a relaxed load
+//! and a relaxed store (on x86-64 and AArch64 a plain load, add and store on the
+//! worker's own cache line): with a single writer no update is lost, and the scraping
+//! thread reads whole values. Single writer is kept by construction: a
+//! [`WorkerMetrics`] is not `Clone`, and the exporter only reads.
+//!
+//! A scrape reads one value at a time while the worker goes on, so the series of one
+//! scrape are not a snapshot of a single instant (as with the atomic handles before);
+//! within a histogram, `_count` and the `+Inf` bucket are the same number (both are the
+//! sum of the buckets as read), and each series only ever grows between scrapes.
 //!
 //! # Order of operations
 //!
-//! 1. [`install_recorder`] once, before any handle is created: handles made earlier are
-//!    bound to the no-op recorder and record nothing.
-//! 2. [`WorkerMetrics::new`] per worker, [`ApiMetrics::new`] once for the admin thread.
-//! 3. The admin thread renders `/metrics` with the returned [`PrometheusHandle`] and calls
-//!    [`PrometheusHandle::run_upkeep`] every [`UPKEEP_INTERVAL`]: without the exporter's
-//!    own HTTP listener nobody else drains histogram samples, and an unscraped histogram
-//!    would otherwise grow without bound.
+//! 1. [`install_recorder`] once, before [`ApiMetrics::new`]: handles made earlier are
+//!    bound to the no-op recorder and record nothing. It returns the [`Exporter`].
+//! 2. [`Exporter::worker`] per worker (its [`WorkerMetrics`]), [`ApiMetrics::new`] once
+//!    for the admin thread.
+//! 3. The admin thread renders `/metrics` with [`Exporter::render`] and calls
+//!    [`Exporter::run_upkeep`] every [`UPKEEP_INTERVAL`]: without the exporter's own
+//!    HTTP listener nobody else drains the facade's histogram samples.
 
+use std::fmt::Write as _;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use metrics::{
@@ -33,7 +52,7 @@ use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, Promet
 use crate::conn::{CloseReason, HandshakeFailure};
 use crate::push::auth::AuthFailure;
 
-/// How often the admin thread must call [`PrometheusHandle::run_upkeep`].
+/// How often the admin thread must call [`Exporter::run_upkeep`].
 pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Every metric name, as exported.
@@ -192,110 +211,203 @@ pub fn builder() -> Result<PrometheusBuilder, BuildError> {
 }
 
 /// Builds the Prometheus recorder, installs it as the global `metrics` recorder, describes
-/// every metric, and returns the handle that renders `/metrics`.
+/// every metric, and returns the [`Exporter`] that renders `/metrics`.
 ///
-/// Call once, before creating any [`WorkerMetrics`] or [`ApiMetrics`]. The caller must run
-/// [`PrometheusHandle::run_upkeep`] every [`UPKEEP_INTERVAL`] (the admin thread does).
+/// Call once, before creating any [`ApiMetrics`]. The caller must run
+/// [`Exporter::run_upkeep`] every [`UPKEEP_INTERVAL`] (the admin thread does).
 ///
 /// # Errors
 ///
 /// When a global recorder is already installed.
-pub fn install_recorder() -> Result<PrometheusHandle, BuildError> {
+pub fn install_recorder() -> Result<Exporter, BuildError> {
     let handle = builder()?.install_recorder()?;
     describe();
-    Ok(handle)
+    Ok(Exporter::new(handle))
 }
+
+/// The kind of a per-worker metric family.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+impl Kind {
+    const fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
+    }
+}
+
+/// A per-worker metric family: its name, kind, unit and HELP text. The exporter prints
+/// these from [`WorkerMetrics`]; [`describe`] registers the same text with the recorder.
+#[derive(Copy, Clone, Debug)]
+struct Family {
+    name: &'static str,
+    kind: Kind,
+    unit: Unit,
+    help: &'static str,
+}
+
+const fn family(name: &'static str, kind: Kind, unit: Unit, help: &'static str) -> Family {
+    Family {
+        name,
+        kind,
+        unit,
+        help,
+    }
+}
+
+/// Every per-worker family, in the order `/metrics` lists them.
+const WORKER_FAMILIES: [Family; 22] = [
+    family(
+        names::CONNECTIONS,
+        Kind::Gauge,
+        Unit::Count,
+        "Open client connections: accepted TCP connections, upgraded or still in the HTTP upgrade.",
+    ),
+    family(
+        names::CONNECTIONS_OPENED,
+        Kind::Counter,
+        Unit::Count,
+        "Client connections accepted.",
+    ),
+    family(
+        names::CONNECTIONS_CLOSED,
+        Kind::Counter,
+        Unit::Count,
+        "Client connections closed, by reason (each accepted connection ends with exactly one reason).",
+    ),
+    family(
+        names::HANDSHAKE_FAILURES,
+        Kind::Counter,
+        Unit::Count,
+        "HTTP upgrade requests refused or abandoned, by reason.",
+    ),
+    family(
+        names::PINGS_SENT,
+        Kind::Counter,
+        Unit::Count,
+        "Keepalive pings sent.",
+    ),
+    family(
+        names::PONGS_RECEIVED,
+        Kind::Counter,
+        Unit::Count,
+        "Pong frames received.",
+    ),
+    family(
+        names::PING_TIMEOUTS,
+        Kind::Counter,
+        Unit::Count,
+        "Connections closed with 1011 because a keepalive ping got no pong in time.",
+    ),
+    family(
+        names::PING_RTT,
+        Kind::Histogram,
+        Unit::Seconds,
+        "Keepalive ping to pong round-trip time, in seconds.",
+    ),
+    family(
+        names::MESSAGES_RECEIVED,
+        Kind::Counter,
+        Unit::Count,
+        "Complete data messages received from clients.",
+    ),
+    family(
+        names::MESSAGES_SENT,
+        Kind::Counter,
+        Unit::Count,
+        "Data messages queued to clients.",
+    ),
+    family(
+        names::BYTES_RECEIVED,
+        Kind::Counter,
+        Unit::Bytes,
+        "Bytes read from client sockets: HTTP upgrade requests and WebSocket frames.",
+    ),
+    family(
+        names::BYTES_SENT,
+        Kind::Counter,
+        Unit::Bytes,
+        "Bytes written to client sockets: HTTP upgrade responses and WebSocket frames.",
+    ),
+    family(
+        names::TIMERS,
+        Kind::Gauge,
+        Unit::Count,
+        "Live entries in the worker's timer wheel (at most one per connection).",
+    ),
+    family(
+        names::EVENT_LOOP_LAG,
+        Kind::Histogram,
+        Unit::Seconds,
+        "How late a worker ran its due timers, in seconds.",
+    ),
+    family(
+        names::DELIVERIES,
+        Kind::Counter,
+        Unit::Count,
+        "Published messages written to subscribers.",
+    ),
+    family(
+        names::SLOW_CONSUMER_DISCONNECTS,
+        Kind::Counter,
+        Unit::Count,
+        "Subscribers closed with 1013 because their outbound queue overflowed.",
+    ),
+    family(
+        names::SUBSCRIPTIONS,
+        Kind::Gauge,
+        Unit::Count,
+        "Channel subscriptions held by the worker's connections.",
+    ),
+    family(
+        names::CHANNELS,
+        Kind::Gauge,
+        Unit::Count,
+        "Channels with at least one subscriber on the worker.",
+    ),
+    family(
+        names::DELIVERY_LAG,
+        Kind::Histogram,
+        Unit::Seconds,
+        "Time from a publish being accepted to its frame being written to a subscriber's socket, in seconds.",
+    ),
+    family(
+        names::RECOVERIES,
+        Kind::Counter,
+        Unit::Count,
+        "Subscribes with since, by result (recovered or not_recovered).",
+    ),
+    family(
+        names::RECOVERED_MESSAGES,
+        Kind::Counter,
+        Unit::Count,
+        "Messages delivered from history by recoveries.",
+    ),
+    family(
+        names::ACCEPT_PAUSES,
+        Kind::Counter,
+        Unit::Count,
+        "Accept pauses of 100 ms after accept failed for lack of resources (EMFILE, ENFILE, ENOBUFS, ENOMEM).",
+    ),
+];
 
 /// Registers HELP text and units for every metric with the current recorder.
 /// [`install_recorder`] calls it; tests using a local recorder call it themselves.
 pub fn describe() {
-    describe_gauge!(
-        names::CONNECTIONS,
-        Unit::Count,
-        "Open client connections: accepted TCP connections, upgraded or still in the HTTP upgrade."
-    );
-    describe_counter!(
-        names::CONNECTIONS_OPENED,
-        Unit::Count,
-        "Client connections accepted."
-    );
-    describe_counter!(
-        names::CONNECTIONS_CLOSED,
-        Unit::Count,
-        "Client connections closed, by reason (each accepted connection ends with exactly one reason)."
-    );
-    describe_counter!(
-        names::HANDSHAKE_FAILURES,
-        Unit::Count,
-        "HTTP upgrade requests refused or abandoned, by reason."
-    );
-    describe_counter!(names::PINGS_SENT, Unit::Count, "Keepalive pings sent.");
-    describe_counter!(names::PONGS_RECEIVED, Unit::Count, "Pong frames received.");
-    describe_counter!(
-        names::PING_TIMEOUTS,
-        Unit::Count,
-        "Connections closed with 1011 because a keepalive ping got no pong in time."
-    );
-    describe_histogram!(
-        names::PING_RTT,
-        Unit::Seconds,
-        "Keepalive ping to pong round-trip time, in seconds."
-    );
-    describe_counter!(
-        names::MESSAGES_RECEIVED,
-        Unit::Count,
-        "Complete data messages received from clients."
-    );
-    describe_counter!(
-        names::MESSAGES_SENT,
-        Unit::Count,
-        "Data messages queued to clients."
-    );
-    describe_counter!(
-        names::BYTES_RECEIVED,
-        Unit::Bytes,
-        "Bytes read from client sockets: HTTP upgrade requests and WebSocket frames."
-    );
-    describe_counter!(
-        names::BYTES_SENT,
-        Unit::Bytes,
-        "Bytes written to client sockets: HTTP upgrade responses and WebSocket frames."
-    );
-    describe_gauge!(
-        names::TIMERS,
-        Unit::Count,
-        "Live entries in the worker's timer wheel (at most one per connection)."
-    );
-    describe_histogram!(
-        names::EVENT_LOOP_LAG,
-        Unit::Seconds,
-        "How late a worker ran its due timers, in seconds."
-    );
-    describe_counter!(
-        names::DELIVERIES,
-        Unit::Count,
-        "Published messages written to subscribers."
-    );
-    describe_counter!(
-        names::SLOW_CONSUMER_DISCONNECTS,
-        Unit::Count,
-        "Subscribers closed with 1013 because their outbound queue overflowed."
-    );
-    describe_gauge!(
-        names::SUBSCRIPTIONS,
-        Unit::Count,
-        "Channel subscriptions held by the worker's connections."
-    );
-    describe_gauge!(
-        names::CHANNELS,
-        Unit::Count,
-        "Channels with at least one subscriber on the worker."
-    );
-    describe_histogram!(
-        names::DELIVERY_LAG,
-        Unit::Seconds,
-        "Time from a publish being accepted to its frame being written to a subscriber's socket, in seconds."
-    );
+    for f in WORKER_FAMILIES {
+        match f.kind {
+            Kind::Counter => describe_counter!(f.name, f.unit, f.help),
+            Kind::Gauge => describe_gauge!(f.name, f.unit, f.help),
+            Kind::Histogram => describe_histogram!(f.name, f.unit, f.help),
+        }
+    }
     describe_counter!(
         names::PUBLISHES,
         Unit::Count,
@@ -320,21 +432,6 @@ pub fn describe() {
         names::HISTORY_BYTES,
         Unit::Bytes,
         "Bytes history holds on this node (bounded by --history-max-bytes)."
-    );
-    describe_counter!(
-        names::RECOVERIES,
-        Unit::Count,
-        "Subscribes with since, by result (recovered or not_recovered)."
-    );
-    describe_counter!(
-        names::RECOVERED_MESSAGES,
-        Unit::Count,
-        "Messages delivered from history by recoveries."
-    );
-    describe_counter!(
-        names::ACCEPT_PAUSES,
-        Unit::Count,
-        "Accept pauses of 100 ms after accept failed for lack of resources (EMFILE, ENFILE, ENOBUFS, ENOMEM)."
     );
     describe_gauge!(
         names::ENGINE_UP,
@@ -462,103 +559,194 @@ impl Default for EngineMetrics {
     }
 }
 
-/// One worker's metric handles, labelled `worker="N"`. Build once per worker, after
-/// [`install_recorder`]; then record without any lookup.
-///
-/// The fields are the handles themselves (`metrics.pings_sent.increment(1)`); the
-/// per-reason arrays are indexed by [`CloseReason::index`] and [`HandshakeFailure::index`]
-/// (or use [`WorkerMetrics::closed`] / [`WorkerMetrics::handshake_failed`]).
-#[derive(Clone, Debug)]
-pub struct WorkerMetrics {
-    /// `pingwheel_connections`: open client connections (from accept to close).
-    pub connections: Gauge,
-    /// `pingwheel_connections_opened_total`: accepted connections.
-    pub connections_opened: Counter,
-    /// `pingwheel_connections_closed_total{reason}`, indexed by [`CloseReason::index`].
-    pub connections_closed: [Counter; CloseReason::ALL.len()],
-    /// `pingwheel_handshake_failures_total{reason}`, indexed by [`HandshakeFailure::index`].
-    pub handshake_failures: [Counter; HandshakeFailure::ALL.len()],
-    /// `pingwheel_pings_sent_total`.
-    pub pings_sent: Counter,
-    /// `pingwheel_pongs_received_total`.
-    pub pongs_received: Counter,
-    /// `pingwheel_ping_timeouts_total`.
-    pub ping_timeouts: Counter,
-    /// `pingwheel_ping_rtt_seconds`: record a `Duration` (converted to seconds).
-    pub ping_rtt: Histogram,
-    /// `pingwheel_messages_received_total`.
-    pub messages_received: Counter,
-    /// `pingwheel_messages_sent_total`.
-    pub messages_sent: Counter,
-    /// `pingwheel_bytes_received_total`.
-    pub bytes_received: Counter,
-    /// `pingwheel_bytes_sent_total`.
-    pub bytes_sent: Counter,
-    /// `pingwheel_timers`: set to the wheel's `len()`.
-    pub timers: Gauge,
-    /// `pingwheel_event_loop_lag_seconds`: now minus the deadline of the timers being run.
-    pub event_loop_lag: Histogram,
-    /// `pingwheel_deliveries_total`.
-    pub deliveries: Counter,
-    /// `pingwheel_slow_consumer_disconnects_total`.
-    pub slow_consumer_disconnects: Counter,
-    /// `pingwheel_subscriptions`.
-    pub subscriptions: Gauge,
-    /// `pingwheel_channels`: channels with at least one local subscriber.
-    pub channels: Gauge,
-    /// `pingwheel_delivery_lag_seconds`.
-    pub delivery_lag: Histogram,
-    /// `pingwheel_recoveries_total{result}`, indexed like [`names::RECOVERY_RESULTS`].
-    pub recoveries: [Counter; 2],
-    /// `pingwheel_recovered_messages_total`.
-    pub recovered_messages: Counter,
-    /// `pingwheel_accept_pauses_total`.
-    pub accept_pauses: Counter,
+/// A counter with a single writer (its worker), read by the exporter at scrape time.
+/// See the module docs for why a relaxed load and store suffice.
+#[derive(Debug, Default)]
+pub struct LocalCounter(AtomicU64);
+
+impl LocalCounter {
+    /// Adds `n`. Only the owning worker calls this.
+    #[inline]
+    pub fn increment(&self, n: u64) {
+        let v = self.0.load(Ordering::Relaxed);
+        self.0.store(v.wrapping_add(n), Ordering::Relaxed);
+    }
+
+    /// The current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
-impl WorkerMetrics {
-    /// Registers (or finds) every per-worker series for worker number `worker` with the
-    /// current recorder and keeps the handles. Every series exists from here on, so a
-    /// reason that never happened is exported as 0 rather than missing.
-    pub fn new(worker: usize) -> WorkerMetrics {
-        let worker = worker.to_string();
-        WorkerMetrics {
-            connections: gauge!(names::CONNECTIONS, "worker" => worker.clone()),
-            connections_opened: counter!(names::CONNECTIONS_OPENED, "worker" => worker.clone()),
-            connections_closed: CloseReason::ALL.map(|reason| {
-                counter!(
-                    names::CONNECTIONS_CLOSED,
-                    "worker" => worker.clone(),
-                    "reason" => reason.as_label()
-                )
-            }),
-            handshake_failures: HandshakeFailure::ALL.map(|failure| {
-                counter!(
-                    names::HANDSHAKE_FAILURES,
-                    "worker" => worker.clone(),
-                    "reason" => failure.as_label()
-                )
-            }),
-            pings_sent: counter!(names::PINGS_SENT, "worker" => worker.clone()),
-            pongs_received: counter!(names::PONGS_RECEIVED, "worker" => worker.clone()),
-            ping_timeouts: counter!(names::PING_TIMEOUTS, "worker" => worker.clone()),
-            ping_rtt: histogram!(names::PING_RTT, "worker" => worker.clone()),
-            messages_received: counter!(names::MESSAGES_RECEIVED, "worker" => worker.clone()),
-            messages_sent: counter!(names::MESSAGES_SENT, "worker" => worker.clone()),
-            bytes_received: counter!(names::BYTES_RECEIVED, "worker" => worker.clone()),
-            bytes_sent: counter!(names::BYTES_SENT, "worker" => worker.clone()),
-            timers: gauge!(names::TIMERS, "worker" => worker.clone()),
-            event_loop_lag: histogram!(names::EVENT_LOOP_LAG, "worker" => worker.clone()),
-            deliveries: counter!(names::DELIVERIES, "worker" => worker.clone()),
-            slow_consumer_disconnects: counter!(names::SLOW_CONSUMER_DISCONNECTS, "worker" => worker.clone()),
-            subscriptions: gauge!(names::SUBSCRIPTIONS, "worker" => worker.clone()),
-            channels: gauge!(names::CHANNELS, "worker" => worker.clone()),
-            delivery_lag: histogram!(names::DELIVERY_LAG, "worker" => worker.clone()),
-            recoveries: names::RECOVERY_RESULTS.map(|result| {
-                counter!(names::RECOVERIES, "worker" => worker.clone(), "result" => result)
-            }),
-            recovered_messages: counter!(names::RECOVERED_MESSAGES, "worker" => worker.clone()),
-            accept_pauses: counter!(names::ACCEPT_PAUSES, "worker" => worker.clone()),
+/// A gauge with a single writer (its worker): the last value set.
+#[derive(Debug, Default)]
+pub struct LocalGauge(AtomicU64);
+
+impl LocalGauge {
+    /// Sets the value. Only the owning worker calls this.
+    #[inline]
+    pub fn set(&self, value: f64) {
+        self.0.store(value.to_bits(), Ordering::Relaxed);
+    }
+
+    /// The current value.
+    pub fn get(&self) -> f64 {
+        f64::from_bits(self.0.load(Ordering::Relaxed))
+    }
+}
+
+/// A fixed-bucket histogram with a single writer (its worker): one count per bucket
+/// (the last one for samples above every bound) and the sum of the samples.
+#[derive(Debug)]
+pub struct LocalHistogram {
+    /// Upper bounds, ascending; a sample equal to a bound counts in that bucket.
+    bounds: &'static [f64],
+    /// `counts[i]` = samples in `(bounds[i-1], bounds[i]]`; `counts[bounds.len()]` =
+    /// samples above the last bound.
+    counts: Box<[LocalCounter]>,
+    /// Sum of the samples, as `f64` bits.
+    sum: AtomicU64,
+}
+
+impl LocalHistogram {
+    /// An empty histogram with `bounds` (ascending).
+    pub fn new(bounds: &'static [f64]) -> LocalHistogram {
+        debug_assert!(bounds.is_sorted(), "bucket bounds ascend");
+        LocalHistogram {
+            bounds,
+            counts: (0..=bounds.len())
+                .map(|_| LocalCounter::default())
+                .collect(),
+            sum: AtomicU64::new(0.0f64.to_bits()),
+        }
+    }
+
+    /// Records one sample (seconds). Only the owning worker calls this.
+    #[inline]
+    pub fn record(&self, value: f64) {
+        let bucket = self.bounds.partition_point(|&bound| bound < value);
+        self.counts[bucket].increment(1);
+        let sum = f64::from_bits(self.sum.load(Ordering::Relaxed)) + value;
+        self.sum.store(sum.to_bits(), Ordering::Relaxed);
+    }
+
+    /// The cumulative count of samples at or below each bound, then the total.
+    pub fn cumulative(&self) -> Vec<u64> {
+        let mut total = 0u64;
+        self.counts
+            .iter()
+            .map(|c| {
+                total = total.wrapping_add(c.get());
+                total
+            })
+            .collect()
+    }
+
+    /// The sum of the samples.
+    pub fn sum(&self) -> f64 {
+        f64::from_bits(self.sum.load(Ordering::Relaxed))
+    }
+
+    /// The upper bounds of the buckets.
+    pub fn bounds(&self) -> &'static [f64] {
+        self.bounds
+    }
+}
+
+/// One worker's metrics, labelled `worker="N"`, written by that worker only (the
+/// exporter reads them at scrape time; see the module docs). Get it from
+/// [`Exporter::worker`]; it dereferences to the values ([`WorkerStats`]), so recording
+/// is `metrics.pings_sent.increment(1)`.
+#[derive(Debug)]
+pub struct WorkerMetrics(Arc<WorkerStats>);
+
+impl Deref for WorkerMetrics {
+    type Target = WorkerStats;
+
+    fn deref(&self) -> &WorkerStats {
+        &self.0
+    }
+}
+
+/// The values of one worker's metrics. The per-reason arrays are indexed by
+/// [`CloseReason::index`] and [`HandshakeFailure::index`] (or use
+/// [`WorkerStats::closed`] / [`WorkerStats::handshake_failed`]).
+#[derive(Debug)]
+pub struct WorkerStats {
+    /// The `worker` label.
+    worker: usize,
+    /// `pingwheel_connections`: open client connections (from accept to close).
+    pub connections: LocalGauge,
+    /// `pingwheel_connections_opened_total`: accepted connections.
+    pub connections_opened: LocalCounter,
+    /// `pingwheel_connections_closed_total{reason}`, indexed by [`CloseReason::index`].
+    pub connections_closed: [LocalCounter; CloseReason::ALL.len()],
+    /// `pingwheel_handshake_failures_total{reason}`, indexed by [`HandshakeFailure::index`].
+    pub handshake_failures: [LocalCounter; HandshakeFailure::ALL.len()],
+    /// `pingwheel_pings_sent_total`.
+    pub pings_sent: LocalCounter,
+    /// `pingwheel_pongs_received_total`.
+    pub pongs_received: LocalCounter,
+    /// `pingwheel_ping_timeouts_total`.
+    pub ping_timeouts: LocalCounter,
+    /// `pingwheel_ping_rtt_seconds`: record seconds.
+    pub ping_rtt: LocalHistogram,
+    /// `pingwheel_messages_received_total`.
+    pub messages_received: LocalCounter,
+    /// `pingwheel_messages_sent_total`.
+    pub messages_sent: LocalCounter,
+    /// `pingwheel_bytes_received_total`.
+    pub bytes_received: LocalCounter,
+    /// `pingwheel_bytes_sent_total`.
+    pub bytes_sent: LocalCounter,
+    /// `pingwheel_timers`: set to the wheel's `len()`.
+    pub timers: LocalGauge,
+    /// `pingwheel_event_loop_lag_seconds`: now minus the deadline of the timers being run.
+    pub event_loop_lag: LocalHistogram,
+    /// `pingwheel_deliveries_total`.
+    pub deliveries: LocalCounter,
+    /// `pingwheel_slow_consumer_disconnects_total`.
+    pub slow_consumer_disconnects: LocalCounter,
+    /// `pingwheel_subscriptions`.
+    pub subscriptions: LocalGauge,
+    /// `pingwheel_channels`: channels with at least one local subscriber.
+    pub channels: LocalGauge,
+    /// `pingwheel_delivery_lag_seconds`.
+    pub delivery_lag: LocalHistogram,
+    /// `pingwheel_recoveries_total{result}`, indexed like [`names::RECOVERY_RESULTS`].
+    pub recoveries: [LocalCounter; names::RECOVERY_RESULTS.len()],
+    /// `pingwheel_recovered_messages_total`.
+    pub recovered_messages: LocalCounter,
+    /// `pingwheel_accept_pauses_total`.
+    pub accept_pauses: LocalCounter,
+}
+
+impl WorkerStats {
+    fn new(worker: usize) -> WorkerStats {
+        WorkerStats {
+            worker,
+            connections: LocalGauge::default(),
+            connections_opened: LocalCounter::default(),
+            connections_closed: Default::default(),
+            handshake_failures: Default::default(),
+            pings_sent: LocalCounter::default(),
+            pongs_received: LocalCounter::default(),
+            ping_timeouts: LocalCounter::default(),
+            ping_rtt: LocalHistogram::new(&LATENCY_BUCKETS),
+            messages_received: LocalCounter::default(),
+            messages_sent: LocalCounter::default(),
+            bytes_received: LocalCounter::default(),
+            bytes_sent: LocalCounter::default(),
+            timers: LocalGauge::default(),
+            event_loop_lag: LocalHistogram::new(&LAG_BUCKETS),
+            deliveries: LocalCounter::default(),
+            slow_consumer_disconnects: LocalCounter::default(),
+            subscriptions: LocalGauge::default(),
+            channels: LocalGauge::default(),
+            delivery_lag: LocalHistogram::new(&LATENCY_BUCKETS),
+            recoveries: Default::default(),
+            recovered_messages: LocalCounter::default(),
+            accept_pauses: LocalCounter::default(),
         }
     }
 
@@ -569,13 +757,130 @@ impl WorkerMetrics {
     }
 
     /// The `pingwheel_connections_closed_total` counter for `reason`.
-    pub fn closed(&self, reason: CloseReason) -> &Counter {
+    pub fn closed(&self, reason: CloseReason) -> &LocalCounter {
         &self.connections_closed[reason.index()]
     }
 
     /// The `pingwheel_handshake_failures_total` counter for `failure`.
-    pub fn handshake_failed(&self, failure: HandshakeFailure) -> &Counter {
+    pub fn handshake_failed(&self, failure: HandshakeFailure) -> &LocalCounter {
         &self.handshake_failures[failure.index()]
+    }
+
+    /// Writes every series of family `f` for this worker.
+    fn write_series(&self, f: &Family, out: &mut String) {
+        let w = self.worker;
+        let mut line = |labels: &str, value: &dyn std::fmt::Display| {
+            let _ = writeln!(out, "{}{{worker=\"{w}\"{labels}}} {value}", f.name);
+        };
+        match f.name {
+            names::CONNECTIONS => line("", &self.connections.get()),
+            names::CONNECTIONS_OPENED => line("", &self.connections_opened.get()),
+            names::CONNECTIONS_CLOSED => {
+                for reason in CloseReason::ALL {
+                    let labels = format!(",reason=\"{}\"", reason.as_label());
+                    line(&labels, &self.closed(reason).get());
+                }
+            }
+            names::HANDSHAKE_FAILURES => {
+                for failure in HandshakeFailure::ALL {
+                    let labels = format!(",reason=\"{}\"", failure.as_label());
+                    line(&labels, &self.handshake_failed(failure).get());
+                }
+            }
+            names::PINGS_SENT => line("", &self.pings_sent.get()),
+            names::PONGS_RECEIVED => line("", &self.pongs_received.get()),
+            names::PING_TIMEOUTS => line("", &self.ping_timeouts.get()),
+            names::MESSAGES_RECEIVED => line("", &self.messages_received.get()),
+            names::MESSAGES_SENT => line("", &self.messages_sent.get()),
+            names::BYTES_RECEIVED => line("", &self.bytes_received.get()),
+            names::BYTES_SENT => line("", &self.bytes_sent.get()),
+            names::TIMERS => line("", &self.timers.get()),
+            names::DELIVERIES => line("", &self.deliveries.get()),
+            names::SLOW_CONSUMER_DISCONNECTS => line("", &self.slow_consumer_disconnects.get()),
+            names::SUBSCRIPTIONS => line("", &self.subscriptions.get()),
+            names::CHANNELS => line("", &self.channels.get()),
+            names::PING_RTT => write_histogram(f.name, w, &self.ping_rtt, out),
+            names::EVENT_LOOP_LAG => write_histogram(f.name, w, &self.event_loop_lag, out),
+            names::DELIVERY_LAG => write_histogram(f.name, w, &self.delivery_lag, out),
+            names::RECOVERIES => {
+                for (result, counter) in names::RECOVERY_RESULTS.iter().zip(&self.recoveries) {
+                    line(&format!(",result=\"{result}\""), &counter.get());
+                }
+            }
+            names::RECOVERED_MESSAGES => line("", &self.recovered_messages.get()),
+            names::ACCEPT_PAUSES => line("", &self.accept_pauses.get()),
+            other => debug_assert!(false, "no per-worker series for {other}"),
+        }
+    }
+}
+
+/// Writes one worker's histogram as `_bucket` (cumulative, `le` per bound and `+Inf`),
+/// `_sum` and `_count` lines, as `metrics-exporter-prometheus` does.
+fn write_histogram(name: &str, worker: usize, h: &LocalHistogram, out: &mut String) {
+    let cumulative = h.cumulative();
+    let total = *cumulative
+        .last()
+        .expect("one count per bucket and one above");
+    for (bound, count) in h.bounds().iter().zip(&cumulative) {
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{worker=\"{worker}\",le=\"{bound}\"}} {count}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{name}_bucket{{worker=\"{worker}\",le=\"+Inf\"}} {total}"
+    );
+    let _ = writeln!(out, "{name}_sum{{worker=\"{worker}\"}} {}", h.sum());
+    let _ = writeln!(out, "{name}_count{{worker=\"{worker}\"}} {total}");
+}
+
+/// Renders `/metrics`: every worker's series, read at scrape time, followed by the
+/// series of the `metrics` recorder (the admin thread's: publish API, auth failures).
+#[derive(Debug)]
+pub struct Exporter {
+    prometheus: PrometheusHandle,
+    workers: Vec<Arc<WorkerStats>>,
+}
+
+impl Exporter {
+    /// An exporter for `prometheus`'s series, with no workers yet.
+    pub fn new(prometheus: PrometheusHandle) -> Exporter {
+        Exporter {
+            prometheus,
+            workers: Vec::new(),
+        }
+    }
+
+    /// The metrics of worker number `worker`, exported from now on. Every series
+    /// exists from here on, so a reason that never happened is exported as 0 rather
+    /// than missing.
+    pub fn worker(&mut self, worker: usize) -> WorkerMetrics {
+        let stats = Arc::new(WorkerStats::new(worker));
+        self.workers.push(Arc::clone(&stats));
+        WorkerMetrics(stats)
+    }
+
+    /// The Prometheus text exposition of every series.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        if !self.workers.is_empty() {
+            for f in &WORKER_FAMILIES {
+                let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
+                let _ = writeln!(out, "# TYPE {} {}", f.name, f.kind.as_str());
+                for w in &self.workers {
+                    w.write_series(f, &mut out);
+                }
+                out.push('\n');
+            }
+        }
+        out.push_str(&self.prometheus.render());
+        out
+    }
+
+    /// Drains the recorder's histogram samples; call every [`UPKEEP_INTERVAL`].
+    pub fn run_upkeep(&self) {
+        self.prometheus.run_upkeep();
     }
 }
 
@@ -629,42 +934,44 @@ mod tests {
     use std::io::Write as _;
     use std::process::{Command, Stdio};
 
-    /// Builds a private recorder, creates and touches every handle under it, and renders.
+    /// Builds a private recorder and an exporter, touches every series, and renders.
     fn render_everything() -> String {
         let recorder = builder().expect("buckets are non-empty").build_recorder();
-        let handle = recorder.handle();
+        let mut exporter = Exporter::new(recorder.handle());
+        let workers: Vec<WorkerMetrics> = (0..2).map(|w| exporter.worker(w)).collect();
+        for m in &workers {
+            m.connections.set(3.0);
+            m.connections_opened.increment(4);
+            for reason in CloseReason::ALL {
+                m.closed(reason).increment(1);
+            }
+            for failure in HandshakeFailure::ALL {
+                m.handshake_failed(failure).increment(1);
+            }
+            m.pings_sent.increment(5);
+            m.pongs_received.increment(5);
+            m.ping_timeouts.increment(1);
+            m.ping_rtt.record(Duration::from_micros(300).as_secs_f64());
+            m.ping_rtt.record(Duration::from_secs(30).as_secs_f64());
+            m.messages_received.increment(1);
+            m.messages_sent.increment(1);
+            m.bytes_received.increment(100);
+            m.bytes_sent.increment(100);
+            m.timers.set(3.0);
+            m.event_loop_lag
+                .record(Duration::from_millis(2).as_secs_f64());
+            m.deliveries.increment(1);
+            m.slow_consumer_disconnects.increment(1);
+            m.subscriptions.set(2.0);
+            m.channels.set(1.0);
+            m.delivery_lag
+                .record(Duration::from_millis(1).as_secs_f64());
+            m.recovery(true, 20);
+            m.recovery(false, 0);
+            m.accept_pauses.increment(1);
+        }
         metrics::with_local_recorder(&recorder, || {
             describe();
-            for worker in 0..2 {
-                let m = WorkerMetrics::new(worker);
-                m.connections.set(3.0);
-                m.connections_opened.increment(4);
-                for reason in CloseReason::ALL {
-                    m.closed(reason).increment(1);
-                }
-                for failure in HandshakeFailure::ALL {
-                    m.handshake_failed(failure).increment(1);
-                }
-                m.pings_sent.increment(5);
-                m.pongs_received.increment(5);
-                m.ping_timeouts.increment(1);
-                m.ping_rtt.record(Duration::from_micros(300));
-                m.ping_rtt.record(Duration::from_secs(30));
-                m.messages_received.increment(1);
-                m.messages_sent.increment(1);
-                m.bytes_received.increment(100);
-                m.bytes_sent.increment(100);
-                m.timers.set(3.0);
-                m.event_loop_lag.record(Duration::from_millis(2));
-                m.deliveries.increment(1);
-                m.slow_consumer_disconnects.increment(1);
-                m.subscriptions.set(2.0);
-                m.channels.set(1.0);
-                m.delivery_lag.record(Duration::from_millis(1));
-                m.recovery(true, 20);
-                m.recovery(false, 0);
-                m.accept_pauses.increment(1);
-            }
             set_history(10, 4096);
             let api = ApiMetrics::new();
             api.publishes.increment(1);
@@ -677,8 +984,8 @@ mod tests {
             engine.up.set(1.0);
             engine.publish_seconds.record(Duration::from_micros(300));
         });
-        handle.run_upkeep();
-        handle.render()
+        exporter.run_upkeep();
+        exporter.render()
     }
 
     #[test]
@@ -783,11 +1090,86 @@ mod tests {
     }
 
     #[test]
-    fn handles_made_before_any_recorder_are_harmless_no_ops() {
-        // No recorder installed for this thread: must not panic.
-        let m = WorkerMetrics::new(7);
-        m.pings_sent.increment(1);
-        m.ping_rtt.record(Duration::from_millis(1));
+    fn worker_series_print_as_the_prometheus_exporter_prints_them() {
+        // The same series through the `metrics` facade and the exporter crate, as
+        // pingwheel exported them before its workers kept their own counters. Powers of
+        // two (and a bound), so the sums are exact in any order.
+        const SAMPLES: [f64; 6] = [
+            0.000_061_035_156_25,
+            0.000_244_140_625,
+            0.000_244_140_625,
+            0.5,
+            2.5,
+            32.0,
+        ];
+        let recorder = builder().expect("buckets").build_recorder();
+        metrics::with_local_recorder(&recorder, || {
+            describe();
+            metrics::counter!(names::PINGS_SENT, "worker" => "0").increment(5);
+            metrics::gauge!(names::CONNECTIONS, "worker" => "0").set(3.0);
+            let rtt = metrics::histogram!(names::PING_RTT, "worker" => "0");
+            for v in SAMPLES {
+                rtt.record(v);
+            }
+        });
+        let facade = recorder.handle().render();
+        let mut exporter = Exporter::new(builder().expect("buckets").build_recorder().handle());
+        let m = exporter.worker(0);
+        m.pings_sent.increment(5);
+        m.connections.set(3.0);
+        for v in SAMPLES {
+            m.ping_rtt.record(v);
+        }
+        let ours = exporter.render();
+        // Every line the facade printed for these families, ours prints identically.
+        let families = [names::PINGS_SENT, names::CONNECTIONS, names::PING_RTT];
+        let mut compared = 0;
+        for line in facade
+            .lines()
+            .filter(|l| families.iter().any(|f| l.contains(f)))
+        {
+            assert!(
+                ours.lines().any(|l| l == line),
+                "missing {line:?} in:\n{ours}"
+            );
+            compared += 1;
+        }
+        // HELP, TYPE and the series: one line for the counter and the gauge, 17 buckets,
+        // +Inf, _sum and _count for the histogram.
+        assert_eq!(compared, 3 + 3 + (2 + 17 + 3), "{facade}");
+    }
+
+    #[test]
+    fn a_histogram_counts_a_sample_equal_to_a_bound_in_that_bucket() {
+        let h = LocalHistogram::new(&LATENCY_BUCKETS);
+        h.record(0.0005);
+        h.record(0.0005000001);
+        h.record(100.0);
+        let c = h.cumulative();
+        assert_eq!(c[2], 1, "le=0.0005");
+        assert_eq!(c[3], 2, "le=0.001");
+        assert_eq!(c[LATENCY_BUCKETS.len() - 1], 2, "le=20");
+        assert_eq!(c[LATENCY_BUCKETS.len()], 3, "+Inf");
+        assert!((h.sum() - 100.0010000001).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_counter_read_from_another_thread_sees_every_increment() {
+        let mut exporter = Exporter::new(builder().expect("buckets").build_recorder().handle());
+        let m = exporter.worker(0);
+        let writer = std::thread::spawn(move || {
+            for _ in 0..100_000 {
+                m.pings_sent.increment(1);
+            }
+            m
+        });
+        let m = writer.join().unwrap();
+        assert!(
+            exporter
+                .render()
+                .contains("pingwheel_pings_sent_total{worker=\"0\"} 100000\n")
+        );
+        drop(m);
     }
 
     #[test]

@@ -18,6 +18,7 @@
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -39,7 +40,7 @@ use crate::engine::redis::instance::Timing;
 use crate::engine::redis::node::NodeSettings;
 use crate::engine::{Engine, Outbox, request_channel};
 use crate::listener::bind_reuseport;
-use crate::metrics::{self, WorkerMetrics};
+use crate::metrics;
 use crate::push::auth::Authenticator;
 use crate::worker::link::{Command, WorkerOutbox};
 use crate::worker::{self, PushContext};
@@ -69,13 +70,22 @@ pub enum ServerError {
     Worker(io::Error),
 }
 
+/// What wakes the main thread while the gateway runs.
+#[derive(Debug)]
+enum Wake {
+    /// SIGINT or SIGTERM (the first one): drain.
+    Signal(i32),
+    /// Worker `id`'s thread ended although nobody asked it to.
+    WorkerStopped(usize),
+}
+
 /// Runs the gateway until a signal drains it.
 ///
 /// # Errors
 /// See [`ServerError`].
 pub fn run(config: Config) -> Result<(), ServerError> {
     let workers = config.workers.get();
-    let prometheus = metrics::install_recorder()
+    let mut exporter = metrics::install_recorder()
         .map_err(|e| ServerError::Startup(format!("metrics recorder: {e}")))?;
 
     let (listen, listeners) =
@@ -100,7 +110,9 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])
         .map_err(|e| ServerError::Startup(format!("signals: {e}")))?;
     let signal_handle = signals.handle();
-    let (signal_tx, signal_rx) = mpsc::channel();
+    // What the main thread waits for: a signal, or a worker that stopped on its own.
+    let (wake_tx, wake_rx) = mpsc::channel();
+    let signal_tx = wake_tx.clone();
     let signal_thread = std::thread::Builder::new()
         .name("pingwheel-signals".into())
         .spawn(move || {
@@ -115,7 +127,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
                     eprintln!("pingwheel: second signal ({signal}): exiting now");
                     std::process::exit(1);
                 }
-                let _ = signal_tx.send(signal);
+                let _ = signal_tx.send(Wake::Signal(signal));
             }
         })
         .map_err(|e| ServerError::Startup(format!("signal thread: {e}")))?;
@@ -145,13 +157,34 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         engine: engine_sender,
     };
 
+    // Before the first worker: its private descriptor table must hold the descriptor a
+    // worker's engine request wakes the engine's runtime through (see `admin::runtime`);
+    // the memory engine runs on the admin runtime, the Redis engine on the broker's.
+    let admin_runtime =
+        admin::runtime().map_err(|e| ServerError::Startup(format!("admin runtime: {e}")))?;
+    let broker = match config.engine {
+        EngineKind::Redis => Some(
+            crate::engine::redis::broker::spawn_runtime()
+                .map_err(|e| ServerError::Startup(format!("broker runtime: {e}")))?,
+        ),
+        EngineKind::Memory => None,
+    };
     let mut handles = Vec::with_capacity(workers);
+    // Each worker closes the later workers' listeners in its private descriptor table.
+    let listener_fds: Vec<RawFd> = listeners.iter().map(AsRawFd::as_raw_fd).collect();
     for (id, listener) in listeners.into_iter().enumerate() {
         let handle = worker::spawn(
             config.worker(id),
             listener,
-            WorkerMetrics::new(id),
+            &listener_fds[id + 1..],
+            exporter.worker(id),
             push.clone(),
+            {
+                let wake = wake_tx.clone();
+                move || {
+                    let _ = wake.send(Wake::WorkerStopped(id));
+                }
+            },
         )
         .map_err(|e| ServerError::Startup(format!("worker {id}: {e}")))?;
         handles.push(handle);
@@ -181,8 +214,9 @@ pub fn run(config: Config) -> Result<(), ServerError> {
                 (engine, Some(task), Cluster::Local)
             }
             EngineKind::Redis => {
-                let broker = crate::engine::redis::broker::spawn_runtime()
-                    .map_err(|e| ServerError::Startup(format!("broker runtime: {e}")))?;
+                let broker = broker.ok_or_else(|| {
+                    ServerError::Startup("broker runtime: not started".to_owned())
+                })?;
                 let settings = NodeSettings {
                     urls: config.redis_urls.iter().map(|u| u.0.clone()).collect(),
                     name: node_name.clone(),
@@ -229,14 +263,14 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         metrics: metrics::ApiMetrics::new(),
         engine_metrics,
     };
-    let mut admin_state = AdminState::new(prometheus)
+    let mut admin_state = AdminState::new(exporter)
         .with_publish_api(publish_api)
         .with_cluster_api(cluster_api);
     if let Some(task) = engine_task {
         admin_state = admin_state.with_engine_task(task);
     }
     let admin_state = Arc::new(admin_state);
-    let admin = admin::spawn(admin_listener, Arc::clone(&admin_state))
+    let admin = admin::spawn(admin_runtime, admin_listener, Arc::clone(&admin_state))
         .map_err(|e| ServerError::Startup(format!("admin listener: {e}")))?;
 
     info!(
@@ -249,21 +283,19 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let _ = stdout.flush();
     drop(stdout);
 
-    // Wait for a signal, watching for a worker that dies on its own.
-    let result = loop {
-        match signal_rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(signal) => {
-                info!(signal, drain_timeout = ?config.drain_timeout, "signal received: draining");
-                break Ok(());
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                if handles.iter().any(worker::WorkerHandle::is_finished) {
-                    error!("a worker stopped unexpectedly: shutting down");
-                    break Err(());
-                }
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break Ok(()),
+    // Wait for a signal, or for a worker that stops on its own (it says so as its thread
+    // ends): no polling, so an idle gateway's main thread never wakes.
+    drop(wake_tx);
+    let result = match wake_rx.recv() {
+        Ok(Wake::Signal(signal)) => {
+            info!(signal, drain_timeout = ?config.drain_timeout, "signal received: draining");
+            Ok(())
         }
+        Ok(Wake::WorkerStopped(id)) => {
+            error!(worker = id, "a worker stopped unexpectedly: shutting down");
+            Err(())
+        }
+        Err(mpsc::RecvError) => Ok(()),
     };
 
     admin_state.set_draining(true);

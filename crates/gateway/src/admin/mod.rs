@@ -29,7 +29,7 @@
 //!
 //! # Upkeep
 //!
-//! The thread also calls [`PrometheusHandle::run_upkeep`] every
+//! The thread also calls [`Exporter::run_upkeep`] every
 //! [`metrics::UPKEEP_INTERVAL`](crate::metrics::UPKEEP_INTERVAL), which drains histogram
 //! samples even when nobody scrapes. The engine's own task ([`Engine::run`]: the
 //! workers' requests, history timers) runs on this runtime too.
@@ -52,7 +52,6 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::oneshot;
 
 use self::cluster::ClusterApi;
@@ -60,7 +59,7 @@ use self::http::{AdminBody, method_not_allowed, plain, respond};
 use self::publish::PublishApi;
 use crate::engine::Engine;
 use crate::listener::{AcceptPauses, is_resource_exhaustion};
-use crate::metrics::UPKEEP_INTERVAL;
+use crate::metrics::{Exporter, UPKEEP_INTERVAL};
 use crate::push::publish::PublishRoute;
 
 /// Content type of the Prometheus text exposition format.
@@ -82,8 +81,9 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// What the admin routes need, shared with the rest of the process.
 #[derive(Debug)]
 pub struct AdminState {
-    /// Renders `/metrics`; also the target of periodic upkeep.
-    metrics: PrometheusHandle,
+    /// Renders `/metrics` (the workers' own counters and the recorder's series); also
+    /// the target of periodic upkeep.
+    metrics: Exporter,
     /// Set when the server starts draining; `/healthz` answers 503 from then on so load
     /// balancers stop sending new clients.
     draining: AtomicBool,
@@ -109,7 +109,7 @@ pub type EngineTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + S
 
 impl AdminState {
     /// State for a server that is not draining.
-    pub fn new(metrics: PrometheusHandle) -> AdminState {
+    pub fn new(metrics: Exporter) -> AdminState {
         AdminState {
             metrics,
             draining: AtomicBool::new(false),
@@ -140,8 +140,8 @@ impl AdminState {
         self
     }
 
-    /// The Prometheus handle `/metrics` renders.
-    pub fn metrics(&self) -> &PrometheusHandle {
+    /// What `/metrics` renders.
+    pub fn metrics(&self) -> &Exporter {
         &self.metrics
     }
 
@@ -208,21 +208,39 @@ impl Drop for AdminHandle {
     }
 }
 
-/// Serves the admin routes on `listener` from a new thread named `pingwheel-admin`.
+/// Builds the admin thread's runtime (current-thread, I/O and timers), for [`spawn`].
+///
+/// Build it before the workers start: a worker wakes the engine's task on this runtime
+/// (`tokio::sync::Notify`), which can write to the runtime's I/O-driver eventfd from the
+/// worker's thread, and a worker's private descriptor table holds only the descriptors
+/// that existed when it started (see `worker/fdtable.rs`).
+///
+/// # Errors
+///
+/// Creating the runtime failed.
+pub fn runtime() -> io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+}
+
+/// Serves the admin routes on `listener` from a new thread named `pingwheel-admin`,
+/// running `runtime` (from [`runtime`]).
 ///
 /// The caller binds the listener, so a bind error surfaces where the address is known.
 /// The listener is switched to non-blocking mode here.
 ///
 /// # Errors
 ///
-/// Creating the runtime, registering the listener, or spawning the thread failed.
-pub fn spawn(listener: std::net::TcpListener, state: Arc<AdminState>) -> io::Result<AdminHandle> {
+/// Registering the listener or spawning the thread failed.
+pub fn spawn(
+    runtime: tokio::runtime::Runtime,
+    listener: std::net::TcpListener,
+    state: Arc<AdminState>,
+) -> io::Result<AdminHandle> {
     let local_addr = listener.local_addr()?;
     listener.set_nonblocking(true)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()?;
     let listener = {
         let _context = runtime.enter();
         tokio::net::TcpListener::from_std(listener)?
@@ -397,9 +415,10 @@ mod tests {
         metrics::with_local_recorder(&recorder, || {
             metrics::counter!("pingwheel_admin_test_total").increment(3);
         });
-        let state = Arc::new(AdminState::new(recorder.handle()));
+        let state = Arc::new(AdminState::new(Exporter::new(recorder.handle())));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-        let handle = spawn(listener, Arc::clone(&state)).expect("admin server starts");
+        let handle = spawn(runtime().expect("a runtime"), listener, Arc::clone(&state))
+            .expect("admin server starts");
         (handle, state)
     }
 

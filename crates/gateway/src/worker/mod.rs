@@ -28,11 +28,16 @@
 //!
 //! The push layer's work in the loop (authentication at the upgrade, client ops,
 //! deliveries) lives in `worker/push.rs`.
+//!
+//! On Linux each worker thread runs on its own private descriptor table (`worker/fdtable.rs`):
+//! its socket syscalls then take the kernel's single-owner path, and the open-files
+//! limit applies to each worker separately.
 
 use std::io::{self, IoSlice, Read};
 use std::net::Shutdown;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
-use std::sync::mpsc::TryRecvError;
+use std::sync::mpsc::{self, TryRecvError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -57,6 +62,7 @@ use crate::push::PushLimits;
 use crate::push::auth::Authenticator;
 use crate::token::{ConnId, LISTENER, WAKER};
 
+mod fdtable;
 pub mod link;
 mod push;
 
@@ -121,11 +127,6 @@ impl WorkerHandle {
         self.link.clone()
     }
 
-    /// True once the worker thread has ended (normally only after a shutdown).
-    pub fn is_finished(&self) -> bool {
-        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
-    }
-
     /// Waits for the worker thread to end.
     ///
     /// # Errors
@@ -139,30 +140,70 @@ impl WorkerHandle {
     }
 }
 
-/// Starts a worker thread serving `listener`.
+/// Starts a worker thread serving `listener`; `on_exit` runs on that thread when it
+/// ends (returned or panicked).
+///
+/// `foreign` are the descriptors of the other workers' listeners that are still open
+/// in the calling thread's table: the worker closes them in its private copy (see
+/// `worker/fdtable.rs`). Returns once the worker thread has made its table private (or failed
+/// to); the calling thread then closes its own copies of the worker's epoll and listener.
 ///
 /// # Errors
 /// Creating the poller, registering the listener, or spawning the thread.
 pub fn spawn(
     settings: WorkerSettings,
     listener: std::net::TcpListener,
+    foreign: &[RawFd],
     metrics: WorkerMetrics,
     push: PushContext,
+    on_exit: impl FnOnce() + Send + 'static,
 ) -> io::Result<WorkerHandle> {
     let poll = Poll::new()?;
     let (link, inbox) = link::mailbox(Waker::new(poll.registry(), WAKER)?);
     let mut listener = TcpListener::from_std(listener);
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)?;
-    let name = format!("pingwheel-worker-{}", settings.id);
+    // The worker uses these through its table's copies once it has one of its own.
+    let spawner_copies = [poll.as_raw_fd(), listener.as_raw_fd()];
+    let foreign = foreign.to_vec();
+    let (table_tx, table_rx) = mpsc::sync_channel(1);
+    let id = settings.id;
+    let name = format!("pingwheel-worker-{id}");
     let worker = Worker::new(settings, poll, listener, inbox, metrics, push);
-    let thread = std::thread::Builder::new()
-        .name(name)
-        .spawn(move || worker.run())?;
+    let thread = std::thread::Builder::new().name(name).spawn(move || {
+        let _exit = OnExit(Some(on_exit));
+        let private = match fdtable::make_private(&foreign) {
+            fdtable::FdTable::Private => true,
+            fdtable::FdTable::Shared(e) => {
+                warn!(worker = id, error = %e, "no private descriptor table; sharing the process's");
+                false
+            }
+        };
+        let _ = table_tx.send(private);
+        worker.run()
+    })?;
+    if table_rx.recv().unwrap_or(false) {
+        for fd in spawner_copies {
+            // SAFETY: `fd` is this thread's entry for the worker's epoll or listener; the
+            // worker owns the objects and uses its own private copies of them.
+            unsafe { libc::close(fd) };
+        }
+    }
     Ok(WorkerHandle {
         link,
         thread: Some(thread),
     })
+}
+
+/// Runs its closure when dropped: when the worker thread ends, however it ends.
+struct OnExit<F: FnOnce()>(Option<F>);
+
+impl<F: FnOnce()> Drop for OnExit<F> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
 }
 
 /// One connection's slot in the slab.
@@ -232,7 +273,8 @@ impl Worker {
         let now = Instant::now();
         let fanout = LocalFanout::new(settings.id, push.engine.clone());
         Worker {
-            clock: TickClock::new(now, settings.tick),
+            clock: TickClock::new(now, settings.tick)
+                .with_slack(settings.conn.keepalive.ping_slack()),
             wheel: Wheel::with_capacity(wheel::Tick(0), 1024),
             read_buf: vec![0; settings.read_buffer_size.max(4096)].into_boxed_slice(),
             settings,
@@ -273,6 +315,11 @@ impl Worker {
                 return Err(e);
             }
             let now = Instant::now();
+            // Each event is a connection's state the CPU has most likely not seen for
+            // seconds: ask for all of them first, so the misses overlap.
+            for event in events.iter() {
+                self.prefetch(event.token());
+            }
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_pending = true,
@@ -536,8 +583,10 @@ impl Worker {
     }
 
     /// Reads until `WouldBlock`, a short read, EOF or an error, feeding each chunk to
-    /// the connection and settling it in between; at most [`READS_PER_TURN`] full reads,
-    /// then the connection waits in `read_again` for its next turn.
+    /// the connection and settling it between full reads; at most [`READS_PER_TURN`]
+    /// full reads, then the connection waits in `read_again` for its next turn. The
+    /// caller settles the connection afterwards (once: a Pong is one short read, and
+    /// costs one settle).
     fn read(&mut self, id: ConnId, now: Instant, read_closed: bool) {
         let index = id.index as usize;
         for _ in 0..READS_PER_TURN {
@@ -561,11 +610,10 @@ impl Worker {
                         &mut self.read_buf[..n],
                         &mut self.events,
                     );
-                    let short = n < self.read_buf.len();
-                    self.settle(id, now);
-                    if short && !read_closed {
-                        return;
+                    if n < self.read_buf.len() && !read_closed {
+                        return; // drained: the caller settles
                     }
+                    self.settle(id, now);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -647,7 +695,7 @@ impl Worker {
         }
         // Ping deadlines are filed on the ping-slack grid, so many connections' pings
         // go out in one wake-up; the wheel is touched only when the tick moved.
-        let due = timer::due_tick(&slot.conn, &self.settings.conn, &self.clock);
+        let due = timer::due_tick(&slot.conn, &self.settings.conn, &self.clock, now);
         timer::refile(&mut self.wheel, &mut slot.timer, due, id);
     }
 
@@ -708,6 +756,9 @@ impl Worker {
         let mut fired = std::mem::take(&mut self.fired);
         self.wheel
             .advance(now_tick, TIMER_BATCH, |_key, id| fired.push(id));
+        for id in &fired {
+            self.prefetch(id.token());
+        }
         for id in fired.drain(..) {
             let Some(slot) = self.conns.get_mut(id.index as usize) else {
                 continue;
@@ -723,6 +774,39 @@ impl Worker {
         }
         self.fired = fired;
     }
+}
+
+impl Worker {
+    /// Starts loading the slot of the connection behind `token` into the cache (a hint:
+    /// nothing else happens). The loop does this for a whole batch of events or fired
+    /// timers before handling the first, so that their cache misses, which are most of
+    /// the gateway's own time per keepalive round trip, overlap instead of coming one
+    /// after another.
+    #[inline]
+    fn prefetch(&self, token: mio::Token) {
+        if let Some(slot) = self.conns.get(ConnId::from_token(token).index as usize) {
+            prefetch_lines(slot);
+        }
+    }
+}
+
+/// Hints the CPU to load every cache line of `value`. Only a hint: it changes nothing
+/// the program computes (a no-op off x86-64).
+#[inline(always)]
+fn prefetch_lines<T>(value: &T) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let start = (value as *const T).cast::<i8>();
+        let size = std::mem::size_of::<T>();
+        for offset in (0..size).step_by(64).chain(size.checked_sub(1)) {
+            // SAFETY: a prefetch never faults and reads nothing the program sees; SSE
+            // (which has it) is part of the x86-64 baseline.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(offset)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = value;
 }
 
 /// Counts a connection's close under its reason.

@@ -28,6 +28,28 @@ impl Gateway {
         Gateway::start_with(args, env, |_| {})
     }
 
+    /// Like [`Gateway::start`], with the gateway's open-files limit (soft and hard
+    /// `RLIMIT_NOFILE`) set to `limit`.
+    pub fn start_with_open_files_limit(args: &[&str], limit: u64) -> Gateway {
+        use std::os::unix::process::CommandExt as _;
+        Gateway::start_with(args, &[], |command| {
+            let rlimit = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            // SAFETY: setrlimit is async-signal-safe and touches only the child.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        })
+    }
+
     /// Like [`Gateway::start_with_env`], letting `configure` adjust the command last
     /// (redirect stderr, set resource limits). `--log-level warn` is passed unless
     /// `args` has its own `--log-level`.
