@@ -18,7 +18,7 @@ export interface Tunables {
   minDelay: number;
   /** Largest backoff ceiling. Default 30000. */
   maxDelay: number;
-  /** After close 1001/1011/1012 the next attempt is at a uniform point of [0, quickSpread). Default 3000. */
+  /** After close 1001/1011/1012 the next attempt is at a uniform point of [0, quickSpread). Default 5000. */
   quickSpread: number;
   /** A connection open at least this long resets the backoff. Default 10000. */
   stableAfter: number;

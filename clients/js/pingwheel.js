@@ -10,7 +10,7 @@
 export const DEFAULTS = Object.freeze({
   minDelay: 500, // backoff ceiling of the first retry; doubles per failed attempt...
   maxDelay: 30000, // ...up to this
-  quickSpread: 3000, // after 1001/1011/1012: reconnect at a uniform random point of [0, this)
+  quickSpread: 5000, // after 1001/1011/1012: reconnect at a uniform random point of [0, this)
   stableAfter: 10000, // a connection open this long resets the backoff
   pingAfter: 25000, // silence before an application ping {"op":"ping"}...
   pongTimeout: 10000, // ...and how long its answer may take: a dead path is seen within the sum

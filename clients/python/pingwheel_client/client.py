@@ -206,6 +206,11 @@ class PingwheelClient(_Emitter):
         if task is not None and task is not asyncio.current_task():
             await task
         self._finish("client")
+        # Pending sends, subscribe retries, and closes of abandoned connections.
+        background = [t for t in self._background if t is not asyncio.current_task()]
+        for pending in background:
+            pending.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
 
     async def __aenter__(self) -> "PingwheelClient":
         self.start()

@@ -38,7 +38,7 @@ class Tunables:
     #: ... up to this.
     max_delay: float = 30.0
     #: After close 1001/1011/1012 the next attempt is at a uniform point of [0, this).
-    quick_spread: float = 3.0
+    quick_spread: float = 5.0
     #: A connection open this long resets the backoff (not after 1013).
     stable_after: float = 10.0
     #: Silence before an application ping ``{"op":"ping"}`` ...
