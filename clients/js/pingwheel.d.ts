@@ -106,8 +106,9 @@ export interface ClientError {
 export interface RecoveredEvent extends Position {
   /** false: messages may be missing; reload this channel's state from your backend. */
   recovered: boolean;
-  /** Why not: "not_recovered" (the gateway said so), "epoch_changed", "gap". */
-  reason?: "not_recovered" | "epoch_changed" | "gap";
+  /** Why not: "not_recovered" (the gateway said so), "epoch_changed", "gap", or
+   * "recovery_failed" (the recovery was closed as a slow consumer before its reply). */
+  reason?: "not_recovered" | "epoch_changed" | "gap" | "recovery_failed";
 }
 
 export interface SubscribedEvent extends Position {

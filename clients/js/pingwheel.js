@@ -74,20 +74,29 @@ export class Subscription extends Emitter {
   _call(fn, args) {
     this._client._call(fn, args);
   }
+  // The `since` of the next subscribe: our position, unless recovering it already ended
+  // in a slow-consumer close (1013) before the reply (the backlog does not fit the
+  // gateway's queue): then none, and the reply is reported as recovered:false.
+  _since() {
+    this._recovering = this.epoch !== null && !this._giveUp;
+    return this._recovering ? { seq: this.seq, epoch: this.epoch } : null;
+  }
   // The reply to a subscribe. With `recovered` it answers our `since`: true, the missed
   // messages follow (our position stays until they arrive); false, we jump to the top.
   _subscribed(msg) {
     this.state = "subscribed";
     this._tries = 0;
     const had = this.epoch !== null;
-    if (!had || msg.recovered === false) {
+    const gaveUp = this._giveUp;
+    this._giveUp = this._recovering = false;
+    if (!had || gaveUp || msg.recovered === false) {
       this.seq = msg.seq ?? null;
       this.epoch = msg.epoch ?? null;
     }
     this._emit("subscribed", { seq: msg.seq, epoch: msg.epoch, recovered: msg.recovered });
-    if (had && msg.recovered !== undefined) {
-      const lost = msg.recovered ? {} : { reason: "not_recovered" };
-      this._emit("recovered", { recovered: msg.recovered, ...lost, seq: msg.seq, epoch: msg.epoch });
+    if (gaveUp || (had && msg.recovered !== undefined)) {
+      const lost = msg.recovered && !gaveUp ? {} : { reason: gaveUp ? "recovery_failed" : "not_recovered" };
+      this._emit("recovered", { recovered: !!msg.recovered && !gaveUp, ...lost, seq: msg.seq, epoch: msg.epoch });
     }
   }
   // A delivery: duplicates (same epoch, seq not past ours) are dropped; a new epoch or a
@@ -229,7 +238,8 @@ export class PingwheelClient extends Emitter {
     let url = this._urls[this._urlIndex];
     const user = (this._userInUrl = this._user);
     if (user) {
-      const pos = user.epoch === null ? "0:" : `${user.seq}:${user.epoch}`;
+      const since = user._since();
+      const pos = since ? `${since.seq}:${since.epoch}` : "0:";
       url += (url.includes("?") ? "&" : "?") + "since=" + encodeURIComponent(`${USER}:${pos}`);
       user.state = "pending";
     }
@@ -274,7 +284,8 @@ export class PingwheelClient extends Emitter {
     const id = this._nextId++;
     this._pending.set(id, sub);
     const msg = { op: "subscribe", channel: sub.channel, id };
-    if (sub.epoch !== null) msg.since = { seq: sub.seq, epoch: sub.epoch };
+    const since = sub._since();
+    if (since) msg.since = since;
     this._send(msg);
   }
 
@@ -376,8 +387,10 @@ export class PingwheelClient extends Emitter {
     this._clearTimeout(this._watch);
     this._timer = this._watch = null;
     this._pending.clear();
-    for (const sub of this._subs.values()) {
+    for (const sub of [...this._subs.values(), this._user]) {
+      if (!sub) continue;
       this._clearTimeout(sub._again);
+      if (code === 1013 && sub.state === "pending" && sub._recovering) sub._giveUp = true;
       if (sub.state === "subscribed") sub.state = "pending";
     }
     if (this.state === "closed") return;

@@ -302,6 +302,31 @@ test("recovered:false is an event; the position jumps to the reply's top", async
   await clock.advance(0);
 });
 
+test("a recovery closed as a slow consumer (1013) before its reply is given up and reported", async () => {
+  const { client, WS, nextSocket } = await setup();
+  const recovered = [];
+  const got = [];
+  const sub = client.subscribe("scores", (d, { seq }) => got.push(seq), { since: { seq: 10, epoch: "E1" } });
+  sub.on("recovered", (e) => recovered.push(e));
+  let ws = WS.last();
+  ws.open();
+  assert.deepEqual(ws.ops("subscribe")[0].since, { seq: 10, epoch: "E1" });
+  ws.serverClose(1013, "slow consumer"); // the backlog did not fit the gateway's queue
+  ws = await nextSocket();
+  ws.open();
+  const [again] = ws.ops("subscribe");
+  assert.equal(again.since, undefined, "the next subscribe asks for no recovery");
+  ws.receive({ op: "subscribed", channel: "scores", id: again.id, seq: 900, epoch: "E1" });
+  ws.receive(delivery("scores", 901, 0));
+  assert.deepEqual(recovered, [{ recovered: false, reason: "recovery_failed", seq: 900, epoch: "E1" }]);
+  assert.deepEqual(got, [901]);
+  // A later 1013 of a live subscription recovers as usual.
+  ws.serverClose(1013);
+  ws = await nextSocket();
+  ws.open();
+  assert.deepEqual(ws.ops("subscribe")[0].since, { seq: 901, epoch: "E1" });
+});
+
 test("position_lost: resubscribe in place with since; the stream continues without duplicates", async () => {
   const { client, WS, nextSocket } = await setup();
   const got = [];

@@ -111,7 +111,7 @@ class Subscription(_Emitter):
     @property
     def position(self) -> Optional[dict]:
         """``{"seq": .., "epoch": ..}`` of the last message handed on, or ``None``."""
-        return self._pos.since()
+        return self._pos.position()
 
     def unsubscribe(self) -> None:
         """Stops deliveries to this handler (and tells the gateway, for a channel)."""
@@ -259,8 +259,9 @@ class PingwheelClient(_Emitter):
         if self._user is not None:
             pos = self._user._pos
             pos.state = "pending"
-            since = f"{pos.seq}:{pos.epoch}" if pos.known else "0:"
-            url += ("&" if "?" in url else "?") + "since=" + quote(f"{USER}:{since}", safe="")
+            since = pos.since()
+            at = f"{since['seq']}:{since['epoch']}" if since else "0:"
+            url += ("&" if "?" in url else "?") + "since=" + quote(f"{USER}:{at}", safe="")
         protocols = ["pingwheel.v1"] + ([f"bearer.{token}"] if token else [])
         try:
             ws = await self._open(url, protocols)
@@ -346,19 +347,24 @@ class PingwheelClient(_Emitter):
         for sub in list(self._subs.values()) + ([self._user] if self._user else []):
             if sub._retry is not None:
                 sub._retry.cancel()
-            if sub._pos.state == "subscribed":
-                sub._pos.state = "pending"
         if stopper in done:
+            self._connection_lost(1000)
             await ws.close(1000)
             return None, "", opened_at
         if reader in done and not reader.cancelled() and reader.exception() is None:
             code, reason = reader.result()
+            self._connection_lost(code)
             return code, reason, opened_at
         if reader in done and reader.exception() is not None:
             log.warning("pingwheel_client: reading failed: %r", reader.exception())
         # The watchdog gave up (or reading failed): leave the socket to close on its own.
+        self._connection_lost(1011)
         self._background_task(ws.close())
         return 1011, "no answer to ping", opened_at
+
+    def _connection_lost(self, code: int) -> None:
+        for sub in list(self._subs.values()) + ([self._user] if self._user else []):
+            sub._pos.lost(code)
 
     async def _read(self, ws: Any) -> tuple[int, str]:
         while True:

@@ -139,7 +139,8 @@ class Recovered:
     seq: int
     epoch: str
     #: ``None`` when recovered; else ``"not_recovered"`` (the gateway said so),
-    #: ``"epoch_changed"`` or ``"gap"`` (seen in the deliveries).
+    #: ``"epoch_changed"`` or ``"gap"`` (seen in the deliveries), or ``"recovery_failed"``
+    #: (the recovery was closed as a slow consumer before its reply; not asked again).
     reason: Optional[str] = None
 
 
@@ -156,22 +157,41 @@ class Position:
         self.epoch = epoch
         #: ``pending`` (subscribe not yet answered), ``subscribed``, ``failed``, ``unsubscribed``.
         self.state = "pending"
+        self._recovering = False  # the pending subscribe asked for a recovery
+        self._give_up = False  # the next one asks for none (see since())
 
     @property
     def known(self) -> bool:
         return self.epoch is not None
 
     def since(self) -> Optional[dict]:
-        """The ``since`` of a subscribe request, when there is a position."""
+        """The ``since`` of the next subscribe: the position, unless recovering it already
+        ended in a slow-consumer close (1013) before the reply (the backlog does not fit
+        the gateway's queue): then none, and the reply is reported as not recovered."""
+        self._recovering = self.known and not self._give_up
+        return {"seq": self.seq, "epoch": self.epoch} if self._recovering else None
+
+    def position(self) -> Optional[dict]:
+        """``{"seq": .., "epoch": ..}``, or ``None`` before the first reply or delivery."""
         return {"seq": self.seq, "epoch": self.epoch} if self.known else None
+
+    def lost(self, code: int) -> None:
+        """The connection ended with ``code`` while this subscription was on it."""
+        if code == 1013 and self.state == "pending" and self._recovering:
+            self._give_up = True
+        if self.state == "subscribed":
+            self.state = "pending"
 
     def subscribed(self, msg: dict) -> Optional[Recovered]:
         """Applies a ``subscribed`` reply; returns the ``recovered`` event it implies."""
         self.state = "subscribed"
         had = self.known
+        gave_up, self._give_up, self._recovering = self._give_up, False, False
         recovered = msg.get("recovered")
-        if not had or recovered is False:
+        if not had or gave_up or recovered is False:
             self.seq, self.epoch = msg.get("seq"), msg.get("epoch")
+        if gave_up:
+            return Recovered(False, msg.get("seq"), msg.get("epoch"), "recovery_failed")
         if had and recovered is not None:
             return Recovered(bool(recovered), msg.get("seq"), msg.get("epoch"),
                              None if recovered else "not_recovered")

@@ -352,6 +352,33 @@ async def test_recovered_false_is_an_event_and_the_position_jumps_to_the_top():
 
 
 @run
+async def test_a_recovery_closed_as_a_slow_consumer_before_its_reply_is_given_up():
+    h = Harness()
+    got, recovered = [], []
+    sub = h.client.subscribe("scores", lambda d, i: got.append(i.seq),
+                             since={"seq": 10, "epoch": "E1"})
+    sub.on("recovered", recovered.append)
+    await h.start()
+    ws = h.net.last
+    assert ws.ops("subscribe")[0]["since"] == {"seq": 10, "epoch": "E1"}
+    ws.server_close(1013, "slow consumer")  # the backlog did not fit the gateway's queue
+    await h.next_connection()
+    ws = h.net.last
+    again = ws.ops("subscribe")[0]
+    assert "since" not in again, "the next subscribe asks for no recovery"
+    ws.receive({"op": "subscribed", "channel": "scores", "id": again["id"], "seq": 900,
+                "epoch": "E1"})
+    ws.receive(delivery("scores", 901, 0))
+    await settle()
+    assert recovered == [Recovered(False, 900, "E1", "recovery_failed")]
+    assert got == [901]
+    ws.server_close(1013)  # a live subscription's 1013 recovers as usual
+    await h.next_connection()
+    assert h.net.last.ops("subscribe")[0]["since"] == {"seq": 901, "epoch": "E1"}
+    await h.client.close()
+
+
+@run
 async def test_position_lost_resubscribes_in_place():
     h = await Harness().start()
     got = []
