@@ -5,9 +5,9 @@ runs in headless Chromium on a page served by :class:`clients_support.ClientPage
 whose ``/token`` stands in for the app's backend. What each test shows:
 
 * an expired token is refreshed through getToken (401 → a fresh token, connected);
-* an auth refusal stops retrying and is reported: Python sees the 401/403 and stops
-  itself; a browser cannot see it, reports repeated failed opens, and stops when its
-  getToken (the app) answers null;
+* an auth refusal stops retrying and is reported: Python, and the JS client in Node on
+  the ``ws`` package, see the 401/403 and stop by themselves; a browser cannot see it,
+  reports repeated failed opens, and stops when its getToken (the app) answers null;
 * a SIGTERM drain (1001) brings clients back to the other gateway spread out: no more than
   DRAIN_WINDOW_SHARE of them in any 100 ms (docs/clients.md);
 * a dead path (the gateway SIGSTOPped) is noticed within pingAfter + pongTimeout by the
@@ -17,13 +17,16 @@ whose ``/token`` stands in for the app's backend. What each test shows:
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import signal
+import subprocess
 import time
 
 import pytest
 
 from clients_support import ENV, REPORTER, ClientPageServer, publish, token
-from conftest import wait_for
+from conftest import ROOT, wait_for
 from test_browser import chromium
 
 from pingwheel_client import PingwheelClient
@@ -205,6 +208,77 @@ def test_python_client_notices_a_dead_path_and_moves_on(start_gateway):
     # Silence began at the subscribe reply, before SIGSTOP: at most ping_after + pong_timeout.
     assert noticed <= 1.0 + 1.0 + 0.3, noticed
     assert got == ["on B"]
+
+
+# --- JavaScript in Node, on the `ws` package (which shows a refusal's status) -----------
+
+#: The JS client under Node with `ws` (installed by scripts/test under target/node): it
+#: prints every state and delivery as a JSON line, takes its tokens in turn from
+#: $TOKENS (the last one repeats), and exits when closed or after $DELIVERIES deliveries.
+NODE_CLIENT = """
+import { pathToFileURL } from "node:url";
+import { PingwheelClient } from "./clients/js/pingwheel.js";
+const { default: WebSocket } = await import(pathToFileURL(process.env.WS_MODULE).href);
+const tokens = JSON.parse(process.env.TOKENS);
+let calls = 0;
+const say = (what) => console.log(JSON.stringify(what));
+const client = new PingwheelClient({
+  url: process.env.URL, WebSocket,
+  getToken: (context) => { say({ getToken: context }); return tokens[Math.min(calls++, tokens.length - 1)]; },
+});
+let deliveries = 0;
+client.on("state", (state, detail) => { say({ state, detail }); if (state === "closed") process.exit(0); });
+client.subscribe("scores", (data, info) => {
+  say({ delivery: data, seq: info.seq });
+  if (++deliveries === +process.env.DELIVERIES) { client.close(); process.exit(0); }
+});
+"""
+WS_MODULE = ROOT / "target" / "node" / "node_modules" / "ws" / "wrapper.mjs"
+
+
+def run_node_client(gw, tokens: list[str], deliveries: int = 0, publish_after=None) -> list[dict]:
+    """Runs NODE_CLIENT against ``gw``; publishes ``publish_after`` once it is subscribed."""
+    assert WS_MODULE.exists(), f"{WS_MODULE} is missing: run scripts/test (it installs ws)"
+    env = {**os.environ, "WS_MODULE": str(WS_MODULE), "URL": gw.ws_url,
+           "TOKENS": json.dumps(tokens), "DELIVERIES": str(deliveries)}
+    node = subprocess.Popen(["node", "--input-type=module", "-e", NODE_CLIENT], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        if publish_after is not None:
+            wait_for(lambda: gw.metric("pingwheel_subscriptions") >= 1, 15,
+                     message="the Node client's subscription")
+            publish(gw, publish_after)
+        out, err = node.communicate(timeout=30)
+    finally:
+        if node.poll() is None:
+            node.kill()
+            node.wait(10)
+    assert node.returncode == 0, err
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def test_node_client_on_ws_refreshes_an_expired_token(start_gateway):
+    gw = start_gateway(env=ENV)
+    lines = run_node_client(gw, [token(ttl=-120), token()], deliveries=1,
+                            publish_after={"channel": "scores", "data": "hello"})
+    states = [(x["state"], x["detail"].get("status")) for x in lines if "state" in x]
+    assert states == [("connecting", None), ("disconnected", 401), ("connecting", None),
+                      ("connected", None), ("closed", None)]
+    assert [x["getToken"] for x in lines if "getToken" in x] == [
+        {"failedOpens": 0, "refused": False}, {"failedOpens": 1, "refused": True}]
+    assert [x["delivery"] for x in lines if "delivery" in x] == ["hello"]
+
+
+def test_node_client_on_ws_stops_on_a_refusal_and_reports_the_status(start_gateway):
+    gw = start_gateway(env=ENV)
+    lines = run_node_client(gw, ["not-a-jwt"])
+    assert lines[-1] == {"state": "closed", "detail": {"reason": "refused", "status": 401}}
+    assert gw.metric("pingwheel_auth_failures_total", reason="malformed") == 2
+    origin_checked = start_gateway("--allowed-origin", "https://app.example", env=ENV)
+    lines = run_node_client(origin_checked, [token()])  # ws sends no Origin: 403
+    assert lines[-1] == {"state": "closed", "detail": {"reason": "refused", "status": 403}}
+    assert [x for x in lines if "getToken" in x] == [{"getToken": {"failedOpens": 0,
+                                                                   "refused": False}}]
 
 
 # --- JavaScript in Chromium ------------------------------------------------------------
