@@ -547,3 +547,18 @@ def start_prometheus(tmp_path: Path) -> Iterator[Callable[..., Prometheus]]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(5)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Tests never skip: a skip (``pytest.skip``, a ``skipif`` mark, ``importorskip``) or
+    an ``xfail`` is reported as a failure naming its reason, so a missing tool or
+    service can never pass the suite unnoticed."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped:
+        reason = getattr(report, "wasxfail", None)
+        if reason is None and isinstance(report.longrepr, tuple):
+            reason = report.longrepr[2]
+        report.outcome = "failed"
+        report.longrepr = f"tests never skip, but this one did: {reason or report.longrepr}"

@@ -44,10 +44,10 @@ def b64url(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
-def sign_jwt(claims: dict, secret: str = SECRET, alg: str = "HS256") -> str:
-    """A JWT over ``claims`` with header ``alg``: HS256/HS512 are signed with ``secret``,
-    ``none`` gets the empty signature of an unsecured JWT."""
-    header = {"alg": alg, "typ": "JWT"}
+def sign_jwt(claims: dict, secret: str = SECRET, alg: str = "HS256", **header_extra) -> str:
+    """A JWT over ``claims`` with header ``alg`` (plus ``header_extra``): HS256/HS512 are
+    signed with ``secret``, ``none`` gets the empty signature of an unsecured JWT."""
+    header = {"alg": alg, "typ": "JWT", **header_extra}
     signing_input = ".".join(
         b64url(json.dumps(part, separators=(",", ":")).encode()) for part in (header, claims)
     )
@@ -359,6 +359,16 @@ BAD_TOKENS: list[tuple[str, Callable[[], Optional[str]], str]] = [
     ("bad pattern", lambda: token(channels=["a*b"]),
      "token claim channels[0] is not a valid channel pattern: "
      "channel name has a forbidden character '*' at byte 1"),
+    ("too many patterns", lambda: token(channels=[f"c{i}" for i in range(257)]),
+     "token channels claim has 257 patterns, the limit is 256"),
+    ("exp 1e300", lambda: sign_jwt({"sub": "alice", "exp": 1e300}),
+     "token exp claim is not a plausible timestamp (0 to 253402300799, the end of year 9999)"),
+    ("exp 2**64", lambda: sign_jwt({"sub": "alice", "exp": 2**64}),
+     "token exp claim is not a plausible timestamp (0 to 253402300799, the end of year 9999)"),
+    ("sub with a bidi override", lambda: sign_jwt(claims_for("admin\u202egnp.exe")),
+     "token sub claim: user id contains a Unicode bidirectional control character (U+202E)"),
+    ("crit header", lambda: sign_jwt(claims_for(), crit=["exp"]),
+     "token header has a crit parameter; pingwheel supports no critical extensions"),
     ("Basic scheme", lambda: None, "missing token"),  # sent as `Authorization: Basic …`
 ]
 
@@ -564,10 +574,16 @@ MALFORMED_PUBLISHES = [
      "`channel`: channel name has a forbidden"),
     ("/v1/publish", '{"channel":"#user","data":1}', "`channel`: channel names starting with '#'"),
     ("/v1/publish", '{"user":"","data":1}', "`user`: user id is empty"),
+    ("/v1/publish", '{"user":"a\\u2066b","data":1}',
+     "`user`: user id contains a Unicode bidirectional control character (U+2066)"),
     ("/v1/publish", '{"channel":"scores","data":}', "request body is not valid JSON"),
     ("/v1/broadcast", '{"channels":[],"data":1}', "`channels` is empty"),
     ("/v1/broadcast", '{"channels":["a","a"],"data":1}', "`channels[1]`: duplicate channel a"),
     ("/v1/broadcast", '{"channels":["a"]}', "missing `data`"),
+    ("/v1/publish", '{"channel":"a","data":%s%s}' % ("[" * 100_000, "]" * 100_000),
+     "`data` is nested more than 64 levels deep (arrays and objects), the limit is 64"),
+    ("/v1/broadcast", '{"channels":["a"],"data":%s1%s}' % ('{"k":' * 65, "}" * 65),
+     "`data` is nested more than 64 levels deep"),
     ("/v1/batch", '{"messages":[]}', "`messages` is empty"),
     ("/v1/batch", '{"messages":[{"channel":"a","data":1},{"channel":"news"}]}',
      "`messages[1]`: missing `data`"),
@@ -590,6 +606,24 @@ def test_malformed_publish_bodies_get_400_naming_the_problem(start_gateway, path
         good = publish(gw, {"channel": "a", "data": "after"})
         assert good["seq"] == 1, "a refused request must not take a seq"
         assert ws.recv(timeout=RECV_TIMEOUT) == delivery_text("a", 1, '"after"')
+
+
+def test_every_answer_on_a_publish_path_is_counted_by_status(start_gateway):
+    gw = start_push(start_gateway)
+    for path in ("/v1/publish", "/v1/broadcast", "/v1/batch"):
+        response = gw.get(path, headers=bearer(API_KEY))
+        assert response.status_code == 405, response.text
+        assert response.headers["Allow"] == "POST"
+        assert response.json() == {"error": "method_not_allowed", "message": "use POST"}
+    assert publish_raw(gw, "{}").status_code == 400
+    assert publish_raw(gw, "{}", key="wrong").status_code == 401
+    publish(gw, {"channel": "a", "data": 1})
+    metrics = gw.metrics()
+    counted = {
+        status: metrics.metric("pingwheel_publish_requests_total", status=status)
+        for status in ("405", "400", "401", "200")
+    }
+    assert counted == {"405": 3, "400": 1, "401": 1, "200": 1}, counted
 
 
 @pytest.mark.parametrize("key", [None, "wrong-key", API_KEY + "x", ""])
@@ -626,6 +660,55 @@ def test_body_over_max_publish_body_gets_413(start_gateway):
     response = gw.post("/v1/publish", data=chunks(), headers=bearer(API_KEY))
     assert response.status_code == 413
     assert response.json()["error"] == "body_too_large"
+
+
+def test_a_dribbled_body_gets_408_at_the_body_timeout_and_its_connection_closed(start_gateway):
+    gw = start_push(start_gateway, "--admin-body-timeout", "1s")
+    host, port = gw.admin.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(
+            b"POST /v1/publish HTTP/1.1\r\nHost: admin\r\n"
+            b"Authorization: Bearer " + API_KEY.encode() + b"\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        started = time.monotonic()
+        body = b'{"channel":"scores","data":"' + b"x" * 100
+        reply = b""
+        sock.settimeout(0.3)
+        for byte in body:  # one byte every 0.3 s: it would take 38 s
+            try:
+                sock.sendall(b"1\r\n" + bytes([byte]) + b"\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                continue
+            reply += chunk
+            if not chunk or b"\r\n\r\n" in reply:
+                break
+        answered = time.monotonic() - started
+        sock.settimeout(5)
+        while True:  # the gateway closes the connection after the 408
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            reply += chunk
+    head, _, payload = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), reply
+    assert b"connection: close" in head.lower(), head
+    assert json.loads(payload) == {
+        "error": "body_timeout",
+        "message": "request body not complete within 1s (--admin-body-timeout)",
+    }
+    assert 0.9 <= answered < 3, f"408 after {answered:.1f}s"
+    assert gw.metric("pingwheel_publish_requests_total", status="408") == 1
+    assert gw.metric("pingwheel_publishes_total") == 0
+    # A publisher that sends its body at once is unaffected.
+    assert publish(gw, {"channel": "scores", "data": 1})["ok"]
 
 
 def test_publish_api_is_disabled_without_an_api_key_unless_in_dev_mode(start_gateway):

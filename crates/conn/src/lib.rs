@@ -26,7 +26,9 @@
 //!   into the caller's `Vec<ConnEvent>` (they may lead to commands), write
 //!   `io_slices` and report `consume_output`, shut the write half down when
 //!   `wants_write_shutdown`, drop the socket when `is_done`, and file
-//!   `poll_timeout` in the timer wheel.
+//!   `poll_timeout` in the timer wheel. Read the socket only while `wants_read`: once
+//!   it is false, stop asking for readability too (the bytes are not wanted, and
+//!   leaving them unread lets TCP flow control stop the peer).
 //!
 //! Timestamps passed in must never go backwards.
 //!
@@ -41,7 +43,23 @@
 //!                               │ complete closing handshake, else at EOF or close_timeout
 //!                               ▼
 //!                              Done  (a ping timeout jumps straight here)
+//!                               ▲
+//!  Open ──evict() / output overflow──▶ Evicting ──EVICTION_GRACE (nothing read)──┘
 //! ```
+//!
+//! # Eviction
+//!
+//! A peer failed for abuse — it kept sending without reading our answers until they
+//! passed `max_queued_bytes` ([`CloseReason::WriteOverflow`]), or flooded past its
+//! inbound rate ([`CloseReason::PolicyViolation`]), both 1008 — is not worth another
+//! byte of input: [`Conn::evict`] queues the Close, stops reading (`wants_read` turns
+//! false, so the worker stops polling for input), shuts the write half once the Close
+//! is written, and drops the socket [`EVICTION_GRACE`] after the decision (at most
+//! `close_timeout`), whether or not the peer read it. A lingering close (reading and
+//! discarding until the peer's EOF) would keep paying for a flooder for the whole
+//! `close_timeout`; the grace costs a descriptor and no CPU. It is not shorter because
+//! dropping a socket with unread input resets it, and a peer that is still writing
+//! when the reset arrives may fail before it reads the Close it was already sent.
 //!
 //! # Memory
 //!
@@ -73,6 +91,11 @@ use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
 use self::keepalive::{Keepalive, KeepaliveConfig, PongOutcome};
 use self::outbound::Outbound;
+
+/// How long an evicted connection (see [the module docs](self#eviction)) keeps its
+/// socket for the peer to read the Close frame; `close_timeout` when that is shorter.
+/// Nothing is read meanwhile.
+pub const EVICTION_GRACE: Duration = Duration::from_secs(1);
 
 /// Settings shared by every connection of a worker (passed in, never stored per connection).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -159,6 +182,9 @@ pub enum Phase {
     ClosingByUs,
     /// Nothing more to say: flush, shut the write half, discard input until EOF or the deadline.
     Draining,
+    /// Failed for abuse: read nothing more; flush the Close, shut the write half, drop at
+    /// the deadline ([`EVICTION_GRACE`]).
+    Evicting,
     /// Drop the socket.
     Done,
 }
@@ -214,6 +240,12 @@ impl Conn {
         self.phase == Phase::Done
     }
 
+    /// True while input is wanted: false once evicted (see the module docs) or done.
+    /// The worker reads the socket only while this holds.
+    pub fn wants_read(&self) -> bool {
+        !matches!(self.phase, Phase::Evicting | Phase::Done)
+    }
+
     /// True when output is waiting for the socket.
     pub fn wants_write(&self) -> bool {
         !self.out.is_empty()
@@ -232,7 +264,9 @@ impl Conn {
     /// True when the worker should `shutdown(Write)` the socket now and then call
     /// [`Conn::on_write_shutdown`].
     pub fn wants_write_shutdown(&self) -> bool {
-        self.phase == Phase::Draining && !self.write_shut && self.out.is_empty()
+        matches!(self.phase, Phase::Draining | Phase::Evicting)
+            && !self.write_shut
+            && self.out.is_empty()
     }
 
     /// The earliest instant at which [`Conn::handle_timeout`] has work to do.
@@ -292,7 +326,7 @@ impl Conn {
                 }
             }
             Phase::Open | Phase::ClosingByUs => self.input_frames(cfg, now, input, events),
-            Phase::Draining | Phase::Done => {}
+            Phase::Draining | Phase::Evicting | Phase::Done => {}
         }
     }
 
@@ -340,7 +374,7 @@ impl Conn {
                     self.phase = Phase::Done;
                 }
             }
-            Phase::ClosingByUs | Phase::Draining => {
+            Phase::ClosingByUs | Phase::Draining | Phase::Evicting => {
                 if self.deadline.is_some_and(|d| now >= d) {
                     self.phase = Phase::Done;
                 }
@@ -413,7 +447,7 @@ impl Conn {
     }
 
     /// Queues an owned frame for this connection only (a protocol reply). A peer that
-    /// sends requests without reading the replies is closed for write overflow (1008).
+    /// sends requests without reading the replies is evicted for write overflow (1008).
     pub fn send_owned(
         &mut self,
         cfg: &ConnConfig,
@@ -464,8 +498,35 @@ impl Conn {
                 self.set_closed(reason, events);
                 self.phase = Phase::Done;
             }
-            Phase::ClosingByUs | Phase::Draining | Phase::Done => {}
+            Phase::ClosingByUs | Phase::Draining | Phase::Evicting | Phase::Done => {}
         }
+    }
+
+    /// Fails an open connection for abuse with `code` (1008) and `reason`: drops the
+    /// queued output that has not started, queues the Close, stops reading, and ends the
+    /// connection [`EVICTION_GRACE`] later (see the module docs). `reason` is reported
+    /// once, as for any close. Does nothing unless open.
+    pub fn evict(
+        &mut self,
+        cfg: &ConnConfig,
+        now: Instant,
+        reason: CloseReason,
+        code: u16,
+        events: &mut Vec<ConnEvent>,
+    ) {
+        if self.phase != Phase::Open {
+            return;
+        }
+        let why = match reason {
+            CloseReason::WriteOverflow => "output queue full",
+            _ => "",
+        };
+        self.out.discard_unstarted();
+        self.queue_close(code, why);
+        self.set_closed(reason, events);
+        self.pending_input = Vec::new();
+        self.phase = Phase::Evicting;
+        self.deadline = Some(now + cfg.close_timeout.min(EVICTION_GRACE));
     }
 
     // ---- (D) output bookkeeping ----
@@ -477,7 +538,8 @@ impl Conn {
 
     /// Records that the write half was shut down. After a completed closing handshake
     /// that ends the connection; after a failure or refusal it lingers, discarding input
-    /// until the peer's EOF or `close_timeout`, so the peer gets to read our last words.
+    /// until the peer's EOF or `close_timeout`, so the peer gets to read our last words
+    /// (an evicted connection waits out its grace without reading).
     pub fn on_write_shutdown(&mut self) {
         self.write_shut = true;
         if self.close_complete && self.phase == Phase::Draining {
@@ -601,8 +663,7 @@ impl Conn {
             }
         });
         if overflow {
-            let reason = CloseReason::WriteOverflow;
-            self.overflow(cfg, now, reason, 1008, "output queue full", events);
+            self.evict(cfg, now, CloseReason::WriteOverflow, 1008, events);
             return;
         }
         match result {
@@ -661,9 +722,11 @@ impl Conn {
     }
 
     /// The peer stopped reading: cut the queue at a frame boundary and append a Close
-    /// frame. The connection then drains like a failed one: the Close goes out if the
-    /// peer ever reads again, and the socket goes at EOF or after `close_timeout`.
-    /// What it holds meanwhile is at most the partly written frame plus the Close.
+    /// frame. A slow consumer then drains like a failed connection: the Close goes out
+    /// if the peer ever reads again, and the socket goes at EOF or after
+    /// `close_timeout`; one that overflowed with our answers to its own traffic
+    /// ([`CloseReason::WriteOverflow`]) is evicted instead. What either holds meanwhile
+    /// is at most the partly written frame plus the Close.
     fn overflow(
         &mut self,
         cfg: &ConnConfig,
@@ -675,6 +738,9 @@ impl Conn {
     ) {
         // Only an open connection queues output, so `fail` queues the Close.
         debug_assert_eq!(self.phase, Phase::Open);
+        if reason == CloseReason::WriteOverflow {
+            return self.evict(cfg, now, reason, code, events);
+        }
         self.out.discard_unstarted();
         self.fail(cfg, now, reason, code, why, events);
     }

@@ -570,14 +570,92 @@ fn a_peer_that_stops_reading_is_closed_at_the_queue_limit() {
         events.last(),
         Some(&ConnEvent::Closed(CloseReason::WriteOverflow))
     );
-    // The Close waits for the peer to read again, or for close_timeout.
-    assert_eq!(h.conn.phase(), Phase::Draining);
+    // Evicted: nothing more is read; the Close goes out, then FIN, and the socket goes
+    // after the grace, not after close_timeout.
+    assert_eq!(h.conn.phase(), Phase::Evicting);
+    assert!(!h.conn.wants_read());
     let frames = h.frames();
     assert_eq!(frames.last().unwrap().close_code(), Some(1008));
     assert!(h.conn.wants_write_shutdown());
     h.conn.on_write_shutdown();
+    assert!(!h.conn.wants_write_shutdown());
     h.advance_to_next_deadline();
-    assert_eq!(h.elapsed(), secs(10));
+    assert_eq!(h.elapsed(), EVICTION_GRACE);
+    assert!(h.conn.is_done());
+}
+
+#[test]
+fn a_ping_flooder_that_never_reads_is_evicted_and_dropped_after_the_grace() {
+    let cfg = ConnConfig {
+        max_queued_bytes: 4096,
+        ..ConnConfig::default()
+    };
+    let mut h = Harness::open(cfg);
+    let ping = client_frame(0x9, true, &[7; 125]);
+    let mut sent = 0;
+    while h.conn.is_open() {
+        h.feed(&ping);
+        sent += 1;
+        assert!(sent < 100, "the pongs must overflow 4 KiB");
+    }
+    assert_eq!(
+        h.take_events().last(),
+        Some(&ConnEvent::Closed(CloseReason::WriteOverflow))
+    );
+    assert_eq!(h.conn.phase(), Phase::Evicting);
+    assert!(!h.conn.wants_read());
+    // Input that still arrives is not even looked at (no more events, no more output).
+    let queued = h.conn.queued_bytes();
+    assert!(queued <= 4096, "queued {queued} B");
+    h.feed(&ping.repeat(50));
+    assert_eq!(h.conn.queued_bytes(), queued);
+    assert!(h.take_events().is_empty());
+    // The peer never reads: the socket goes after the grace, not after close_timeout.
+    h.advance_to_next_deadline();
+    assert_eq!(h.elapsed(), EVICTION_GRACE);
+    assert!(h.conn.is_done());
+    assert!(!h.conn.wants_write_shutdown());
+}
+
+#[test]
+fn evict_sends_1008_and_respects_a_shorter_close_timeout() {
+    let cfg = ConnConfig {
+        close_timeout: Duration::from_millis(300),
+        ..ConnConfig::default()
+    };
+    let mut h = Harness::open(cfg);
+    h.conn.evict(
+        &h.cfg,
+        h.now,
+        CloseReason::PolicyViolation,
+        1008,
+        &mut h.events,
+    );
+    assert_eq!(
+        h.take_events(),
+        vec![ConnEvent::Closed(CloseReason::PolicyViolation)]
+    );
+    // Not written yet (the peer's socket is full): the deadline is close_timeout.
+    assert_eq!(
+        h.conn.poll_timeout(&h.cfg),
+        Some(h.now + Duration::from_millis(300))
+    );
+    assert_eq!(h.take_frame().close_code(), Some(1008));
+    // A second decision changes nothing; neither does close().
+    h.conn.evict(
+        &h.cfg,
+        h.now,
+        CloseReason::PolicyViolation,
+        1008,
+        &mut h.events,
+    );
+    h.conn
+        .close(&h.cfg, h.now, CloseReason::Shutdown, 1001, &mut h.events);
+    assert!(h.take_events().is_empty());
+    assert!(h.frames().is_empty());
+    h.conn.on_write_shutdown();
+    h.advance_to_next_deadline();
+    assert_eq!(h.elapsed(), Duration::from_millis(300));
     assert!(h.conn.is_done());
 }
 

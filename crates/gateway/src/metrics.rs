@@ -84,9 +84,12 @@ pub mod names {
     pub const AUTH_FAILURES: &str = "pingwheel_auth_failures_total";
     /// Counter: publish-API responses, per HTTP `status`.
     pub const PUBLISH_REQUESTS: &str = "pingwheel_publish_requests_total";
+    /// Counter: accept pauses (100 ms each) after `accept` failed for lack of resources
+    /// (EMFILE, ENFILE, ENOBUFS, ENOMEM), per worker.
+    pub const ACCEPT_PAUSES: &str = "pingwheel_accept_pauses_total";
 
     /// Every metric name, for tests and documentation checks.
-    pub const ALL: [&str; 22] = [
+    pub const ALL: [&str; 23] = [
         CONNECTIONS,
         CONNECTIONS_OPENED,
         CONNECTIONS_CLOSED,
@@ -109,6 +112,7 @@ pub mod names {
         PUBLISHES,
         AUTH_FAILURES,
         PUBLISH_REQUESTS,
+        ACCEPT_PAUSES,
     ];
 
     /// The histograms among [`ALL`].
@@ -267,6 +271,11 @@ pub fn describe() {
         Unit::Count,
         "Publish-API responses, by HTTP status."
     );
+    describe_counter!(
+        names::ACCEPT_PAUSES,
+        Unit::Count,
+        "Accept pauses of 100 ms after accept failed for lack of resources (EMFILE, ENFILE, ENOBUFS, ENOMEM)."
+    );
 }
 
 /// One worker's metric handles, labelled `worker="N"`. Build once per worker, after
@@ -315,6 +324,8 @@ pub struct WorkerMetrics {
     pub channels: Gauge,
     /// `pingwheel_delivery_lag_seconds`.
     pub delivery_lag: Histogram,
+    /// `pingwheel_accept_pauses_total`.
+    pub accept_pauses: Counter,
 }
 
 impl WorkerMetrics {
@@ -355,6 +366,7 @@ impl WorkerMetrics {
             subscriptions: gauge!(names::SUBSCRIPTIONS, "worker" => worker.clone()),
             channels: gauge!(names::CHANNELS, "worker" => worker.clone()),
             delivery_lag: histogram!(names::DELIVERY_LAG, "worker" => worker.clone()),
+            accept_pauses: counter!(names::ACCEPT_PAUSES, "worker" => worker.clone()),
         }
     }
 
@@ -445,6 +457,7 @@ mod tests {
                 m.subscriptions.set(2.0);
                 m.channels.set(1.0);
                 m.delivery_lag.record(Duration::from_millis(1));
+                m.accept_pauses.increment(1);
             }
             let api = ApiMetrics::new();
             api.publishes.increment(1);

@@ -153,6 +153,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         api_key: config.api_key.clone(),
         dev_mode,
         limits,
+        body_timeout: config.admin_body_timeout,
         metrics: metrics::ApiMetrics::new(),
     };
     let admin_state = Arc::new(AdminState::new(prometheus).with_publish_api(publish_api));

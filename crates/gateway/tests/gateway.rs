@@ -207,8 +207,9 @@ fn a_client_that_stops_reading_is_closed_at_the_queue_limit_while_others_keep_th
     let mut bad: TcpStream = sock.into();
     bad.write_all(upgrade_request("/").as_bytes()).unwrap();
     let payload = vec![b'x'; 60_000];
-    let mut frame = vec![0x82, 0xFF];
-    frame.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+    // 60,000 bytes take the 16-bit length (126): the minimal encoding RFC 6455 requires.
+    let mut frame = vec![0x82, 0x80 | 126];
+    frame.extend_from_slice(&(payload.len() as u16).to_be_bytes());
     frame.extend_from_slice(&[0, 0, 0, 0]); // zero mask: payload as is
     frame.extend_from_slice(&payload);
     bad.set_write_timeout(Some(Duration::from_millis(200)))

@@ -16,9 +16,20 @@ use tungstenite::handshake::derive_accept_key;
 
 use crate::reason::HandshakeFailure;
 
-/// Most header fields accepted in a request head; more is refused with 431. Browsers
-/// send about 15–20.
+/// Most header fields accepted in a request head; more is refused with 431 whatever the
+/// head's size (the fields are parsed into a fixed array on the stack, so this bound is
+/// fixed too). Browsers send about 15–20, a browser behind a few proxies rarely 30.
+/// [`TOO_MANY_HEADERS`] is the refusal's body text.
 pub const MAX_HEADERS: usize = 64;
+
+/// The 431 body when the head is over the size limit (the caller's `max_head_bytes`,
+/// the gateway's `--max-handshake-size`).
+pub const HEAD_TOO_LARGE: &str = "request head over the size limit (--max-handshake-size)";
+
+/// The 431 body when the head has more than [`MAX_HEADERS`] fields.
+pub const TOO_MANY_HEADERS: &str = "request head has more than 64 header fields (the limit)";
+
+const _: () = assert!(MAX_HEADERS == 64, "TOO_MANY_HEADERS names the limit");
 
 /// A valid upgrade request, owned and compact (dropped after the response is written).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -210,8 +221,9 @@ impl<'b> Single<'b> {
 /// A [`Refusal`], from the first failing check in this order (tungstenite's):
 ///
 /// 1. malformed HTTP → 400;
-/// 2. the head is not complete within `max_head_bytes`, or has more than
-///    [`MAX_HEADERS`] fields → 431;
+/// 2. the head is not complete within `max_head_bytes` ([`HEAD_TOO_LARGE`]), or has
+///    more than [`MAX_HEADERS`] fields ([`TOO_MANY_HEADERS`]) → 431, the body saying
+///    which;
 /// 3. a method other than GET → 405;
 /// 4. an HTTP version other than 1.1 → 400;
 /// 5. `Connection` lacks the token `upgrade`, or `Upgrade` lacks `websocket` (both
@@ -235,14 +247,14 @@ pub fn parse_request(
         Ok(Status::Partial) if buf.len() >= max_head_bytes => {
             return Err(Refusal::new(
                 HandshakeFailure::HeaderTooLarge,
-                "request head too large",
+                HEAD_TOO_LARGE,
             ));
         }
         Ok(Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
             return Err(Refusal::new(
                 HandshakeFailure::HeaderTooLarge,
-                "too many header fields",
+                TOO_MANY_HEADERS,
             ));
         }
         Err(error) => return Err(Refusal::bad_request(parse_error_message(error))),

@@ -13,7 +13,9 @@
 //!   no reserved opcode (3–7, 0xB–0xF), control frames have FIN set, a continuation
 //!   only inside a message and a new Text/Binary only outside one (§5.2, §5.4, §5.5);
 //! * from the second byte: the mask bit is set (§5.1) and control payloads are ≤ 125;
-//! * from the extended length: the 64-bit length has its top bit clear (§5.2), and
+//! * from the extended length: the 64-bit length has its top bit clear, the minimal
+//!   encoding is used (a 16-bit length is at least 126, a 64-bit one at least 65536;
+//!   §5.2: "the minimal number of bytes MUST be used to encode the length"), and
 //!   the message size so far plus this frame's length is within
 //!   [`Limits::max_message_size`] — before any of the payload is buffered;
 //! * while the payload of a Text message is unmasked: UTF-8, failing at the first
@@ -23,9 +25,6 @@
 //! * when a Close frame is complete: its payload is empty or at least 2 bytes, its
 //!   code is one an endpoint may send (§7.4: 1000–1003, 1007–1014, 3000–4999) and its
 //!   reason is UTF-8.
-//!
-//! A non-minimal length encoding (e.g. 5 in the 16-bit field) is accepted: §5.2 puts
-//! that requirement on the sender, and rejecting it protects nothing.
 //!
 //! # Memory
 //!
@@ -150,6 +149,7 @@ enum Fault {
     Unmasked,
     ControlTooLong,
     LengthTopBit,
+    NonMinimalLength,
     CloseTooShort,
     InvalidCloseCode,
     InvalidUtf8,
@@ -167,6 +167,7 @@ impl Fault {
             Fault::Unmasked => ReadError::Protocol("unmasked client frame"),
             Fault::ControlTooLong => ReadError::Protocol("control frame over 125 bytes"),
             Fault::LengthTopBit => ReadError::Protocol("frame length has its top bit set"),
+            Fault::NonMinimalLength => ReadError::Protocol("frame length not minimally encoded"),
             Fault::CloseTooShort => ReadError::Protocol("close payload of 1 byte"),
             Fault::InvalidCloseCode => ReadError::Protocol("invalid close code"),
             Fault::InvalidUtf8 => ReadError::InvalidUtf8,
@@ -273,6 +274,15 @@ fn decode_header(
     };
     if length >> 63 != 0 {
         return Err(Fault::LengthTopBit);
+    }
+    // §5.2: 0..=125 fit the 7-bit field and 126..=65535 the 16-bit one.
+    let shortest_for_field = match extended_len {
+        2 => 126,
+        8 => 1 << 16,
+        _ => 0,
+    };
+    if length < shortest_for_field {
+        return Err(Fault::NonMinimalLength);
     }
     let so_far = if is_control {
         0

@@ -21,11 +21,13 @@ pub enum CloseReason {
     ProtocolError,
     /// A message or frame over `max_message_size` (1009), detected from the frame header.
     MessageTooBig,
-    /// The peer stopped reading and our queued output passed `max_queued_bytes`.
+    /// The peer kept sending without reading our answers, and they passed
+    /// `max_queued_bytes`: closed with 1008 and evicted (no more reads).
     WriteOverflow,
     /// A push subscriber fell behind its outbound queue bound: closed with 1013 (try again later).
     SlowConsumer,
-    /// The client kept flooding past its inbound message rate: closed with 1008.
+    /// The client kept flooding past its inbound message rate: closed with 1008 and
+    /// evicted (no more reads).
     PolicyViolation,
     /// The gateway is shutting down: closed with 1001 (going away).
     Shutdown,
@@ -87,7 +89,7 @@ pub enum HandshakeFailure {
     /// Missing `Upgrade: websocket` / `Connection: Upgrade`, or a version other than 13:
     /// 426 (with `Sec-WebSocket-Version: 13`).
     UpgradeRequired,
-    /// The request head exceeded the size limit: 431.
+    /// The request head exceeded the size limit, or had more than 64 header fields: 431.
     HeaderTooLarge,
     /// A missing, forged or expired token: 401.
     Unauthorized,

@@ -1,4 +1,4 @@
-//! Property tests of `MessageReader` (fuzz-like, since `cargo fuzz` needs nightly):
+//! Property tests of `MessageReader` (`fuzz/fuzz_targets/frame_reader.rs` checks the same):
 //!
 //! * (a) any split of the same bytes into chunks gives the same items and the same
 //!   final result, for valid streams (which must also give exactly the expected

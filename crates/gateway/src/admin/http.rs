@@ -1,11 +1,13 @@
-//! The admin listener's HTTP helpers: the response body type, size-limited body reads,
-//! and small response builders. Every route (`mod.rs`, `publish.rs`) answers through
+//! The admin listener's HTTP helpers: the response body type, size- and time-limited
+//! body reads, and small response builders. Every route (`mod.rs`, `publish.rs`) answers through
 //! these, so status codes, content types and limits are spelled once.
+
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Body;
-use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
+use hyper::header::{ALLOW, CONNECTION, CONTENT_TYPE, HeaderValue};
 use hyper::{Response, StatusCode};
 
 /// The response body type of every route.
@@ -20,6 +22,13 @@ pub enum BodyError {
         /// The limit that was exceeded, in bytes.
         limit: usize,
     },
+    /// The body did not arrive completely within the time limit: answer 408 and close
+    /// the connection (the rest of the body is never read).
+    #[error("request body not complete within {after:?}")]
+    TimedOut {
+        /// The time limit.
+        after: Duration,
+    },
     /// The connection failed or the body was malformed mid-read: answer 400 (if the
     /// connection still can).
     #[error("cannot read request body: {0}")]
@@ -31,36 +40,53 @@ impl BodyError {
     pub fn status(&self) -> StatusCode {
         match self {
             BodyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyError::TimedOut { .. } => StatusCode::REQUEST_TIMEOUT,
             BodyError::Read(_) => StatusCode::BAD_REQUEST,
         }
     }
 
-    /// A plain-text response for this error.
+    /// A plain-text response for this error (the connection's last after a timeout).
     pub fn to_response(&self) -> Response<AdminBody> {
-        respond(
+        let mut response = respond(
             self.status(),
             "text/plain; charset=utf-8",
             format!("{self}\n"),
-        )
+        );
+        if matches!(self, BodyError::TimedOut { .. }) {
+            close_after(&mut response);
+        }
+        response
     }
 }
 
 /// Reads a whole request body, failing with [`BodyError::TooLarge`] as soon as more than
-/// `limit` bytes have arrived (nothing past the limit is buffered).
+/// `limit` bytes have arrived (nothing past the limit is buffered), and with
+/// [`BodyError::TimedOut`] if the whole body has not arrived within `timeout`.
 ///
 /// # Errors
 ///
 /// See [`BodyError`].
-pub async fn read_body<B>(body: B, limit: usize) -> Result<Bytes, BodyError>
+pub async fn read_body<B>(body: B, limit: usize, timeout: Duration) -> Result<Bytes, BodyError>
 where
     B: Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    match Limited::new(body, limit).collect().await {
+    let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect())
+        .await
+        .map_err(|_| BodyError::TimedOut { after: timeout })?;
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(err) if err.is::<LengthLimitError>() => Err(BodyError::TooLarge { limit }),
         Err(err) => Err(BodyError::Read(err)),
     }
+}
+
+/// Marks `response` as the connection's last (`Connection: close`): hyper closes the
+/// connection once it is written instead of waiting for the rest of a request body.
+pub fn close_after(response: &mut Response<AdminBody>) {
+    response
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
 }
 
 /// A response with `status`, `content_type` and `body`.
@@ -98,19 +124,58 @@ mod tests {
     #[test]
     fn read_body_enforces_the_limit() {
         let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
             .build()
             .expect("runtime");
         runtime.block_on(async {
             let body = Full::new(Bytes::from_static(b"0123456789"));
-            let bytes = read_body(body.clone(), 10)
+            let bytes = read_body(body.clone(), 10, Duration::from_secs(5))
                 .await
                 .expect("exactly at the limit");
             assert_eq!(&bytes[..], b"0123456789");
 
-            let err = read_body(body, 9).await.expect_err("one byte over");
+            let err = read_body(body, 9, Duration::from_secs(5))
+                .await
+                .expect_err("one byte over");
             assert!(matches!(err, BodyError::TooLarge { limit: 9 }), "{err:?}");
             assert_eq!(err.status(), StatusCode::PAYLOAD_TOO_LARGE);
             assert_eq!(err.to_response().status(), StatusCode::PAYLOAD_TOO_LARGE);
+        });
+    }
+
+    #[test]
+    fn read_body_enforces_the_time_limit() {
+        use std::convert::Infallible;
+        /// A body whose next frame never comes.
+        struct Stalled;
+        impl Body for Stalled {
+            type Data = Bytes;
+            type Error = Infallible;
+            fn poll_frame(
+                self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>>
+            {
+                std::task::Poll::Pending
+            }
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let limit = Duration::from_millis(50);
+            let err = read_body(Stalled, 1 << 20, limit)
+                .await
+                .expect_err("never completes");
+            assert!(
+                matches!(err, BodyError::TimedOut { after } if after == limit),
+                "{err:?}"
+            );
+            let response = err.to_response();
+            assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+            assert_eq!(response.headers()[CONNECTION], "close");
+            assert_eq!(err.to_string(), "request body not complete within 50ms");
         });
     }
 }

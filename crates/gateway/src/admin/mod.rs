@@ -16,12 +16,15 @@
 //! |---|---|---|
 //! | `GET`, `HEAD` | `/metrics` | 200, Prometheus text format 0.0.4 |
 //! | `GET`, `HEAD` | `/healthz` | 200 `ok`, or 503 `draining` once [`AdminState::set_draining`] |
-//! | `POST` | `/v1/publish`, `/v1/broadcast`, `/v1/batch` | the publish API ([`publish`]) |
+//! | any | `/v1/publish`, `/v1/broadcast`, `/v1/batch` | the publish API ([`publish`]): `POST`, else a JSON 405; every answer counted by status |
 //! | other | known path | 405 with `Allow` |
 //! | any | other path | 404 |
 //!
 //! New routes are new arms in [`route`]'s `match (method, path)`. A route that reads a
-//! request body must use [`http::read_body`], which enforces a size limit (413 when exceeded).
+//! request body must use [`http::read_body`], which enforces a size limit (413 when
+//! exceeded) and a time limit (`--admin-body-timeout`, 408 when exceeded). Request
+//! heads have their own limit ([`HEADER_READ_TIMEOUT`]); together they bound how long a
+//! client that dribbles its request can hold a connection.
 //!
 //! # Upkeep
 //!
@@ -39,7 +42,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -53,6 +56,7 @@ use tokio::sync::oneshot;
 use self::http::{AdminBody, method_not_allowed, plain, respond};
 use self::publish::PublishApi;
 use crate::fanout::counts::FOLD_INTERVAL;
+use crate::listener::{AcceptPauses, is_resource_exhaustion};
 use crate::metrics::UPKEEP_INTERVAL;
 use crate::push::publish::PublishRoute;
 
@@ -65,7 +69,7 @@ pub const THREAD_NAME: &str = "pingwheel-admin";
 /// dropped. Idle keep-alive connections close at once.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// A client must send a complete request head within this, or its connection is closed.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// After an `accept` error such as EMFILE, wait this long before accepting again instead
 /// of spinning.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
@@ -211,6 +215,7 @@ async fn serve(
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .keep_alive(true);
     let graceful = GracefulShutdown::new();
+    let mut pauses = AcceptPauses::default();
     let mut upkeep = tokio::time::interval(UPKEEP_INTERVAL);
     upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut fold = tokio::time::interval(FOLD_INTERVAL);
@@ -224,6 +229,11 @@ async fn serve(
             _ = fold.tick(), if state.publish.is_some() => state.fold_subscriber_counts(),
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    if let Some((count, lasted)) = pauses.resumed(Instant::now()) {
+                        tracing::info!(
+                            "admin listener accepting again after {count} accept pauses over {lasted:.1?}"
+                        );
+                    }
                     // Responses are written in one go; don't let Nagle hold the tail.
                     let _ = stream.set_nodelay(true);
                     let state = Arc::clone(&state);
@@ -239,11 +249,20 @@ async fn serve(
                         }
                     });
                 }
-                Err(err) => {
-                    // Per-connection failures (ECONNABORTED) and resource exhaustion
-                    // (EMFILE) alike: the listener itself stays usable.
-                    tracing::warn!("admin listener accept failed: {err}");
+                Err(err) if is_resource_exhaustion(&err) => {
+                    // The listener itself stays usable; retry after a pause, logging
+                    // once per episode (and once when it ends) instead of every retry.
+                    if pauses.paused(Instant::now()) {
+                        tracing::warn!(
+                            "admin listener cannot accept: {err} (raise the open-files limit); \
+                             pausing accepts for {ACCEPT_ERROR_BACKOFF:?} at a time until one works"
+                        );
+                    }
                     tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                }
+                Err(err) => {
+                    // A failure of one connection (ECONNABORTED and the like).
+                    tracing::debug!("admin listener accept failed: {err}");
                 }
             },
         }
@@ -264,11 +283,8 @@ pub async fn route(state: &AdminState, request: Request<Incoming>) -> Response<A
     let method = request.method();
     let path = request.uri().path();
     if let (Some(route), Some(api)) = (PublishRoute::from_path(path), &state.publish) {
-        return if method == Method::POST {
-            api.handle(route, request).await
-        } else {
-            method_not_allowed("POST")
-        };
+        // Every answer on these paths (405 included) is counted there.
+        return api.handle(route, request).await;
     }
     match (method, path) {
         (&Method::GET | &Method::HEAD, "/metrics") => {

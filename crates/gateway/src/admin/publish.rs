@@ -1,17 +1,20 @@
 //! The publish API on the admin listener: `POST /v1/publish`, `/v1/broadcast`, `/v1/batch`.
 //!
-//! Each request is checked in this order: the API key (401/403), the announced
-//! `Content-Length` (413 before reading anything), the body read with a limit (413),
-//! the JSON (400, naming the field). Then [`Hub::publish`] numbers, encodes and fans
-//! out the messages, and the reply says how many local subscribers each reached.
-//! The wire format is in `docs/protocol.md`.
+//! Each request is checked in this order: the method (405 unless `POST`), the API key
+//! (401/403), the announced `Content-Length` (413 before reading anything), the body
+//! read with a size limit (413) and a time limit (`--admin-body-timeout`: 408, and the
+//! connection is closed), the JSON (400, naming the field). Then [`Hub::publish`]
+//! numbers, encodes and fans out the messages, and the reply says how many local
+//! subscribers each reached. The wire format is in `docs/protocol.md`.
+
+use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, HeaderValue, WWW_AUTHENTICATE};
-use hyper::{Request, Response, StatusCode};
+use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_LENGTH, HeaderValue, WWW_AUTHENTICATE};
+use hyper::{Method, Request, Response, StatusCode};
 use serde_json::value::RawValue;
 
-use super::http::{AdminBody, BodyError, read_body, respond};
+use super::http::{AdminBody, BodyError, close_after, read_body, respond};
 use crate::config::Secret;
 use crate::fanout::hub::Hub;
 use crate::metrics::ApiMetrics;
@@ -19,7 +22,7 @@ use crate::push::PushLimits;
 use crate::push::auth::check_api_key;
 use crate::push::publish::{
     MultiReply, PublishError, PublishReply, PublishRequest, PublishResult, PublishRoute, Target,
-    check_body_len, parse_request,
+    check_body_len, error_json, parse_request,
 };
 
 const JSON: &str = "application/json";
@@ -35,12 +38,15 @@ pub struct PublishApi {
     pub dev_mode: bool,
     /// Body and batch limits.
     pub limits: PushLimits,
+    /// How long a request body may take to arrive (`--admin-body-timeout`).
+    pub body_timeout: Duration,
     /// `pingwheel_publishes_total`, auth failures, requests by status.
     pub metrics: ApiMetrics,
 }
 
 impl PublishApi {
-    /// Answers one publish request on `route`.
+    /// Answers one request on `route`'s path, whatever its method, and counts the
+    /// answer in `pingwheel_publish_requests_total{status}`.
     pub async fn handle(
         &self,
         route: PublishRoute,
@@ -52,6 +58,14 @@ impl PublishApi {
     }
 
     async fn answer(&self, route: PublishRoute, request: Request<Incoming>) -> Response<AdminBody> {
+        if request.method() != Method::POST {
+            let body = error_json("method_not_allowed", "use POST");
+            let mut response = respond(StatusCode::METHOD_NOT_ALLOWED, JSON, body);
+            response
+                .headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("POST"));
+            return response;
+        }
         let authorization = request
             .headers()
             .get(AUTHORIZATION)
@@ -80,8 +94,14 @@ impl PublishApi {
         {
             return error_response(&error);
         }
-        let body = match read_body(request.into_body(), self.limits.max_publish_body).await {
+        let body = request.into_body();
+        let body = match read_body(body, self.limits.max_publish_body, self.body_timeout).await {
             Ok(body) => body,
+            Err(BodyError::TimedOut { after }) => {
+                let mut response = error_response(&PublishError::BodyTimeout { after });
+                close_after(&mut response);
+                return response;
+            }
             Err(BodyError::TooLarge { limit }) => {
                 let len = limit as u64 + 1;
                 return error_response(&PublishError::BodyTooLarge { len, max: limit });

@@ -107,6 +107,14 @@ kind!(
 );
 
 kind!(
+    /// A duration that must be more than 0 (a time limit that cannot be off).
+    Positive: Duration = |s| match Fixed::parse(s)? {
+        Duration::ZERO => Err("must be more than 0".to_owned()),
+        limit => Ok(limit),
+    }
+);
+
+kind!(
     /// The timer-wheel tick: 1 ms ..= 1 s, so a timer is never more than a second late.
     TickLength: Duration = |s| match Fixed::parse(s)? {
         tick if (Duration::from_millis(1)..=Duration::from_secs(1)).contains(&tick) => Ok(tick),

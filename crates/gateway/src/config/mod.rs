@@ -60,8 +60,8 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use self::kinds::{
-    Addr, Bool, FilePath, Fixed, Kind, List, LogFilter, Opt, Origin, SecretText, Size, Switchable,
-    TickLength, Whole, Workers,
+    Addr, Bool, FilePath, Fixed, Kind, List, LogFilter, Opt, Origin, Positive, SecretText, Size,
+    Switchable, TickLength, Whole, Workers,
 };
 
 mod kinds;
@@ -96,6 +96,8 @@ const COMMAND_LINE_ONLY: [&str; 2] = ["config_file", "print_config"];
     after_help = "Precedence: flag > environment variable > --config file > default.\n\
                   Durations: 20 (seconds), 20s, 1.5s, 500ms, 250us, 2m, 1h.\n\
                   Sizes: 1048576 (bytes), 64KiB, 1MiB, 1GiB; KB/MB/GB are powers of 1000.\n\
+                  Signals: SIGTERM or SIGINT drains (Close 1001 to every client, up to \
+                  --drain-timeout) and exits 0; a second one exits at once with status 1.\n\
                   Details: docs/operations.md; every setting: pingwheel --print-config."
 )]
 #[serde(deny_unknown_fields, default)]
@@ -121,6 +123,12 @@ pub struct Config {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090", value_parser = Addr::parse)]
     #[serde(deserialize_with = "Addr::deserialize")]
     pub admin_listen: SocketAddr,
+
+    /// An admin (publish API) request body must arrive completely within this of the
+    /// request head, else 408 and the connection is closed; more than 0.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = Positive::parse)]
+    #[serde(deserialize_with = "Positive::deserialize")]
+    pub admin_body_timeout: Duration,
 
     /// Event-loop threads, one mio loop each; 'auto' is one per CPU core.
     /// [default: number of CPU cores]
@@ -154,7 +162,8 @@ pub struct Config {
     #[serde(deserialize_with = "Fixed::deserialize")]
     pub close_timeout: Duration,
 
-    /// On SIGTERM/SIGINT: how long to wait for closing handshakes before exiting.
+    /// On SIGTERM/SIGINT: how long to wait for closing handshakes before exiting 0 (a
+    /// second signal exits at once with status 1).
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = Fixed::parse)]
     #[serde(deserialize_with = "Fixed::deserialize")]
     pub drain_timeout: Duration,
@@ -169,7 +178,8 @@ pub struct Config {
     #[serde(deserialize_with = "Size::<1024>::deserialize")]
     pub max_queued_bytes: usize,
 
-    /// Largest accepted HTTP upgrade request head; larger gets 431.
+    /// Largest accepted HTTP upgrade request head; larger gets 431, as does a head of
+    /// more than 64 header fields (a fixed limit), the body saying which.
     #[arg(long, value_name = "BYTES", default_value = "8KiB", value_parser = Size::<1>::parse)]
     #[serde(deserialize_with = "Size::<1>::deserialize")]
     pub max_handshake_size: usize,
@@ -246,6 +256,12 @@ pub struct Config {
           help_heading = "Push")]
     #[serde(deserialize_with = "Size::<1>::deserialize")]
     pub max_publish_body: usize,
+
+    /// Most patterns a client token's `channels` claim may list; more is refused with 401.
+    #[arg(long, value_name = "N", default_value = "256", value_parser = Whole::<usize, 0>::parse,
+          help_heading = "Push")]
+    #[serde(deserialize_with = "Whole::<usize, 0>::deserialize")]
+    pub max_token_channels: usize,
 }
 
 impl Default for Config {

@@ -67,6 +67,7 @@ impl Config {
             allowed_origins: self.allowed_origins.clone(),
             max_channel_name: self.max_channel_name,
             max_subscriptions: self.max_subscriptions,
+            max_token_channels: self.max_token_channels,
         }
     }
 
@@ -106,8 +107,12 @@ mod tests {
         assert_eq!(settings.token_secret.as_deref(), Some(&b"s3cret"[..]));
         assert_eq!(settings.allowed_origins, ["https://a.example"]);
         assert_eq!(
-            (settings.max_channel_name, settings.max_subscriptions),
-            (128, 64)
+            (
+                settings.max_channel_name,
+                settings.max_subscriptions,
+                settings.max_token_channels
+            ),
+            (128, 64, 256)
         );
     }
 

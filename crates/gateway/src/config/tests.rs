@@ -80,6 +80,7 @@ fn no_arguments_gives_the_documented_defaults() {
     assert_eq!(config.open_timeout, Some(10 * SEC));
     assert_eq!(config.close_timeout, 10 * SEC);
     assert_eq!(config.drain_timeout, 10 * SEC);
+    assert_eq!(config.admin_body_timeout, 10 * SEC);
     assert_eq!(config.max_message_size, 1_048_576);
     assert_eq!(config.max_queued_bytes, 1_048_576);
     assert_eq!(config.max_handshake_size, 8192);
@@ -97,6 +98,7 @@ fn no_arguments_gives_the_documented_defaults() {
     assert_eq!(push.max_channel_name, 128);
     assert_eq!(push.max_inbound_rate, 50);
     assert_eq!(push.max_publish_body, 1_048_576);
+    assert_eq!(push.max_token_channels, 256);
     assert!(push.is_insecure_dev_mode());
     assert!(push.is_publish_api_open());
 }
@@ -162,6 +164,13 @@ fn off_and_zero_disable_optional_durations() {
         load(&["--drain-timeout", "0"]).drain_timeout,
         Duration::ZERO
     );
+    assert_eq!(
+        load(&["--admin-body-timeout", "500ms"]).admin_body_timeout,
+        Duration::from_millis(500)
+    );
+    let err = load_err(&["--admin-body-timeout", "0"]);
+    assert!(err.contains("'--admin-body-timeout <DURATION>'"), "{err}");
+    assert!(err.contains("must be more than 0"), "{err}");
 }
 
 #[test]
@@ -286,6 +295,7 @@ fn help_documents_every_flag_with_its_default() {
         ("--config", ""),
         ("--listen", "[default: 0.0.0.0:8080]"),
         ("--admin-listen", "[default: 127.0.0.1:9090]"),
+        ("--admin-body-timeout", "[default: 10s]"),
         ("--workers", "[default: number of CPU cores]"),
         ("--ping-interval", "[default: 20s]"),
         ("--ping-timeout", "[default: 20s]"),
@@ -307,9 +317,14 @@ fn help_documents_every_flag_with_its_default() {
         ("--max-channel-name", "[default: 128]"),
         ("--max-inbound-rate", "[default: 50]"),
         ("--max-publish-body", "[default: 1MiB]"),
+        ("--max-token-channels", "[default: 256]"),
     ];
     // clap may wrap a default onto the next line; compare with whitespace collapsed.
     let collapsed = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        collapsed.contains("a second one exits at once with status 1"),
+        "help lacks the second signal:\n{help}"
+    );
     for (flag, default) in flags_and_defaults {
         assert!(help.contains(flag), "help lacks {flag}:\n{help}");
         assert!(
@@ -503,9 +518,10 @@ fn missing_file_is_reported_with_its_path() {
 }
 
 /// Every key the file accepts; `FileConfig` must have exactly these fields.
-const FILE_KEYS: [&str; 23] = [
+const FILE_KEYS: [&str; 25] = [
     "listen",
     "admin_listen",
+    "admin_body_timeout",
     "workers",
     "ping_interval",
     "ping_timeout",
@@ -527,6 +543,7 @@ const FILE_KEYS: [&str; 23] = [
     "max_channel_name",
     "max_inbound_rate",
     "max_publish_body",
+    "max_token_channels",
 ];
 
 #[test]

@@ -31,13 +31,17 @@
 //! The PEM file may hold several public keys (for rotation); a token is accepted if
 //! any key of its algorithm verifies it. HMAC verification compares in constant time.
 //!
-//! Claims: `exp` (required, seconds since the Unix epoch), `nbf` (optional), both with
-//! [`TOKEN_LEEWAY_SECS`] of clock-skew leeway and checked against the `now` the caller
-//! passes; `sub` (required, a string: the user id, see
-//! [`validate_user_id`]); `channels` (optional list of patterns, see
-//! [`ChannelGrant`]; absent means no channel at all, only per-user deliveries; `["*"]`
-//! grants every channel). A token carrying `aud` is refused: pingwheel has no audience
-//! of its own to match (RFC 7519 §4.1.3). Other claims are ignored.
+//! Claims: `exp` (required, seconds since the Unix epoch), `nbf` (optional), both
+//! between 0 and [`MAX_TOKEN_TIME`] (the end of year 9999), with [`TOKEN_LEEWAY_SECS`]
+//! of clock-skew leeway and checked against the `now` the caller passes; `sub`
+//! (required, a string: the user id, see [`validate_user_id`]: no control or
+//! bidirectional control characters); `channels` (optional list of patterns, see
+//! [`ChannelGrant`], at most `--max-token-channels` of them; absent means no channel at
+//! all, only per-user deliveries; `["*"]` grants every channel). A token carrying `aud`
+//! is refused: pingwheel has no audience of its own to match (RFC 7519 §4.1.3). Other
+//! claims are ignored. A token whose header has `crit` is refused: it names
+//! extensions the recipient must understand (RFC 7515 §4.1.11), and pingwheel
+//! implements none.
 //!
 //! # Dev mode
 //!
@@ -57,7 +61,7 @@
 //! | label | refusals |
 //! |---|---|
 //! | `missing` | no token; no publish API key |
-//! | `malformed` | not a JWT (including `alg: none`); bad claims (`sub`/`exp` missing, wrong types, `aud`, invalid `channels` patterns); a `bearer.` subprotocol without `pingwheel.v1`; a bad dev-mode `?user=` |
+//! | `malformed` | not a JWT (including `alg: none`); a `crit` header; bad claims (`sub`/`exp` missing, wrong types, `exp`/`nbf` not a plausible timestamp, a `sub` with a control or bidirectional control character, `aud`, invalid `channels` patterns, more than `--max-token-channels` of them); a `bearer.` subprotocol without `pingwheel.v1`; a bad dev-mode `?user=` |
 //! | `bad_signature` | the signature does not verify, or the token's algorithm has no configured key |
 //! | `expired` | `exp` passed, or `nbf` not reached (beyond the leeway) |
 //! | `forbidden_channel` | a `?channel=` invalid, outside the claim, or too many of them |
@@ -86,6 +90,11 @@ pub const BEARER_PROTOCOL_PREFIX: &str = "bearer.";
 /// `exp + 30` and from `nbf - 30`.
 pub const TOKEN_LEEWAY_SECS: u64 = 30;
 
+/// The latest `exp` or `nbf` accepted, in seconds since the Unix epoch:
+/// 9999-12-31T23:59:59Z, the last second most date libraries can represent. A larger
+/// value (`1e300`, `2^64`) or a negative one is not a plausible timestamp, and an `exp`
+/// like that would mean "never expires", so the token is refused.
+pub const MAX_TOKEN_TIME: u64 = 253_402_300_799;
 /// Why a client token or a publish-API key was rejected: one value of the `reason` label
 /// of `pingwheel_auth_failures_total`.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -205,6 +214,8 @@ pub struct AuthSettings {
     pub max_channel_name: usize,
     /// Most `?channel=` values one URL may carry.
     pub max_subscriptions: usize,
+    /// Most patterns a token's `channels` claim may list.
+    pub max_token_channels: usize,
 }
 
 /// Why the authentication keys could not be set up (at startup).
@@ -232,6 +243,7 @@ pub struct Authenticator {
     allowed_origins: Box<[Box<str>]>,
     max_channel_name: usize,
     max_subscriptions: usize,
+    max_token_channels: usize,
 }
 
 /// The claims pingwheel reads. Types are loose where a wrong type should give a
@@ -324,6 +336,7 @@ impl Authenticator {
                 .collect(),
             max_channel_name: settings.max_channel_name,
             max_subscriptions: settings.max_subscriptions,
+            max_token_channels: settings.max_token_channels,
         })
     }
 
@@ -467,6 +480,15 @@ impl Authenticator {
         use AuthFailure as R;
         let malformed = || AuthRefusal::unauthorized(R::Malformed, "malformed token");
         let header = jsonwebtoken::decode_header(token).map_err(|_| malformed())?;
+        // RFC 7515 §4.1.11: a recipient that does not understand every extension named
+        // in `crit` must reject the token. pingwheel understands none (and `[]` is
+        // itself invalid there), so any `crit` is refused.
+        if header.crit.is_some() {
+            return Err(AuthRefusal::unauthorized(
+                R::Malformed,
+                "token header has a crit parameter; pingwheel supports no critical extensions",
+            ));
+        }
         let (slot, keys): (usize, &[DecodingKey]) = match header.alg {
             Algorithm::HS256 => (0, self.hmac.as_slice()),
             Algorithm::RS256 => (1, &self.rsa),
@@ -526,6 +548,17 @@ impl Authenticator {
         let exp = claims
             .exp
             .ok_or_else(|| AuthRefusal::unauthorized(R::Malformed, "token has no exp claim"))?;
+        for (name, time) in [("exp", Some(exp)), ("nbf", claims.nbf)] {
+            if time.is_some_and(|t| !(0.0..=MAX_TOKEN_TIME as f64).contains(&t)) {
+                return Err(AuthRefusal::unauthorized(
+                    R::Malformed,
+                    format!(
+                        "token {name} claim is not a plausible timestamp \
+                         (0 to {MAX_TOKEN_TIME}, the end of year 9999)"
+                    ),
+                ));
+            }
+        }
         // `as` saturates: a negative or fractional NumericDate rounds toward zero.
         if now > (exp as u64).saturating_add(TOKEN_LEEWAY_SECS) {
             return Err(AuthRefusal::unauthorized(R::Expired, "token expired"));
@@ -542,6 +575,16 @@ impl Authenticator {
             AuthRefusal::unauthorized(R::Malformed, format!("token sub claim: {err}"))
         })?;
         let grant = match &claims.channels {
+            Some(patterns) if patterns.len() > self.max_token_channels => {
+                return Err(AuthRefusal::unauthorized(
+                    R::Malformed,
+                    format!(
+                        "token channels claim has {} patterns, the limit is {}",
+                        patterns.len(),
+                        self.max_token_channels
+                    ),
+                ));
+            }
             Some(patterns) => ChannelGrant::from_patterns(patterns, self.max_channel_name)
                 .map_err(|err| {
                     AuthRefusal::unauthorized(R::Malformed, format!("token claim {err}"))
@@ -750,6 +793,7 @@ mod tests {
             allowed_origins: Vec::new(),
             max_channel_name: 128,
             max_subscriptions: 4,
+            max_token_channels: 8,
         }
     }
 
@@ -952,6 +996,9 @@ mod tests {
         // Fractional NumericDates are accepted.
         let token = hs_token(&json!({"sub": "u", "exp": (NOW as f64) + 0.5}));
         assert!(auth.authenticate(&with_bearer(&token), NOW).is_ok());
+        // The latest plausible exp is accepted.
+        let token = hs_token(&json!({"sub": "u", "exp": MAX_TOKEN_TIME}));
+        assert!(auth.authenticate(&with_bearer(&token), NOW).is_ok());
     }
 
     #[test]
@@ -1050,6 +1097,30 @@ mod tests {
     }
 
     #[test]
+    fn crit_header_is_refused() {
+        for crit in [json!(["exp"]), json!(["b64"]), json!([])] {
+            let mut header = Header::new(Algorithm::HS256);
+            header.crit = serde_json::from_value(crit.clone()).unwrap();
+            let token = jsonwebtoken::encode(
+                &header,
+                &claims("u", &["*"]),
+                &EncodingKey::from_secret(SECRET),
+            )
+            .unwrap();
+            assert_eq!(
+                refused(hs256().authenticate(&with_bearer(&token), NOW)),
+                (
+                    HandshakeFailure::Unauthorized,
+                    AuthFailure::Malformed,
+                    "token header has a crit parameter; pingwheel supports no critical extensions"
+                        .to_owned()
+                ),
+                "{crit}"
+            );
+        }
+    }
+
+    #[test]
     fn claim_problems() {
         let auth = hs256();
         let cases = [
@@ -1075,6 +1146,34 @@ mod tests {
                 json!({"sub": "u", "exp": NOW + 60, "aud": "someone"}),
                 "token has an aud claim; pingwheel accepts tokens without one",
             ),
+            (
+                json!({"sub": "u", "exp": 1e300}),
+                "token exp claim is not a plausible timestamp (0 to 253402300799, the end of year 9999)",
+            ),
+            (
+                json!({"sub": "u", "exp": 18_446_744_073_709_551_616.0_f64}),
+                "token exp claim is not a plausible timestamp (0 to 253402300799, the end of year 9999)",
+            ),
+            (
+                json!({"sub": "u", "exp": u64::MAX}),
+                "token exp claim is not a plausible timestamp (0 to 253402300799, the end of year 9999)",
+            ),
+            (
+                json!({"sub": "u", "exp": -1}),
+                "token exp claim is not a plausible timestamp (0 to 253402300799, the end of year 9999)",
+            ),
+            (
+                json!({"sub": "u", "exp": NOW + 60, "nbf": 1e300}),
+                "token nbf claim is not a plausible timestamp (0 to 253402300799, the end of year 9999)",
+            ),
+            (
+                json!({"sub": "admin\u{202E}gnp.exe", "exp": NOW + 60}),
+                "token sub claim: user id contains a Unicode bidirectional control character (U+202E)",
+            ),
+            (
+                json!({"sub": "u", "exp": NOW + 60, "channels": ["a", "b", "c", "d", "e", "f", "g", "h", "i"]}),
+                "token channels claim has 9 patterns, the limit is 8",
+            ),
         ];
         for (claims, want) in cases {
             let token = hs_token(&claims);
@@ -1086,6 +1185,15 @@ mod tests {
             );
             assert_eq!(message, want, "{claims}");
         }
+    }
+
+    #[test]
+    fn channels_claim_at_the_pattern_limit_is_accepted() {
+        let patterns = ["a", "b", "c", "d", "e", "f", "g", "h*"];
+        let token = hs_token(&claims("u", &patterns));
+        let session = hs256().authenticate(&with_bearer(&token), NOW).unwrap();
+        assert_eq!(session.grant.patterns().count(), 8);
+        assert!(session.grant.allows("h:1"));
     }
 
     #[test]

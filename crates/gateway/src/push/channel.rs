@@ -29,6 +29,8 @@
 //! A prefix must itself be a valid name prefix (same byte rules, no leading `#`); a `*`
 //! anywhere but at the end is not a pattern.
 
+use std::collections::HashSet;
+
 /// The channel of per-user deliveries (`POST /v1/publish {"user": ..}`): every
 /// connection authenticated as that user receives them under this channel name.
 /// Clients never subscribe to it; it is implicit for an authenticated connection.
@@ -140,11 +142,30 @@ pub enum UserIdError {
     /// The id contains a control character (U+0000..U+001F or U+007F..U+009F).
     #[error("user id contains a control character")]
     ControlCharacter,
+    /// The id contains a Unicode bidirectional control (see [`is_bidi_control`]), which
+    /// would reorder the text around it wherever the id is shown (logs, dashboards).
+    #[error(
+        "user id contains a Unicode bidirectional control character (U+{:04X})",
+        u32::from(*character)
+    )]
+    BidiControl {
+        /// The offending character.
+        character: char,
+    },
+}
+
+/// Whether `c` is one of Unicode's bidirectional formatting controls: ALM (U+061C),
+/// LRM and RLM (U+200E, U+200F), the embeddings and overrides LRE, RLE, PDF, LRO, RLO
+/// (U+202A..U+202E) and the isolates LRI, RLI, FSI, PDI (U+2066..U+2069). Shown in a
+/// log line or a dashboard, they reorder the text that follows ("Trojan Source").
+pub const fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 /// Checks a user id (a token's `sub`, a publish's `user`): 1 to [`MAX_USER_ID_BYTES`]
-/// bytes of UTF-8 without control characters. Any other character is allowed; ids
-/// are compared byte for byte.
+/// bytes of UTF-8 without control characters or bidirectional controls
+/// ([`is_bidi_control`]). Any other character is allowed; ids are compared byte for
+/// byte.
 pub fn validate_user_id(user: &str) -> Result<(), UserIdError> {
     if user.is_empty() {
         return Err(UserIdError::Empty);
@@ -154,6 +175,9 @@ pub fn validate_user_id(user: &str) -> Result<(), UserIdError> {
     }
     if user.chars().any(char::is_control) {
         return Err(UserIdError::ControlCharacter);
+    }
+    if let Some(character) = user.chars().find(|&c| is_bidi_control(c)) {
+        return Err(UserIdError::BidiControl { character });
     }
     Ok(())
 }
@@ -198,11 +222,17 @@ impl ChannelGrant {
     /// collapses to [`ChannelGrant::Any`]; duplicate patterns are kept once.
     ///
     /// A pattern prefix obeys the same byte rules and `max_len` as a channel name.
+    ///
+    /// Linear in the total length of the patterns (duplicates are found with a hash
+    /// set, not by rescanning the list): this runs on a worker's loop for every
+    /// upgrade, so its cost per pattern must stay flat however long the claim is
+    /// (`benches/benches/grant.rs`). The caller bounds the number of patterns.
     pub fn from_patterns<S: AsRef<str>>(
         patterns: &[S],
         max_len: usize,
     ) -> Result<ChannelGrant, PatternError> {
         let mut joined = String::new();
+        let mut seen: HashSet<&str> = HashSet::with_capacity(patterns.len());
         let mut any = false;
         for (index, pattern) in patterns.iter().enumerate() {
             let pattern = pattern.as_ref();
@@ -211,7 +241,7 @@ impl ChannelGrant {
                 .map_err(|problem| PatternError { index, problem })?;
             if pattern == "*" {
                 any = true;
-            } else if !joined.split(' ').any(|p| p == pattern) {
+            } else if seen.insert(pattern) {
                 if !joined.is_empty() {
                     joined.push(' ');
                 }
@@ -368,6 +398,27 @@ mod tests {
         assert_eq!(validate_user_id("Zoë Ünïcode 🙂"), Ok(()));
         assert_eq!(validate_user_id(""), Err(UserIdError::Empty));
         assert_eq!(validate_user_id("a\nb"), Err(UserIdError::ControlCharacter));
+        for c in [
+            '\u{061C}', '\u{200E}', '\u{200F}', '\u{202A}', '\u{202E}', '\u{2066}', '\u{2069}',
+        ] {
+            let id = format!("admin{c}txt.exe");
+            assert_eq!(
+                validate_user_id(&id),
+                Err(UserIdError::BidiControl { character: c }),
+                "{c:?}"
+            );
+        }
+        assert_eq!(
+            UserIdError::BidiControl {
+                character: '\u{202E}'
+            }
+            .to_string(),
+            "user id contains a Unicode bidirectional control character (U+202E)"
+        );
+        // Right-to-left text itself is fine; only the invisible controls are refused.
+        assert_eq!(validate_user_id("\u{05E9}\u{05DC}\u{05D5}\u{05DD}"), Ok(()));
+        assert!(!is_bidi_control('\u{2065}') && !is_bidi_control('\u{206A}'));
+        assert!(!is_bidi_control('\u{2029}') && !is_bidi_control('\u{202F}'));
         let long = "u".repeat(MAX_USER_ID_BYTES + 1);
         assert_eq!(
             validate_user_id(&long),

@@ -12,7 +12,10 @@
 //! `data` is any JSON value and is never re-serialized: it is kept as the exact
 //! [`RawValue`] text borrowed from the request body and copied once, into the delivery
 //! frame ([`super::protocol::encode_delivery`]). Unknown fields are refused, so a typo
-//! such as `chanel` is a 400 naming it rather than a silent no-op.
+//! such as `chanel` is a 400 naming it rather than a silent no-op. `data` may nest
+//! arrays and objects at most [`MAX_DATA_DEPTH`] levels deep: relayed verbatim, a
+//! deeper value would break the parsers of the subscribers' clients (Python's `json`
+//! fails near 1000 levels, others sooner), so it is refused with 400.
 //!
 //! # `seq`
 //!
@@ -31,6 +34,52 @@ use serde_json::value::RawValue;
 
 use super::channel::{validate_channel_name, validate_user_id};
 use super::{PushLimits, json_str};
+
+/// The deepest nesting of arrays and objects accepted in a publish's `data` (`[]` and
+/// `{"a":1}` are 1 level, a scalar 0). Far more than real payloads need, and far less
+/// than any common JSON parser can take.
+pub const MAX_DATA_DEPTH: usize = 64;
+
+/// Whether the JSON text `json` nests arrays and objects more than `max` levels deep.
+/// One pass over the bytes, no recursion (the text is valid JSON: serde parsed it).
+fn nested_deeper_than(json: &str, max: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &byte in json.as_bytes() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Refuses `data` nested more than [`MAX_DATA_DEPTH`] levels deep.
+fn check_data_depth(data: &RawValue) -> Result<(), String> {
+    if nested_deeper_than(data.get(), MAX_DATA_DEPTH) {
+        return Err(format!(
+            "`data` is nested more than {MAX_DATA_DEPTH} levels deep (arrays and objects), the limit is {MAX_DATA_DEPTH}"
+        ));
+    }
+    Ok(())
+}
 
 /// The publish API routes.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -128,6 +177,13 @@ pub enum PublishError {
     /// field (and the index within a list) that is wrong.
     #[error("{0}")]
     BadRequest(String),
+    /// The body did not arrive completely within `--admin-body-timeout`: 408, and the
+    /// connection is closed.
+    #[error("request body not complete within {after:?} (--admin-body-timeout)")]
+    BodyTimeout {
+        /// The limit.
+        after: std::time::Duration,
+    },
 }
 
 impl PublishError {
@@ -140,6 +196,7 @@ impl PublishError {
         match self {
             PublishError::BodyTooLarge { .. } => 413,
             PublishError::BadRequest(_) => 400,
+            PublishError::BodyTimeout { .. } => 408,
         }
     }
 
@@ -148,6 +205,7 @@ impl PublishError {
         match self {
             PublishError::BodyTooLarge { .. } => "body_too_large",
             PublishError::BadRequest(_) => "bad_request",
+            PublishError::BodyTimeout { .. } => "body_timeout",
         }
     }
 
@@ -283,6 +341,7 @@ fn publish_from_json<'a>(
         (Some(_), Some(_)) => return Err("give either `channel` or `user`, not both".into()),
     };
     let data = json.data.ok_or("missing `data`")?;
+    check_data_depth(data)?;
     Ok(Publish { target, data })
 }
 
@@ -333,6 +392,7 @@ pub fn parse_broadcast<'a>(
     let data = json
         .data
         .ok_or_else(|| PublishError::bad("missing `data`"))?;
+    check_data_depth(data).map_err(PublishError::bad)?;
     Ok(Broadcast { channels, data })
 }
 
@@ -601,6 +661,47 @@ mod tests {
     }
 
     #[test]
+    fn data_nesting_is_bounded() {
+        let nested = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        let at_limit = format!(r#"{{"channel":"a","data":{}}}"#, nested(MAX_DATA_DEPTH));
+        assert_eq!(publish(&at_limit).unwrap().data.get(), nested(64));
+        let refused =
+            "`data` is nested more than 64 levels deep (arrays and objects), the limit is 64";
+        let over = format!(r#"{{"channel":"a","data":{}}}"#, nested(MAX_DATA_DEPTH + 1));
+        assert_eq!(bad(publish(&over)), refused);
+        // 100,000 deep: serde keeps it as raw text without recursing, and so does the check.
+        let deep = format!(r#"{{"channel":"a","data":{}}}"#, nested(100_000));
+        assert_eq!(bad(publish(&deep)), refused);
+        let objects = format!(
+            r#"{{"channel":"a","data":{}1{}}}"#,
+            r#"{"k":"#.repeat(65),
+            "}".repeat(65)
+        );
+        assert_eq!(bad(publish(&objects)), refused);
+        let broadcast = format!(r#"{{"channels":["a"],"data":{}}}"#, nested(65));
+        assert_eq!(
+            bad(parse_broadcast(broadcast.as_bytes(), &limits())),
+            refused
+        );
+        let batch = format!(
+            r#"{{"messages":[{{"channel":"a","data":1}},{{"channel":"b","data":{}}}]}}"#,
+            nested(65)
+        );
+        assert_eq!(
+            bad(parse_batch(batch.as_bytes(), &limits())),
+            format!("`messages[1]`: {refused}")
+        );
+        // Brackets inside strings (escaped quotes included) are not nesting.
+        let text = format!(
+            r#"{{"channel":"a","data":["\"{}", {{"x":"]]]"}}]}}"#,
+            "[".repeat(200)
+        );
+        assert!(publish(&text).is_ok());
+        assert!(!nested_deeper_than(r#""\\" "#, 0));
+        assert!(nested_deeper_than(r#"["\\",[]]"#, 1));
+    }
+
+    #[test]
     fn broadcast() {
         let body = br#"{"channels":["a","team:7"],"data":[1,2]}"#;
         let b = parse_broadcast(body, &limits()).unwrap();
@@ -742,6 +843,18 @@ mod tests {
         assert_eq!(
             err.to_json(),
             r#"{"error":"body_too_large","message":"request body is 1048577 bytes, the limit is 1048576"}"#
+        );
+    }
+
+    #[test]
+    fn body_timeout_reply() {
+        let err = PublishError::BodyTimeout {
+            after: std::time::Duration::from_secs(10),
+        };
+        assert_eq!(err.status(), 408);
+        assert_eq!(
+            err.to_json(),
+            r#"{"error":"body_timeout","message":"request body not complete within 10s (--admin-body-timeout)"}"#
         );
     }
 

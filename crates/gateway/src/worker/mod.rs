@@ -19,9 +19,12 @@
 //!    socket when the machine says so, and re-file its **single wheel entry** when its
 //!    next deadline moved (`pingwheel_conn::timer`: the tick, ping slack included).
 //!
-//! Sockets are registered once for both readable and writable, edge-triggered, and
-//! never re-registered: a writable edge only arrives after the kernel's send buffer
-//! was full, which is exactly when queued output is waiting.
+//! Sockets are registered once for both readable and writable, edge-triggered: a
+//! writable edge only arrives after the kernel's send buffer was full, which is exactly
+//! when queued output is waiting. The one re-registration is for writable only, once a
+//! connection no longer wants input (an evicted flooder, see `Conn::wants_read`): its
+//! bytes are left unread in the kernel, so TCP's window closes on the peer and the
+//! worker is not woken for them while the Close frame waits to be written.
 //!
 //! The push layer's work in the loop (authentication at the upgrade, client ops,
 //! deliveries) lives in `worker/push.rs`.
@@ -48,6 +51,7 @@ use crate::conn::{CloseReason, Conn, ConnConfig, ConnEvent};
 use crate::fanout::counts::CountSender;
 use crate::fanout::local::LocalFanout;
 use crate::fanout::session::Session;
+use crate::listener::{AcceptPauses, is_resource_exhaustion};
 use crate::metrics::{ApiMetrics, WorkerMetrics};
 use crate::push::PushLimits;
 use crate::push::auth::Authenticator;
@@ -182,6 +186,8 @@ pub struct Worker {
     accept_pending: bool,
     /// After EMFILE and friends, accepting resumes at this instant.
     accept_resume_at: Option<Instant>,
+    /// The current episode of such pauses, logged once at its start and end.
+    accept_pauses: AcceptPauses,
     inbox: Inbox,
     conns: Slab<Slot>,
     /// Every deadline of every connection of this worker, one entry per connection.
@@ -229,6 +235,7 @@ impl Worker {
             listener: Some(listener),
             accept_pending: true,
             accept_resume_at: None,
+            accept_pauses: AcceptPauses::default(),
             inbox,
             conns: Slab::with_capacity(1024),
             events: Vec::with_capacity(16),
@@ -344,11 +351,24 @@ impl Worker {
             match listener.accept() {
                 Ok((sock, _peer)) => self.admit(sock, now),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // The backlog is empty with descriptors to spare: only now is an
+                    // episode of pauses over. (One accept that works between two that
+                    // fail, as each closing connection frees a descriptor, is not.)
+                    self.accepting_again(now);
                     self.accept_pending = false;
                     return;
                 }
                 Err(e) if is_resource_exhaustion(&e) => {
-                    warn!(worker = self.settings.id, error = %e, "cannot accept: out of resources (raise the open-files limit); pausing accepts");
+                    self.metrics.accept_pauses.increment(1);
+                    if self.accept_pauses.paused(now) {
+                        warn!(
+                            worker = self.settings.id,
+                            error = %e,
+                            "cannot accept: out of resources (raise the open-files limit); \
+                             pausing accepts for {ACCEPT_BACKOFF:?} at a time until one works \
+                             (counted in pingwheel_accept_pauses_total, logged again when it does)"
+                        );
+                    }
                     self.accept_pending = false;
                     self.accept_resume_at = Some(now + ACCEPT_BACKOFF);
                     return;
@@ -358,6 +378,16 @@ impl Worker {
             }
         }
         // Batch used up: `accept_pending` stays set, so the next poll does not block.
+    }
+
+    /// Ends an episode of accept pauses, if one was running, with one line.
+    fn accepting_again(&mut self, now: Instant) {
+        if let Some((pauses, lasted)) = self.accept_pauses.resumed(now) {
+            info!(
+                worker = self.settings.id,
+                pauses, "accepting again after {pauses} accept pauses over {lasted:.1?}"
+            );
+        }
     }
 
     fn admit(&mut self, mut sock: TcpStream, now: Instant) {
@@ -459,7 +489,18 @@ impl Worker {
             _ => return,
         }
         if event.is_readable() || event.is_read_closed() || event.is_error() {
-            self.read(id, now, event.is_read_closed());
+            let slot = &mut self.conns[id.index as usize];
+            if slot.conn.wants_read() {
+                self.read(id, now, event.is_read_closed());
+            } else if !slot.conn.is_done() {
+                // Input is no longer wanted: stop being woken for it (edge-triggered,
+                // so this runs once, on the first readable edge after the decision).
+                let registry = self.poll.registry();
+                if let Err(e) = registry.reregister(&mut slot.sock, id.token(), Interest::WRITABLE)
+                {
+                    debug!(worker = self.settings.id, error = %e, "reregister failed");
+                }
+            }
         }
         self.settle(id, now);
     }
@@ -473,7 +514,8 @@ impl Worker {
             let Some(slot) = self.conns.get_mut(index) else {
                 return;
             };
-            if slot.conn.is_done() {
+            // Also stops mid-turn once the connection is evicted or done.
+            if !slot.conn.wants_read() {
                 return;
             }
             match slot.sock.read(&mut self.read_buf) {
@@ -661,13 +703,6 @@ fn count_closed(m: &WorkerMetrics, reason: CloseReason) {
         CloseReason::SlowConsumer => m.slow_consumer_disconnects.increment(1),
         _ => {}
     }
-}
-
-fn is_resource_exhaustion(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
 }
 
 #[cfg(test)]

@@ -95,7 +95,7 @@ impl Worker {
                 return reply(conn, events, &ClientError::rate_limited().reply());
             }
             RateDecision::Flood => {
-                return conn.close(cfg, now, CloseReason::PolicyViolation, 1008, events);
+                return conn.evict(cfg, now, CloseReason::PolicyViolation, 1008, events);
             }
         }
         let text = match std::str::from_utf8(&message.data) {

@@ -25,24 +25,33 @@ impl Gateway {
     /// Like [`Gateway::start`], with `env` (`(name, value)` pairs, e.g.
     /// `PINGWHEEL_TOKEN_SECRET`) set in the gateway's environment.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Gateway {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pingwheel"))
+        Gateway::start_with(args, env, |_| {})
+    }
+
+    /// Like [`Gateway::start_with_env`], letting `configure` adjust the command last
+    /// (redirect stderr, set resource limits). `--log-level warn` is passed unless
+    /// `args` has its own `--log-level`.
+    pub fn start_with(
+        args: &[&str],
+        env: &[(&str, &str)],
+        configure: impl FnOnce(&mut Command),
+    ) -> Gateway {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_pingwheel"));
+        command
             .env_remove("PINGWHEEL_TOKEN_SECRET")
             .env_remove("PINGWHEEL_API_KEY")
             .envs(env.iter().copied())
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--log-level",
-                "warn",
-            ])
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]);
+        if !args.contains(&"--log-level") {
+            command.args(["--log-level", "warn"]);
+        }
+        command
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn pingwheel");
+            .stderr(Stdio::inherit());
+        configure(&mut command);
+        let mut child = command.spawn().expect("spawn pingwheel");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {

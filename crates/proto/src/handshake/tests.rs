@@ -165,7 +165,7 @@ fn oversized_head_is_431() {
     assert_refused(
         &request,
         HandshakeFailure::HeaderTooLarge,
-        "request head too large",
+        "request head over the size limit (--max-handshake-size)",
     );
     // Exactly at the limit with the head still incomplete.
     let partial = &request.as_bytes()[..MAX];
@@ -196,8 +196,15 @@ fn too_many_headers_is_431() {
     assert_refused(
         &request,
         HandshakeFailure::HeaderTooLarge,
-        "too many header fields",
+        "request head has more than 64 header fields (the limit)",
     );
+    assert!(TOO_MANY_HEADERS.contains(&MAX_HEADERS.to_string()));
+    // One field fewer fits (the sample's own fields count too).
+    let fields = SAMPLE.matches("\r\n").count() - 2;
+    let fewer: String = (0..MAX_HEADERS - fields)
+        .map(|i| format!("X-{i}: y\r\n"))
+        .collect();
+    accept(&plus_header(fewer.trim_end()));
 }
 
 #[test]

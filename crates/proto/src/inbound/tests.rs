@@ -187,11 +187,31 @@ fn rfc_6455_256_byte_and_64_kib_binary() {
 }
 
 #[test]
-fn non_minimal_length_encoding_is_accepted() {
-    let mut bytes = vec![0x81, 0x80 | 126, 0x00, 0x02];
-    bytes.extend_from_slice(&MASK);
-    bytes.extend([b'h' ^ MASK[0], b'i' ^ MASK[1]]);
-    assert_eq!(read(&bytes), (vec![text("hi")], Ok(())));
+fn non_minimal_length_encoding_is_refused_from_the_length_alone() {
+    let refused = protocol("frame length not minimally encoded");
+    // A 16-bit length for 2, 5 and 125 bytes; a 64-bit length for 5 and 65535 bytes.
+    let cases: [&[u8]; 5] = [
+        &[0x81, 0x80 | 126, 0x00, 0x02],
+        &[0x82, 0x80 | 126, 0x00, 0x05],
+        &[0x82, 0x80 | 126, 0x00, 125],
+        &[0x82, 0x80 | 127, 0, 0, 0, 0, 0, 0, 0x00, 0x05],
+        &[0x82, 0x80 | 127, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF],
+    ];
+    for header in cases {
+        // Refused before the mask or any payload arrives.
+        assert_eq!(read(header).1, Err(refused), "{header:x?}");
+        let mut bytes = header.to_vec();
+        bytes.extend_from_slice(&MASK);
+        bytes.extend(std::iter::repeat_n(0, 5));
+        assert_fails(&bytes, refused);
+    }
+    // Continuation frames are held to the same rule.
+    let mut bytes = frame(false, TEXT, b"a");
+    bytes.extend([0x80, 0x80 | 126, 0x00, 0x01]);
+    assert_fails(&bytes, refused);
+    // The shortest lengths of each field are accepted.
+    assert_eq!(read(&frame(true, BINARY, &[7; 126])).1, Ok(()));
+    assert_eq!(read(&frame(true, BINARY, &[7; 65536])).1, Ok(()));
 }
 
 #[test]
@@ -731,6 +751,7 @@ fn errors_map_to_close_codes() {
         Fault::Unmasked,
         Fault::ControlTooLong,
         Fault::LengthTopBit,
+        Fault::NonMinimalLength,
         Fault::CloseTooShort,
         Fault::InvalidCloseCode,
         Fault::InvalidUtf8,
