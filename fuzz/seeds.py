@@ -174,6 +174,14 @@ CLIENT = [
     '{"op":"subscribe","channel":""}',
     '{"op":"unsubscribe","channel":"a b"}',
     '[{"op":"ping"}]',
+    '{"op":"subscribe","channel":"scores","since":{"seq":40,"epoch":"Xy3kP0aQ"},"id":1}',
+    '{"op":"subscribe","channel":"s","since":{"epoch":"","seq":0}}',
+    '{"op":"subscribe","channel":"#user","since":null}',
+    '{"op":"subscribe","channel":"s","since":40,"id":2}',
+    '{"op":"subscribe","channel":"s","since":{"seq":40},"id":2}',
+    '{"op":"subscribe","channel":"s","since":{"seq":-1,"epoch":"x"},"id":2}',
+    '{"op":"subscribe","channel":"s","since":{"seq":"40","epoch":"x"},"id":2}',
+    '{"op":"subscribe","channel":"s","since":{"seq":4,"epoch":"x","sqe":1},"id":2}',
 ]
 
 # crates/gateway/src/push/publish.rs (tests)

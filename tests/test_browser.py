@@ -1,11 +1,17 @@
-"""A real browser: headless Chromium runs the browser snippet of docs/protocol.md.
+"""A real browser: headless Chromium runs the browser snippets of docs/protocol.md.
 
 The test serves a small page over HTTP on loopback. The page defines ``token`` (minted
-by the page's own ``mint_token``), then runs ``doc_example("browser-client")``
-verbatim except for the gateway's address, and reports everything the snippet logs
-(``console.log``/``warn``) plus the ``open`` event's ``ws.protocol`` back to the test
-server with ``fetch``. The subscribe acknowledgement is the page's readiness signal:
-only then does the test publish, so every publish is guaranteed to reach the page.
+by the page's own ``mint_token``), then runs ``doc_example("browser-client")`` (or
+``doc_example("browser-reconnect")``) verbatim except for the gateway's address, and
+reports everything the snippet logs (``console.log``/``warn``) plus the socket's events
+back to the test server with ``fetch``. The subscribe acknowledgement is the page's
+readiness signal: only then does the test publish, so every publish is guaranteed to
+reach the page.
+
+The reconnect test makes the page drop its connection itself (a published
+``{"drop":true}`` makes the wrapper close the snippet's socket), publishes while it is
+away, and checks that the snippet's reconnect with ``since`` recovers every message
+exactly once, in order.
 """
 
 from __future__ import annotations
@@ -181,7 +187,9 @@ def test_browser_snippet_subscribes_and_receives_in_chromium(start_gateway, tmp_
             assert opened["detail"] == {"protocol": "pingwheel.v1"}, "subprotocol token"
             # The page is connected and on `scores` and `team:7`: now publish.
             reply = server.wait_for(lambda r: logged(r, "reply"), "the subscribe reply")
-            assert reply["detail"] == ["reply", {"op": "subscribed", "channel": "team:7", "id": 1}]
+            ack = reply["detail"][1]
+            assert reply["detail"] == ["reply", {"op": "subscribed", "channel": "team:7", "id": 1,
+                                                 "seq": 0, "epoch": ack["epoch"]}]
 
             scores = publish(gw, {"channel": "scores", "data": {"home": 2, "away": 1}})
             team = publish(gw, {"channel": "team:7", "data": {"goal": "Ana"}})
@@ -211,3 +219,86 @@ def test_origin_allowlist_refuses_a_page_from_another_origin(start_gateway, tmp_
         refused = gw.metric("pingwheel_auth_failures_total", reason="forbidden_origin")
         assert refused >= 1
         assert gw.metric("pingwheel_auth_failures_total") == refused, "refused for its origin"
+
+
+RECONNECT_PAGE = """<!doctype html>
+<meta charset="utf-8">
+<title>pingwheel reconnect test</title>
+<script>
+let reportNumber = 0;
+function report(kind, detail) {
+  fetch("/report", {method: "POST", body: JSON.stringify({n: reportNumber++, kind, detail})});
+}
+// Every socket the snippet opens reports what it sees.
+const NativeWebSocket = window.WebSocket;
+window.WebSocket = function (...args) {
+  const socket = new NativeWebSocket(...args);
+  socket.addEventListener("open", () => report("open", {}));
+  socket.addEventListener("message", (event) => report("received", JSON.parse(event.data)));
+  socket.addEventListener("close", (event) => report("close", {code: event.code}));
+  return socket;
+};
+for (const level of ["log", "warn", "error"]) {
+  const original = console[level].bind(console);
+  console[level] = (...args) => {
+    report("console." + level, args);
+    original(...args);
+    // The test's way to cut the line: the snippet's own socket, closed under it.
+    if (args[0] === "message" && args[3] && args[3].drop) setTimeout(() => ws.close(), 0);
+  };
+}
+const token = %(token)s;
+// ---- docs/protocol.md, example browser-reconnect ----
+%(snippet)s
+// ---- end of the example ----
+</script>
+"""
+
+RECONNECT_CONFIG = "[[namespace]]\nprefix = \"scores\"\nhistory_size = 100\nhistory_ttl = \"10m\"\n"
+
+
+def test_browser_reconnects_with_since_and_recovers_every_message(start_gateway, tmp_path):
+    config = tmp_path / "pingwheel.toml"
+    config.write_text(RECONNECT_CONFIG)
+    with PageServer() as server:
+        gw = start_gateway("--allowed-origin", server.origin, "--config", str(config), env=ENV)
+        mint_token = doc_mint_token()
+        tok = mint_token(SECRET, "42", ["scores"])
+        server.page = RECONNECT_PAGE % {
+            "token": json.dumps(tok), "snippet": adapt(doc_example("browser-reconnect"), gw)}
+
+        def subscribed(report: dict, channel: str) -> bool:
+            detail = report["detail"]
+            return (report["kind"] == "received" and detail.get("op") == "subscribed"
+                    and detail.get("channel") == channel)
+
+        def messages() -> list[list]:
+            return [r["detail"] for r in server.seen if logged(r, "message")]
+
+        with chromium(server.origin + "/", tmp_path / "profile", "chromium-reconnect.log"):
+            # First connect: no positions yet, so both streams just learn theirs.
+            first = server.wait_for(lambda r: subscribed(r, "scores"), "scores subscribed")
+            assert first["detail"]["recovered"] is False and first["detail"]["seq"] == 0
+            server.wait_for(lambda r: subscribed(r, "#user"), "#user subscribed")
+            for i in range(3):
+                publish(gw, {"channel": "scores", "data": i})
+            server.wait_for(lambda r: logged(r, "message", "scores", 3), "scores 3")
+            publish(gw, {"channel": "scores", "data": {"drop": True}})
+            server.wait_for(lambda r: r["kind"] == "close", "the page dropping its socket")
+            # Away: these are recovered from history when the page comes back.
+            for i in range(5, 11):
+                publish(gw, {"channel": "scores", "data": i})
+            note = publish(gw, {"user": "42", "data": "while you were away"})
+            server.wait_for(lambda r: logged(r, "message", "scores", 10), "the recovered scores")
+            server.wait_for(lambda r: logged(r, "message", "#user", note["seq"]), "the user note")
+            live = publish(gw, {"channel": "scores", "data": 11})
+            server.wait_for(lambda r: logged(r, "message", "scores", live["seq"]), "a live one")
+
+        scores = [m for m in messages() if m[1] == "scores"]
+        assert [m[2] for m in scores] == list(range(1, 12)), "every seq once, in order"
+        assert [m[3] for m in scores] == [0, 1, 2, {"drop": True}, 5, 6, 7, 8, 9, 10, 11]
+        again = [r["detail"] for r in server.seen if subscribed(r, "scores")][1:]
+        assert again and again[0]["recovered"] is True, again
+        assert [m[3] for m in messages() if m[1] == "#user"] == ["while you were away"]
+        assert not [r for r in server.seen if logged(r, "reload")], "nothing had to be reloaded"
+        assert len([r for r in server.seen if r["kind"] == "open"]) >= 2

@@ -323,3 +323,30 @@ def test_gateway_push_delivers_everything_in_order(loadtest_bin, start_gateway, 
     assert push["reordered"] == 0 and push["duplicates"] == 0, push
     assert push["delivered"] == push["expected"] == push["published"] * 20
     assert report["server"]["cpu_per_delivery_us"] is not None
+
+
+@pytest.mark.parametrize("subscribe", ["url", "op"])
+def test_gateway_recovery_storm_recovers_every_client(loadtest_bin, start_gateway, tmp_path,
+                                                      subscribe):
+    # The storm at 1/19 scale: every client comes back at once, 20 back.
+    config = tmp_path / "pingwheel.toml"
+    config.write_text('[[namespace]]\nprefix = "lt-"\nhistory_size = 100\nhistory_ttl = "10m"\n')
+    gateway = start_gateway("--config", config, "--token-secret", TOKEN_SECRET,
+                            "--api-key", API_KEY)
+    code, report, output = run(
+        loadtest_bin, tmp_path, "push", gateway.ws_url,
+        "-c", 1000, "--channels", 10, "--ramp-rate", "100000/s", "-d", "1s",
+        "--settle", "200ms", "--publish-url", gateway.admin_url,
+        "--token-secret", TOKEN_SECRET, "--api-key", API_KEY, "--publish-rate", "50/s",
+        "--recover-back", 20, "--subscribe", subscribe, "--max-lost", 0,
+    )
+    report = assert_passed(code, report, output)
+    recovery = report["push"]["recovery"]
+    assert recovery == {**recovery, "back": 20, "recovered": 1000, "not_recovered": 0,
+                        "complete": 1000, "gaps": 0}, recovery
+    assert recovery["latency_ms"]["count"] == 1000
+    assert report["config"]["main_latency"] == "recover"
+    # Live publishes after the recovery arrive too, in order.
+    push = report["push"]
+    assert push["missing"] == 0 and push["reordered"] == 0 and push["duplicates"] == 0, push
+    assert "recovery_complete" in {a["name"] for a in report["assertions"]}

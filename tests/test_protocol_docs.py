@@ -8,8 +8,14 @@ does exactly that, only substituting the test gateway's host:port for the page's
 ``127.0.0.1:8080`` / ``localhost:8080`` / ``127.0.0.1:9090``. An example this file does
 not know how to run fails the test, so a new example cannot go untested.
 
-The browser snippet (``browser-client``) needs a real browser: tests/test_browser.py
-runs it in headless Chromium, and the walk here checks that it does.
+Epochs are random per stream and per run, so the page spells them as placeholders:
+:class:`Epochs` learns which real epoch each placeholder stands for at its first
+appearance in an output and holds the page to it from then on (one placeholder, one
+stream's epoch, throughout), and puts the real epochs into requests that quote one.
+
+The browser snippets (``browser-client``, ``browser-reconnect``) need a real browser:
+tests/test_browser.py runs them in headless Chromium, and the walk here checks that it
+does.
 """
 
 from __future__ import annotations
@@ -43,6 +49,40 @@ _BLOCK = re.compile(r"<!-- (example|reply): ([\w.-]+) -->\n```(\w*)\n(.*?)^```",
 _MARKER = re.compile(r"^<!-- (example|reply): ", re.M)
 #: How long an example may run.
 EXAMPLE_TIMEOUT = 30
+#: An epoch as the gateway writes it in JSON.
+_EPOCH = re.compile(r'"epoch":"([A-Za-z0-9]{8})"')
+#: The JavaScript examples, each run in Chromium by tests/test_browser.py.
+JS_EXAMPLES = ("browser-client", "browser-reconnect")
+
+
+class Epochs:
+    """The page's placeholder epochs ↔ the real ones of this run (a bijection)."""
+
+    def __init__(self):
+        self.real: dict[str, str] = {}  # placeholder -> real
+        self.placeholder: dict[str, str] = {}  # real -> placeholder
+
+    def check(self, got: str, want: str, what: str) -> None:
+        """Asserts ``got`` (real output) equals ``want`` (the page) up to epochs, which
+        must map one to one, consistently with every earlier output."""
+        real = _EPOCH.findall(got)
+        doc = _EPOCH.findall(want)
+        assert len(real) == len(doc), f"{what}: {got!r} != {want!r}"
+        for r, d in zip(real, doc):
+            known_real = self.real.setdefault(d, r)
+            known_doc = self.placeholder.setdefault(r, d)
+            assert (known_real, known_doc) == (r, d), (
+                f"{what}: the page's epoch {d} stood for {known_real}, now {r} "
+                f"(or {r} was {known_doc})")
+        assert _EPOCH.sub(lambda m: f'"epoch":"{self.placeholder[m[1]]}"', got) == want, (
+            f"{what}: {got!r} != {want!r}")
+
+    def fill(self, text: str) -> str:
+        """``text`` with each placeholder the page quotes replaced by its real epoch."""
+        def real(match: re.Match) -> str:
+            assert match[1] in self.real, f"the page quotes epoch {match[1]} before any output showed it"
+            return f'"epoch":"{self.real[match[1]]}"'
+        return _EPOCH.sub(real, text)
 
 
 @dataclass(frozen=True)
@@ -165,26 +205,33 @@ def run_shell_example(code: str, env: dict[str, str]) -> str:
     return done.stdout
 
 
-def run_conversation(code: str, url: str, tok: str) -> None:
-    """Example ``client-errors``: ``> request`` / ``< reply`` lines, compared exactly."""
+def run_conversation(code: str, url: str, tok: str, epochs: Epochs) -> None:
+    """A conversation example (``client-errors``, ``recover-user-stream``): each
+    ``> request`` line is sent (with the real epochs it quotes) and the ``< reply``
+    lines after it are what must come back, in order, exactly up to epochs."""
     lines = code.strip().splitlines()
-    assert lines and len(lines) % 2 == 0, code
+    assert lines and lines[0].startswith("> "), code
     with connect(url, additional_headers={"Authorization": f"Bearer {tok}"},
                  open_timeout=5, close_timeout=2, proxy=None) as ws:
-        for request, reply in zip(lines[::2], lines[1::2]):
-            assert request.startswith("> ") and reply.startswith("< "), (request, reply)
-            ws.send(request[2:])
-            assert ws.recv(timeout=5) == reply[2:], f"reply to {request[2:]!r}"
+        request = None
+        for line in lines:
+            if line.startswith("> "):
+                request = line[2:]
+                ws.send(epochs.fill(request))
+                continue
+            assert line.startswith("< ") and request is not None, line
+            epochs.check(ws.recv(timeout=5), line[2:], f"reply to {request!r}")
 
 
 def check_delivery_example(code: str, gw: Gateway, tok: str, api_key: str) -> None:
     """Example ``delivery``: publishing its ``data`` on its channel (to ``gw``, a second
-    gateway, so the walk's seq numbers stay as the page says) delivers exactly that
-    text, with the real seq."""
+    gateway, so the walk's positions stay as the page says) delivers exactly that text,
+    with the real seq and epoch."""
     example = code.strip()
-    match = re.fullmatch(r'\{"channel":("[^"]*"),"seq":(\d+),"data":(.*)\}', example)
+    match = re.fullmatch(
+        r'\{"channel":("[^"]*"),"seq":(\d+),"epoch":"([A-Za-z0-9]{8})","data":(.*)\}', example)
     assert match, f"delivery example has an unexpected shape: {example}"
-    channel, raw_data = json.loads(match[1]), match[3]
+    channel, raw_data = json.loads(match[1]), match[4]
     with connect(f"{gw.ws_url}?channel={quote(channel)}",
                  additional_headers={"Authorization": f"Bearer {tok}"},
                  open_timeout=5, close_timeout=2, proxy=None) as ws:
@@ -192,18 +239,21 @@ def check_delivery_example(code: str, gw: Gateway, tok: str, api_key: str) -> No
         response = gw.post("/v1/publish", data=body.encode(),
                            headers={"Authorization": f"Bearer {api_key}"})
         assert response.status_code == 200, response.text
-        seq = response.json()["seq"]
-        assert ws.recv(timeout=5) == example.replace(f'"seq":{match[2]}', f'"seq":{seq}', 1)
+        reply = response.json()
+        want = example.replace(f'"seq":{match[2]}', f'"seq":{reply["seq"]}', 1)
+        want = want.replace(f'"epoch":"{match[3]}"', f'"epoch":"{reply["epoch"]}"', 1)
+        assert ws.recv(timeout=5) == want
 
 
 #: What the page's Python client prints for the deliveries of the curl examples, in
-#: order (it is user 42 on `scores` and `team:7`; seq values from the page's replies).
+#: order (it is user 42 on `scores` and `team:7`; seq values from the page's replies:
+#: each stream counts its own).
 PYTHON_CLIENT_DELIVERIES = [
     "scores 1 {'home': 2, 'away': 1}",
-    "#user 2 {'text': 'your order shipped'}",
-    "scores 3 kick-off in 5 minutes",
-    "team:7 5 {'goal': 'Ana'}",
-    "#user 6 {'badge': 'fan'}",
+    "#user 1 {'text': 'your order shipped'}",
+    "scores 2 kick-off in 5 minutes",
+    "team:7 1 {'goal': 'Ana'}",
+    "#user 2 {'badge': 'fan'}",
 ]
 
 
@@ -220,6 +270,7 @@ def test_every_example_runs_in_page_order(start_gateway):
     shell_env = {"PATH": os.environ.get("PATH", os.defpath), **env}
 
     namespace: dict = {}  # shared by the in-process Python examples, as in one session
+    epochs = Epochs()
     handled: list[str] = ["run-gateway"]
     compared: set[str] = set()  # examples whose output was checked against their reply
     client: Optional[BackgroundScript] = None
@@ -235,16 +286,16 @@ def test_every_example_runs_in_page_order(start_gateway):
                 client = BackgroundScript(adapt(examples["mint-token-python"].code, gw) + code)
                 ack = re.search(r"print\(ws\.recv\(\)\)\s*#\s*(.+)$", block.code, re.M)
                 assert ack, "python-client: the expected first reply is no longer a comment"
-                assert client.next_line() == ack[1].strip()
+                epochs.check(client.next_line(), ack[1].strip(), "python-client's first reply")
             elif block.language == "python":
                 exec(code, dict(namespace))
             elif block.language == "js":
                 # A browser is needed: test_browser.py runs this snippet in Chromium.
-                assert name == "browser-client", f"no test runs JavaScript example {name}"
+                assert name in JS_EXAMPLES, f"no test runs JavaScript example {name}"
                 assert f'doc_example("{name}")' in BROWSER_TEST.read_text(), (
                     f"tests/test_browser.py no longer runs example {name}")
             elif block.language == "text" and code.startswith("> "):
-                run_conversation(code, gw.ws_url, namespace["token"])
+                run_conversation(code, gw.ws_url, namespace["token"], epochs)
             elif block.language == "json" and name == "delivery":
                 fresh = start_gateway(*flags, env=env)
                 check_delivery_example(code, fresh, namespace["token"], env["PINGWHEEL_API_KEY"])
@@ -255,7 +306,7 @@ def test_every_example_runs_in_page_order(start_gateway):
                          message="only the Python client connected")
                 output = run_shell_example(code, shell_env)
                 if name in replies:
-                    assert output.rstrip("\n") == replies[name].rstrip("\n"), f"example {name}"
+                    epochs.check(output.rstrip("\n"), replies[name].rstrip("\n"), f"example {name}")
                     compared.add(name)
             else:
                 pytest.fail(f"no test runs example {name} ({block.language or 'no language'})")

@@ -141,9 +141,26 @@ def publish_raw(gw: Gateway, body: str, key: Optional[str] = API_KEY, path: str 
     return gw.post(path, data=body.encode(), headers=headers)
 
 
-def delivery_text(channel: str, seq: int, raw_data: str) -> str:
-    """The exact text frame of a delivery (docs/protocol.md section 4)."""
-    return f'{{"channel":{json.dumps(channel)},"seq":{seq},"data":{raw_data}}}'
+def delivery_text(channel: str, position: dict, raw_data: str) -> str:
+    """The exact text frame of a delivery (docs/protocol.md section 4), at the
+    ``seq``/``epoch`` of ``position`` (a publish reply or one of its results)."""
+    seq, epoch = position["seq"], position["epoch"]
+    return f'{{"channel":{json.dumps(channel)},"seq":{seq},"epoch":"{epoch}","data":{raw_data}}}'
+
+
+def subscribed(channel: str, id=None, seq: int = 0) -> Callable[[dict], bool]:
+    """A check for a ``subscribed`` reply to ``channel`` (with ``id``) at ``seq``: the
+    epoch is random, so it is only checked for shape."""
+
+    def check(reply: dict) -> bool:
+        want = {"op": "subscribed", "channel": channel}
+        if id is not None:
+            want["id"] = id
+        want.update(seq=seq, epoch=reply.get("epoch"))
+        epoch = reply.get("epoch")
+        return reply == want and isinstance(epoch, str) and len(epoch) == 8 and epoch.isalnum()
+
+    return check
 
 
 def worker_connections(gw: Gateway, workers: int) -> list[float]:
@@ -183,8 +200,8 @@ def test_token_from_each_source_subscribes_and_receives(start_gateway, via):
             # The gateway echoes the protocol name only, never the token.
             assert ws.response.headers.get_all("Sec-WebSocket-Protocol") == ["pingwheel.v1"]
         reply = publish(gw, {"channel": "scores", "data": {"home": 2, "away": 1}})
-        assert reply == {"ok": True, "seq": 1, "subscribers": 1}
-        assert ws.recv(timeout=RECV_TIMEOUT) == delivery_text("scores", 1, '{"home":2,"away":1}')
+        assert reply == {"ok": True, "seq": 1, "epoch": reply["epoch"], "subscribers": 1}
+        assert ws.recv(timeout=RECV_TIMEOUT) == delivery_text("scores", reply, '{"home":2,"away":1}')
 
 
 @pytest.mark.parametrize("via", ["header", "query"])
@@ -220,8 +237,8 @@ def test_url_channels_are_subscribed_before_any_delivery_without_an_ack(start_ga
         first = publish(gw, {"channel": "team:7", "data": 1})
         second = publish(gw, {"channel": "scores", "data": 2})
         assert (first["subscribers"], second["subscribers"]) == (1, 1)
-        assert ws.recv(timeout=RECV_TIMEOUT) == delivery_text("team:7", first["seq"], "1")
-        assert ws.recv(timeout=RECV_TIMEOUT) == delivery_text("scores", second["seq"], "2")
+        assert ws.recv(timeout=RECV_TIMEOUT) == delivery_text("team:7", first, "1")
+        assert ws.recv(timeout=RECV_TIMEOUT) == delivery_text("scores", second, "2")
     assert gw.metric("pingwheel_auth_failures_total") == 0
 
 
@@ -231,27 +248,29 @@ def test_url_channels_are_subscribed_before_any_delivery_without_an_ack(start_ga
 def test_subscribe_unsubscribe_and_ping_echo_their_ids(start_gateway):
     gw = start_push(start_gateway)
     with open_authorized(gw, token("alice", ["scores", "news"])) as ws:
-        assert request_reply(ws, {"op": "subscribe", "channel": "scores", "id": 1}) == {
-            "op": "subscribed", "channel": "scores", "id": 1}
-        # Again: succeeds again and is not counted twice.
-        assert request_reply(ws, {"op": "subscribe", "channel": "scores", "id": "again"}) == {
-            "op": "subscribed", "channel": "scores", "id": "again"}
-        assert request_reply(ws, {"op": "subscribe", "channel": "news"}) == {
-            "op": "subscribed", "channel": "news"}
+        first = request_reply(ws, {"op": "subscribe", "channel": "scores", "id": 1})
+        assert subscribed("scores", 1)(first), first
+        # Again: succeeds again (same position) and is not counted twice.
+        again = request_reply(ws, {"op": "subscribe", "channel": "scores", "id": "again"})
+        assert subscribed("scores", "again")(again) and again["epoch"] == first["epoch"], again
+        news_reply = request_reply(ws, {"op": "subscribe", "channel": "news"})
+        assert subscribed("news")(news_reply) and "id" not in news_reply, news_reply
         assert request_reply(ws, {"op": "ping", "id": "x"}) == {"op": "pong", "id": "x"}
         assert request_reply(ws, {"op": "ping", "id": 2.5}) == {"op": "pong", "id": 2.5}
         assert request_reply(ws, {"op": "ping"}) == {"op": "pong"}
 
         scores = publish(gw, {"channel": "scores", "data": "goal"})
         assert scores["subscribers"] == 1, "a repeated subscribe must not count twice"
-        assert recv_json(ws) == {"channel": "scores", "seq": scores["seq"], "data": "goal"}
+        assert recv_json(ws) == {"channel": "scores", "seq": 1, "epoch": first["epoch"],
+                                 "data": "goal"}
 
         assert request_reply(ws, {"op": "unsubscribe", "channel": "scores", "id": 3}) == {
             "op": "unsubscribed", "channel": "scores", "id": 3}
         assert publish(gw, {"channel": "scores", "data": "missed"})["subscribers"] == 0
         news = publish(gw, {"channel": "news", "data": "still here"})
         # The next message is the news delivery: nothing from `scores` came in between.
-        assert recv_json(ws) == {"channel": "news", "seq": news["seq"], "data": "still here"}
+        assert recv_json(ws) == {"channel": "news", "seq": news["seq"], "epoch": news["epoch"],
+                                 "data": "still here"}
 
 
 def sized_ping(size: int) -> str:
@@ -273,7 +292,9 @@ CLIENT_ERRORS = [
     (b'{"op":"ping","id":1}', "bad_request", False),  # a binary message
     ('{"op":"publish","id":7}', "unknown_op", True),
     ('{"op":"subscribe","channel":"team:*","id":1}', "invalid_channel", True),
-    ('{"op":"subscribe","channel":"#user","id":1}', "invalid_channel", True),
+    ('{"op":"subscribe","channel":"#news","id":1}', "invalid_channel", True),
+    ('{"op":"unsubscribe","channel":"#user","id":1}', "invalid_channel", True),
+    ('{"op":"subscribe","channel":"s","since":{"seq":"1"},"id":2}', "bad_request", True),
     ('{"op":"subscribe","channel":"has space","id":1}', "invalid_channel", True),
     ('{"op":"subscribe","channel":"' + "c" * 129 + '","id":1}', "invalid_channel", True),
     ('{"op":"subscribe","channel":"admin","id":9}', "forbidden", True),
@@ -442,7 +463,8 @@ def test_subscribe_outside_the_claim_is_forbidden_but_per_user_delivery_works(st
                          "message": "your token does not grant channel scores", "id": 1}
         sent = publish(gw, {"user": "carol", "data": {"hello": "carol"}})
         assert sent["subscribers"] == 1
-        assert recv_json(ws) == {"channel": "#user", "seq": sent["seq"], "data": {"hello": "carol"}}
+        assert recv_json(ws) == {"channel": "#user", "seq": sent["seq"], "epoch": sent["epoch"],
+                                 "data": {"hello": "carol"}}
 
 
 @pytest.mark.parametrize("origin, message", [
@@ -471,14 +493,14 @@ def test_per_user_delivery_reaches_every_connection_of_the_user_on_every_worker(
 
         sent = publish(gw, {"user": "alice", "data": {"text": "your order shipped"}})
         assert sent["subscribers"] == len(alice)
-        expected = delivery_text("#user", sent["seq"], '{"text":"your order shipped"}')
+        expected = delivery_text("#user", sent, '{"text":"your order shipped"}')
         for ws in alice:
             assert ws.recv(timeout=RECV_TIMEOUT) == expected
 
         # Bob's next message is his own: alice's delivery never reached him.
         to_bob = publish(gw, {"user": "bob", "data": 1})
         assert to_bob["subscribers"] == 1
-        assert bob.recv(timeout=RECV_TIMEOUT) == delivery_text("#user", to_bob["seq"], "1")
+        assert bob.recv(timeout=RECV_TIMEOUT) == delivery_text("#user", to_bob, "1")
 
         # A batch reaches every connection of each user too.
         batch = publish(gw, {"messages": [{"user": "alice", "data": "a"},
@@ -486,8 +508,8 @@ def test_per_user_delivery_reaches_every_connection_of_the_user_on_every_worker(
         to_alice, to_bob = batch["results"]
         assert (to_alice["subscribers"], to_bob["subscribers"]) == (len(alice), 1)
         for ws in alice:
-            assert ws.recv(timeout=RECV_TIMEOUT) == delivery_text("#user", to_alice["seq"], '"a"')
-        assert bob.recv(timeout=RECV_TIMEOUT) == delivery_text("#user", to_bob["seq"], '"b"')
+            assert ws.recv(timeout=RECV_TIMEOUT) == delivery_text("#user", to_alice, '"a"')
+        assert bob.recv(timeout=RECV_TIMEOUT) == delivery_text("#user", to_bob, '"b"')
 
 
 # ---- ordering --------------------------------------------------------------------------
@@ -530,8 +552,8 @@ def test_ordering_over_10000_messages_on_one_channel(start_gateway):
 
         expected: list[str] = []
         for start in range(0, ORDERED_MESSAGES, BATCH_SIZE):
-            # (channel, raw data) in publish order; every 7th message goes elsewhere, so
-            # other channels take seq numbers in between (gaps, which are normal).
+            # (channel, raw data) in publish order; every 7th message goes elsewhere (its
+            # own positions: `orders` counts 1, 2, 3, … without gaps regardless).
             batch: list[tuple[str, str]] = []
             for i in range(start, start + BATCH_SIZE):
                 batch.append(("orders", ordered_payload(i)))
@@ -543,7 +565,7 @@ def test_ordering_over_10000_messages_on_one_channel(start_gateway):
             assert response.status_code == 200, response.text
             results = response.json()["results"]
             expected += [
-                delivery_text(channel, result["seq"], data)
+                delivery_text(channel, result, data)
                 for (channel, data), result in zip(batch, results) if channel == "orders"
             ]
 
@@ -553,7 +575,7 @@ def test_ordering_over_10000_messages_on_one_channel(start_gateway):
             assert not thread.is_alive()
             assert len(received) == ORDERED_MESSAGES, f"got {len(received)} of 10000"
             seqs = [json.loads(text)["seq"] for text in received]
-            assert all(a < b for a, b in zip(seqs, seqs[1:])), "seq not strictly increasing"
+            assert seqs == list(range(1, ORDERED_MESSAGES + 1)), "seq not 1, 2, 3, … without gaps"
             mismatches = [n for n, (got, want) in enumerate(zip(received, expected)) if got != want]
             assert not mismatches, (
                 f"{len(mismatches)} deliveries differ; first at {mismatches[0]}: "
@@ -605,7 +627,7 @@ def test_malformed_publish_bodies_get_400_naming_the_problem(start_gateway, path
         # Nothing was published: not even the valid part of a refused batch.
         good = publish(gw, {"channel": "a", "data": "after"})
         assert good["seq"] == 1, "a refused request must not take a seq"
-        assert ws.recv(timeout=RECV_TIMEOUT) == delivery_text("a", 1, '"after"')
+        assert ws.recv(timeout=RECV_TIMEOUT) == delivery_text("a", good, '"after"')
 
 
 def test_every_answer_on_a_publish_path_is_counted_by_status(start_gateway):
@@ -722,9 +744,11 @@ def test_publish_api_is_disabled_without_an_api_key_unless_in_dev_mode(start_gat
     dev = start_gateway()  # no token secret, no API key: the insecure dev mode
     with open_ws(ws_url(dev, ("scores",), user="42")) as ws:
         assert publish_raw(dev, '{"channel":"scores","data":1}', key=None).status_code == 200
-        assert recv_json(ws) == {"channel": "scores", "seq": 1, "data": 1}
+        delivery = recv_json(ws)
+        assert delivery == {"channel": "scores", "seq": 1, "epoch": delivery["epoch"], "data": 1}
         user = publish_raw(dev, '{"user":"42","data":2}', key=None).json()
-        assert recv_json(ws) == {"channel": "#user", "seq": user["seq"], "data": 2}
+        assert recv_json(ws) == {"channel": "#user", "seq": user["seq"], "epoch": user["epoch"],
+                                 "data": 2}
 
     keyed_dev = start_gateway(env={"PINGWHEEL_API_KEY": API_KEY})  # dev mode, but keyed
     assert publish_raw(keyed_dev, '{"channel":"a","data":1}', key=None).status_code == 401

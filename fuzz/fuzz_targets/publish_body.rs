@@ -8,17 +8,20 @@
 //! * every error renders as the documented `{"error":..,"message":..}` JSON, with
 //!   status 400 (the size check is the caller's, before parsing);
 //! * every accepted message encodes to a delivery frame whose payload is
-//!   `{"channel":..,"seq":..,"data":..}` carrying the channel, the sequence number and
-//!   the published `data` byte for byte.
+//!   `{"channel":..,"seq":..,"epoch":..,"data":..}` carrying the channel, the position
+//!   and the published `data` byte for byte, and whose length is the one the history
+//!   reserves for it (`FrameEncoder::frame_len`).
 //!
 //! Which bodies are accepted (e.g. how deeply `data` may nest) is for the crate's own
 //! tests.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use pingwheel::engine::history::FrameEncoder;
+use pingwheel::engine::position::{Epoch, Position};
 use pingwheel::push::PushLimits;
 use pingwheel::push::channel::USER_CHANNEL;
-use pingwheel::push::protocol::encode_delivery;
+use pingwheel::push::protocol::{DeliveryFrame, delivery_json};
 use pingwheel::push::publish::{PublishRequest, PublishRoute, Target, parse_request};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -44,13 +47,22 @@ struct ErrorBody {
 struct DeliveryBody<'a> {
     channel: String,
     seq: u64,
+    epoch: String,
     #[serde(borrow)]
     data: &'a RawValue,
 }
 
 /// Encodes a delivery of `data` on `channel` and checks its payload.
 fn check_delivery(channel: &str, seq: u64, data: &RawValue) {
-    let frame = encode_delivery(channel, seq, data);
+    let epoch = Epoch::parse("Xy3kP0aQ").expect("a valid epoch");
+    let position = Position { seq, epoch };
+    let delivery = DeliveryFrame { channel, data };
+    let frame = delivery.encode(&position);
+    assert_eq!(
+        frame.len(),
+        delivery.frame_len(&position),
+        "reserved length"
+    );
     // An unmasked text frame with the shortest length encoding.
     assert_eq!(frame[0], 0x81, "a final text frame");
     let (len, header) = match frame[1] {
@@ -67,6 +79,7 @@ fn check_delivery(channel: &str, seq: u64, data: &RawValue) {
     };
     assert_eq!(frame.len(), header + len, "frame length");
     let payload = &frame[header..];
+    assert_eq!(delivery_json(&frame), payload, "the history API's view");
     let body: DeliveryBody<'_> = serde_json::from_slice(payload).unwrap_or_else(|err| {
         panic!(
             "delivery is not JSON ({err}): {:?}",
@@ -75,6 +88,7 @@ fn check_delivery(channel: &str, seq: u64, data: &RawValue) {
     });
     assert_eq!(body.channel, channel);
     assert_eq!(body.seq, seq);
+    assert_eq!(body.epoch, epoch.as_str());
     assert_eq!(
         body.data.get(),
         data.get(),

@@ -238,6 +238,20 @@ pub struct Args {
     #[arg(long, help_heading = "Push")]
     pub fanout_burst: bool,
 
+    /// push: recovery storm. Before connecting, publish N messages to every channel and
+    /// note each channel's position; then every client subscribes with `since` N
+    /// messages back (`?since=lt-C:SEQ:EPOCH`, or in the subscribe op with `--subscribe
+    /// op`) and must get `recovered:true` and exactly those N, in order. The main latency
+    /// becomes subscribe → last recovered message. The gateway must keep at least N
+    /// messages per `lt-` channel (a `[[namespace]]` with `prefix = "lt-"`).
+    #[arg(long, value_name = "N", help_heading = "Push")]
+    pub recover_back: Option<u64>,
+
+    /// Internal: the channels' positions for `--recover-back` (`TOP:EPOCH,…`), handed to
+    /// child processes.
+    #[arg(long, hide = true)]
+    pub recover_positions: Option<String>,
+
     /// push: after the last publish, wait at most this long for outstanding deliveries.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration_arg, help_heading = "Push")]
     pub drain_timeout: Duration,

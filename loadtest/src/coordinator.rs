@@ -192,6 +192,33 @@ impl ProgressLine {
     }
 }
 
+/// `--recover-back N`: publishes N messages to every channel before any client
+/// connects and records the channels' positions in `plan` (a no-op otherwise).
+///
+/// # Errors
+/// The prefill's publish failed (a setup error, exit status 2).
+pub fn prefill_recovery(plan: &mut Plan) -> Result<(), String> {
+    let (Some(back), Some(target)) = (plan.args.recover_back, plan.publish.as_ref()) else {
+        return Ok(());
+    };
+    if plan.recover_positions.is_some() {
+        return Ok(());
+    }
+    let config = PublishConfig {
+        addr: target.addr,
+        host_header: target.host_header.clone(),
+        path: target.path.clone(),
+        api_key: plan.args.api_key.clone(),
+        channels: plan.channels(),
+        rate: plan.args.publish_rate,
+        payload_size: plan.args.payload_size,
+        publishers: 1,
+        duration: plan.args.duration,
+    };
+    plan.recover_positions = Some(crate::publish::prefill(&config, back)?);
+    Ok(())
+}
+
 /// Runs `plan` to completion. Returns the report and the main latency histogram (for
 /// the plot), or a setup error (exit status 2).
 pub fn execute(plan: &Plan) -> Result<(Report, LatencyHistogram), String> {

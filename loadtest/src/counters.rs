@@ -178,6 +178,17 @@ pub struct PushCounters {
     pub unexpected: u64,
     /// Publish (the `t` in the payload) → receive latency.
     pub latency: LatencyHistogram,
+    /// `--recover-back`: subscribes answered `recovered:true`.
+    pub recovered: u64,
+    /// `--recover-back`: subscribes answered `recovered:false` (or without `recovered`).
+    pub not_recovered: u64,
+    /// `--recover-back`: recovered messages that were not the next expected seq
+    /// (missing, duplicated or out of order).
+    pub recovery_gaps: u64,
+    /// `--recover-back`: clients that received every recovered message.
+    pub recovery_complete: u64,
+    /// `--recover-back`: subscribe → last recovered message.
+    pub recovery: LatencyHistogram,
 }
 
 impl PushCounters {
@@ -200,6 +211,11 @@ impl PushCounters {
         self.reordered += other.reordered;
         self.unexpected += other.unexpected;
         self.latency.merge(&other.latency);
+        self.recovered += other.recovered;
+        self.not_recovered += other.not_recovered;
+        self.recovery_gaps += other.recovery_gaps;
+        self.recovery_complete += other.recovery_complete;
+        self.recovery.merge(&other.recovery);
     }
 }
 

@@ -212,14 +212,21 @@ fn start_child(
     index: usize,
     events: Sender<(usize, FleetEvent)>,
 ) -> io::Result<Member> {
-    let mut child = Process::new(exe)
+    let mut command = Process::new(exe);
+    command
         .args(std::env::args_os().skip(1))
         .arg("--child-index")
         .arg(index.to_string())
         .arg("--child-count")
         .arg(plan.processes.to_string())
         .arg("--run-start-unix-ns")
-        .arg(plan.run_start_unix_ns.to_string())
+        .arg(plan.run_start_unix_ns.to_string());
+    if let Some(positions) = &plan.recover_positions {
+        command
+            .arg("--recover-positions")
+            .arg(crate::settings::RecoverPlan::positions_arg(positions));
+    }
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -19,7 +19,7 @@ const USAGE_ERROR: u8 = 2;
 fn main() -> ExitCode {
     let args = Args::parse();
     let child = args.child_index.zip(args.child_count);
-    let plan = match Plan::new(args) {
+    let mut plan = match Plan::new(args) {
         Ok(plan) => plan,
         Err(message) => {
             eprintln!("pingwheel-loadtest: {message}");
@@ -28,6 +28,10 @@ fn main() -> ExitCode {
     };
     if let Some((index, count)) = child {
         return ExitCode::from(fleet::run_child(&plan, index, count));
+    }
+    if let Err(message) = coordinator::prefill_recovery(&mut plan) {
+        eprintln!("pingwheel-loadtest: {message}");
+        return ExitCode::from(USAGE_ERROR);
     }
     let (report, histogram) = match coordinator::execute(&plan) {
         Ok(done) => done,

@@ -9,7 +9,9 @@ use crate::cli::{Args, Scenario};
 use crate::engine::unix_now_ns;
 use crate::procfs;
 use crate::scenario::echo::ECHO_HEADER;
-use crate::settings::{ChurnLoad, EchoLoad, EngineConfig, MainLatency, PushClients};
+use crate::settings::{
+    ChurnLoad, EchoLoad, EngineConfig, MainLatency, PushClients, RecoverPlan, SubscribeMode,
+};
 use crate::sources;
 use crate::target::Endpoint;
 
@@ -50,6 +52,9 @@ pub struct Plan {
     pub timeline_bucket: Duration,
     /// Unix time (ns) the run started: the timeline's origin in every process.
     pub run_start_unix_ns: u64,
+    /// `--recover-back`'s channel positions, once the coordinator's prefill found them
+    /// (children get them in `--recover-positions`).
+    pub recover_positions: Option<Vec<(u64, String)>>,
 }
 
 impl Plan {
@@ -117,6 +122,28 @@ impl Plan {
             }
             Scenario::Idle => {}
         }
+        if args.recover_back.is_some() && args.scenario != Scenario::Push {
+            return Err("--recover-back is a push option".into());
+        }
+        if args.recover_back == Some(0) {
+            return Err("--recover-back must be at least 1".into());
+        }
+        if args.recover_back.is_some() && args.subscribe == SubscribeMode::UrlAck {
+            return Err("--recover-back subscribes with since: use --subscribe url or op".into());
+        }
+        let recover_positions = match &args.recover_positions {
+            Some(text) => Some(RecoverPlan::parse_positions(text)?),
+            None => None,
+        };
+        let channels = if args.fanout_burst { 1 } else { args.channels };
+        if let Some(positions) = &recover_positions
+            && positions.len() != channels as usize
+        {
+            return Err(format!(
+                "--recover-positions has {} positions for {channels} channels",
+                positions.len(),
+            ));
+        }
         let fd_limit = procfs::raise_nofile_limit().map_err(|e| format!("getrlimit: {e}"))?;
         let per_process_limit = args
             .max_per_process
@@ -157,6 +184,7 @@ impl Plan {
             ramp_timeout,
             timeline_bucket,
             run_start_unix_ns: args.run_start_unix_ns.unwrap_or_else(unix_now_ns),
+            recover_positions,
             args,
         })
     }
@@ -166,6 +194,7 @@ impl Plan {
         match self.args.scenario {
             Scenario::Idle if self.args.client_ping_interval.is_some() => MainLatency::ClientRtt,
             Scenario::Idle | Scenario::Churn => MainLatency::Connect,
+            Scenario::Push if self.args.recover_back.is_some() => MainLatency::Recover,
             Scenario::Push => MainLatency::Push,
             Scenario::Echo => MainLatency::Echo,
         }
@@ -221,6 +250,10 @@ impl Plan {
                 channels: self.channels(),
                 token_secret: args.token_secret.clone().unwrap_or_default().into_bytes(),
                 subscribe: args.subscribe,
+                recover: args.recover_back.map(|back| RecoverPlan {
+                    back,
+                    positions: self.recover_positions.clone().unwrap_or_default(),
+                }),
             }),
             echo: (args.scenario == Scenario::Echo).then_some(EchoLoad {
                 message_size: args.message_size,
@@ -337,6 +370,60 @@ mod tests {
         assert!(plan(&[&["churn"][..], &base, &["--churn-rate", "0"]].concat()).is_err());
         assert!(plan(&[&["idle"][..], &base, &["--ramp-rate", "0"]].concat()).is_err());
         assert!(plan(&["idle", "--url", "wss://127.0.0.1:9/"]).is_err());
+        let push = [
+            &["push"][..],
+            &base,
+            &["--publish-url", "http://127.0.0.1:1", "--token-secret", "s"],
+        ]
+        .concat();
+        let err = plan(&[&push[..], &["--recover-back", "0"]].concat()).unwrap_err();
+        assert!(err.contains("at least 1"), "{err}");
+        let err = plan(
+            &[
+                &push[..],
+                &["--recover-back", "5", "--subscribe", "url-ack"],
+            ]
+            .concat(),
+        )
+        .unwrap_err();
+        assert!(err.contains("--subscribe url or op"), "{err}");
+        let err = plan(&[&["idle"][..], &base, &["--recover-back", "5"]].concat()).unwrap_err();
+        assert!(err.contains("push option"), "{err}");
+        let err = plan(
+            &[
+                &push[..],
+                &[
+                    "--channels",
+                    "2",
+                    "--recover-back",
+                    "5",
+                    "--recover-positions",
+                    "9:E",
+                ],
+            ]
+            .concat(),
+        )
+        .unwrap_err();
+        assert!(err.contains("1 positions for 2 channels"), "{err}");
+        let p = plan(
+            &[
+                &push[..],
+                &[
+                    "--channels",
+                    "2",
+                    "--recover-back",
+                    "5",
+                    "--recover-positions",
+                    "9:E,7:F",
+                ],
+            ]
+            .concat(),
+        )
+        .unwrap();
+        assert_eq!(p.main_latency(), MainLatency::Recover);
+        let recover = p.engine_config(0, 1).push.unwrap().recover.unwrap();
+        assert_eq!(recover.positions, [(9, "E".into()), (7, "F".into())]);
+        assert_eq!(RecoverPlan::positions_arg(&recover.positions), "9:E,7:F");
     }
 
     #[test]

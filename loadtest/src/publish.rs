@@ -200,6 +200,58 @@ fn publish_loop(
     stats
 }
 
+/// The recovery storm's prefill (`--recover-back N`): publishes `back` messages to every
+/// channel of `config`, one request at a time on one connection, and returns each
+/// channel's position afterwards, `(seq, epoch)` of its last publish.
+///
+/// # Errors
+/// A publish that fails or a reply without a position, naming the channel.
+pub fn prefill(config: &PublishConfig, back: u64) -> Result<Vec<(u64, String)>, String> {
+    let mut client = HttpClient::new(config.addr);
+    let mut body = String::new();
+    let mut positions = Vec::with_capacity(config.channels as usize);
+    let mut index = 0;
+    for channel in 0..config.channels {
+        let mut last = None;
+        for _ in 0..back {
+            write_body(
+                &mut body,
+                channel,
+                unix_now_ns(),
+                index,
+                config.payload_size,
+            );
+            index += 1;
+            let (status, reply) = client
+                .post(config, &body)
+                .map_err(|cause| format!("prefill of lt-{channel}: {cause}"))?;
+            if !(200..300).contains(&status) {
+                return Err(format!(
+                    "prefill of lt-{channel}: HTTP {status}: {}",
+                    String::from_utf8_lossy(&reply)
+                ));
+            }
+            last = Some(position_in(&reply).ok_or_else(|| {
+                format!(
+                    "prefill of lt-{channel}: the reply has no seq and epoch: {}",
+                    String::from_utf8_lossy(&reply)
+                )
+            })?);
+        }
+        positions.push(last.unwrap_or_default());
+    }
+    Ok(positions)
+}
+
+/// `seq` and `epoch` of a publish reply.
+fn position_in(reply: &[u8]) -> Option<(u64, String)> {
+    let value: serde_json::Value = serde_json::from_slice(reply).ok()?;
+    Some((
+        value.get("seq")?.as_u64()?,
+        value.get("epoch")?.as_str()?.to_owned(),
+    ))
+}
+
 /// `{"channel":"lt-C","data":{"t":T,"i":I,"pad":"…"}}` with the `data` object padded to
 /// `payload_size` bytes (when it is not already larger).
 pub fn write_body(

@@ -219,6 +219,26 @@ pub struct PushSection {
     pub latency_ms: Summary,
     /// Publish request → response time.
     pub publish_rtt_ms: Summary,
+    /// The recovery storm (`--recover-back`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<RecoverySection>,
+}
+
+/// The recovery storm of `--recover-back`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecoverySection {
+    /// `--recover-back`: messages each client recovers.
+    pub back: u64,
+    /// Subscribes answered `recovered:true`.
+    pub recovered: u64,
+    /// Subscribes answered `recovered:false`.
+    pub not_recovered: u64,
+    /// Clients that received all their recovered messages, in order, once each.
+    pub complete: u64,
+    /// Recovered messages that were not the next expected seq.
+    pub gaps: u64,
+    /// Subscribe → last recovered message.
+    pub latency_ms: Summary,
 }
 
 /// Echo results.
@@ -391,6 +411,11 @@ pub fn main_histogram(total: &ProcessReport, main: MainLatency) -> LatencyHistog
             .as_ref()
             .map(|e| e.rtt.clone())
             .unwrap_or_default(),
+        MainLatency::Recover => total
+            .push
+            .as_ref()
+            .map(|p| p.recovery.clone())
+            .unwrap_or_default(),
     }
 }
 
@@ -462,6 +487,14 @@ impl Report {
                 subscribers_reported: publish.subscribers_reported,
                 latency_ms: p.latency.summary(),
                 publish_rtt_ms: publish.rtt.summary(),
+                recovery: args.recover_back.map(|back| RecoverySection {
+                    back,
+                    recovered: p.recovered,
+                    not_recovered: p.not_recovered,
+                    complete: p.recovery_complete,
+                    gaps: p.recovery_gaps,
+                    latency_ms: p.recovery.summary(),
+                }),
             }
         });
         let echo = total.echo.as_ref().map(|e| EchoSection {
@@ -677,6 +710,16 @@ impl Report {
                 ),
             );
             row("publish→receive", latency(&push.latency_ms));
+            if let Some(r) = &push.recovery {
+                row(
+                    "recovery",
+                    format!(
+                        "{} recovered, {} not, {} complete ({} back each), {} gaps",
+                        r.recovered, r.not_recovered, r.complete, r.back, r.gaps
+                    ),
+                );
+                row("subscribe→recovered", latency(&r.latency_ms));
+            }
         }
         if let Some(echo) = &self.echo {
             row(
@@ -905,6 +948,19 @@ fn assertions(plan: &Plan, report: &Report) -> Vec<Assertion> {
                 push.reordered, push.duplicates
             ),
         ));
+        if let Some(r) = &push.recovery {
+            list.push(check(
+                "recovery_complete",
+                r.not_recovered == 0
+                    && r.gaps == 0
+                    && r.recovered == push.subscribed
+                    && r.complete == r.recovered,
+                format!(
+                    "{} of {} subscribers recovered ({} not), {} complete, {} gaps",
+                    r.recovered, push.subscribed, r.not_recovered, r.complete, r.gaps
+                ),
+            ));
+        }
     }
     if let Some(echo) = &report.echo {
         list.push(check(

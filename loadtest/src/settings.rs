@@ -20,6 +20,8 @@ pub enum MainLatency {
     Push,
     /// Message → echo.
     Echo,
+    /// Subscribe with `since` → last recovered message (`--recover-back`).
+    Recover,
 }
 
 impl MainLatency {
@@ -30,6 +32,7 @@ impl MainLatency {
             Self::ClientRtt => "client_rtt",
             Self::Push => "push",
             Self::Echo => "echo",
+            Self::Recover => "recover",
         }
     }
 }
@@ -43,6 +46,43 @@ pub struct PushClients {
     pub token_secret: Vec<u8>,
     /// How a client subscribes to its channel.
     pub subscribe: SubscribeMode,
+    /// `--recover-back`: subscribe with `since` this far back and check the recovery.
+    pub recover: Option<RecoverPlan>,
+}
+
+/// The recovery storm of `--recover-back`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoverPlan {
+    /// Messages each client recovers.
+    pub back: u64,
+    /// Channel `lt-C`'s position after the prefill: `positions[C] = (top seq, epoch)`.
+    pub positions: Vec<(u64, String)>,
+}
+
+impl RecoverPlan {
+    /// The `TOP:EPOCH,…` form of `positions`, handed to child processes.
+    pub fn positions_arg(positions: &[(u64, String)]) -> String {
+        positions
+            .iter()
+            .map(|(top, epoch)| format!("{top}:{epoch}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Parses [`RecoverPlan::positions_arg`]'s form.
+    pub fn parse_positions(text: &str) -> Result<Vec<(u64, String)>, String> {
+        text.split(',')
+            .map(|item| {
+                let (top, epoch) = item
+                    .split_once(':')
+                    .ok_or_else(|| format!("bad recover position {item:?}"))?;
+                let top = top
+                    .parse()
+                    .map_err(|_| format!("bad recover position {item:?}"))?;
+                Ok((top, epoch.to_owned()))
+            })
+            .collect()
+    }
 }
 
 /// How a push client subscribes to its channel (`--subscribe`).

@@ -9,8 +9,9 @@
 //! | [`config`] | every setting once: flags, environment, TOML file, defaults; each part's settings | no |
 //! | [`worker`] | one `mio` event loop per core: sockets, the slab, the one timer wheel (`mod.rs`); its mailbox [`worker::link`] (`Command`, `WorkerLink`, `Delivery`); its push half (`push.rs`) | **yes** (the only place) |
 //! | [`conn`] | re-export of `pingwheel-conn` (`crates/conn`): the sans-IO connection state machine, [`conn::keepalive`], [`conn::clock`], [`conn::timer`] | no |
-//! | [`fanout`] | [`fanout::hub`] numbers a publish and hands one shared frame to every worker; [`fanout::local`] is each worker's side (index, sessions, queueing deliveries); [`fanout::counts`] carries subscriber counts to the hub without a lock | no (channels only) |
-//! | [`push`] | pure push rules: JWT auth, channel rules, the client protocol, publish API parsing | no |
+//! | [`engine`] | the `Engine` seam; **where a publish gets its position** ([`engine::memory`], over the pure [`engine::history`]); positions, namespaces, recovery decisions and merges | no (the memory engine runs on the admin runtime) |
+//! | [`fanout`] | [`fanout::local`] is each worker's side (index with watermarks, sessions, subscribes awaiting the engine, queueing deliveries) | no (channels only) |
+//! | [`push`] | pure push rules: JWT auth, channel rules, the client protocol, publish and history API parsing | no |
 //! | [`admin`] | the hyper admin listener: routing (`mod.rs`), [`admin::http`] helpers, the `/v1/*` routes in [`admin::publish`] | yes (its own thread) |
 //! | [`listener`] | `SO_REUSEPORT` listening sockets | yes (setup only) |
 //! | [`metrics`] | metric names, histogram buckets, per-worker handles | no |
@@ -20,7 +21,9 @@
 //!
 //! * **a ping is scheduled** in [`conn::keepalive`]; the worker only sees the
 //!   connection's next deadline and files it with [`conn::timer::refile`];
-//! * **a publish is numbered and handed to the workers** in [`fanout::hub::Hub::publish`];
+//! * **a publish gets its position** `(epoch, seq)` in [`engine::history::History::publish`],
+//!   called under the memory engine's lock by [`engine::memory::MemoryEngine`], which hands
+//!   it to the workers;
 //! * **a delivery is queued** to a worker's subscribers in
 //!   [`fanout::local::LocalFanout::deliver`] and **written** by the worker's `settle`
 //!   (`worker/mod.rs`), like every other output.
@@ -31,6 +34,7 @@ pub mod admin;
 pub mod config;
 /// The sans-IO connection state machine, from its own crate (`crates/conn`).
 pub use pingwheel_conn as conn;
+pub mod engine;
 pub mod fanout;
 pub mod listener;
 pub mod metrics;

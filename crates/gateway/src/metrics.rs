@@ -88,8 +88,17 @@ pub mod names {
     /// (EMFILE, ENFILE, ENOBUFS, ENOMEM), per worker.
     pub const ACCEPT_PAUSES: &str = "pingwheel_accept_pauses_total";
 
+    /// Gauge: messages kept in history on this node.
+    pub const HISTORY_MESSAGES: &str = "pingwheel_history_messages";
+    /// Gauge: bytes history holds on this node (frames' blocks, index, stream state).
+    pub const HISTORY_BYTES: &str = "pingwheel_history_bytes";
+    /// Counter: subscribes with `since`, per worker and `result`.
+    pub const RECOVERIES: &str = "pingwheel_recoveries_total";
+    /// Counter: messages handed out by recoveries, per worker.
+    pub const RECOVERED_MESSAGES: &str = "pingwheel_recovered_messages_total";
+
     /// Every metric name, for tests and documentation checks.
-    pub const ALL: [&str; 23] = [
+    pub const ALL: [&str; 27] = [
         CONNECTIONS,
         CONNECTIONS_OPENED,
         CONNECTIONS_CLOSED,
@@ -112,8 +121,15 @@ pub mod names {
         PUBLISHES,
         AUTH_FAILURES,
         PUBLISH_REQUESTS,
+        HISTORY_MESSAGES,
+        HISTORY_BYTES,
+        RECOVERIES,
+        RECOVERED_MESSAGES,
         ACCEPT_PAUSES,
     ];
+
+    /// The `result` label values of [`RECOVERIES`].
+    pub const RECOVERY_RESULTS: [&str; 2] = ["recovered", "not_recovered"];
 
     /// The histograms among [`ALL`].
     pub const HISTOGRAMS: [&str; 3] = [PING_RTT, EVENT_LOOP_LAG, DELIVERY_LAG];
@@ -271,6 +287,26 @@ pub fn describe() {
         Unit::Count,
         "Publish-API responses, by HTTP status."
     );
+    describe_gauge!(
+        names::HISTORY_MESSAGES,
+        Unit::Count,
+        "Messages kept in history on this node."
+    );
+    describe_gauge!(
+        names::HISTORY_BYTES,
+        Unit::Bytes,
+        "Bytes history holds on this node (bounded by --history-max-bytes)."
+    );
+    describe_counter!(
+        names::RECOVERIES,
+        Unit::Count,
+        "Subscribes with since, by result (recovered or not_recovered)."
+    );
+    describe_counter!(
+        names::RECOVERED_MESSAGES,
+        Unit::Count,
+        "Messages delivered from history by recoveries."
+    );
     describe_counter!(
         names::ACCEPT_PAUSES,
         Unit::Count,
@@ -324,6 +360,10 @@ pub struct WorkerMetrics {
     pub channels: Gauge,
     /// `pingwheel_delivery_lag_seconds`.
     pub delivery_lag: Histogram,
+    /// `pingwheel_recoveries_total{result}`, indexed like [`names::RECOVERY_RESULTS`].
+    pub recoveries: [Counter; 2],
+    /// `pingwheel_recovered_messages_total`.
+    pub recovered_messages: Counter,
     /// `pingwheel_accept_pauses_total`.
     pub accept_pauses: Counter,
 }
@@ -366,8 +406,18 @@ impl WorkerMetrics {
             subscriptions: gauge!(names::SUBSCRIPTIONS, "worker" => worker.clone()),
             channels: gauge!(names::CHANNELS, "worker" => worker.clone()),
             delivery_lag: histogram!(names::DELIVERY_LAG, "worker" => worker.clone()),
+            recoveries: names::RECOVERY_RESULTS.map(|result| {
+                counter!(names::RECOVERIES, "worker" => worker.clone(), "result" => result)
+            }),
+            recovered_messages: counter!(names::RECOVERED_MESSAGES, "worker" => worker.clone()),
             accept_pauses: counter!(names::ACCEPT_PAUSES, "worker" => worker.clone()),
         }
+    }
+
+    /// Counts one finished subscribe with `since`.
+    pub fn recovery(&self, recovered: bool, messages: usize) {
+        self.recoveries[usize::from(!recovered)].increment(1);
+        self.recovered_messages.increment(messages as u64);
     }
 
     /// The `pingwheel_connections_closed_total` counter for `reason`.
@@ -389,6 +439,12 @@ pub struct ApiMetrics {
     pub publishes: Counter,
     /// `pingwheel_auth_failures_total{reason}`, indexed by [`AuthFailure::index`].
     pub auth_failures: [Counter; AuthFailure::ALL.len()],
+}
+
+/// Sets the process-wide history gauges (at each scrape, from the engine's numbers).
+pub fn set_history(messages: u64, bytes: u64) {
+    gauge!(names::HISTORY_MESSAGES).set(messages as f64);
+    gauge!(names::HISTORY_BYTES).set(bytes as f64);
 }
 
 impl ApiMetrics {
@@ -457,8 +513,11 @@ mod tests {
                 m.subscriptions.set(2.0);
                 m.channels.set(1.0);
                 m.delivery_lag.record(Duration::from_millis(1));
+                m.recovery(true, 20);
+                m.recovery(false, 0);
                 m.accept_pauses.increment(1);
             }
+            set_history(10, 4096);
             let api = ApiMetrics::new();
             api.publishes.increment(1);
             for failure in AuthFailure::ALL {

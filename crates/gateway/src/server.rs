@@ -29,12 +29,13 @@ use tracing::{error, info, warn};
 use crate::admin::publish::PublishApi;
 use crate::admin::{self, AdminState};
 use crate::config::Config;
-use crate::fanout::counts::subscriber_counts;
-use crate::fanout::hub::Hub;
+use crate::engine::history::History;
+use crate::engine::memory::MemoryEngine;
+use crate::engine::{Engine, request_channel};
 use crate::listener::bind_reuseport;
 use crate::metrics::{self, WorkerMetrics};
 use crate::push::auth::Authenticator;
-use crate::worker::link::Command;
+use crate::worker::link::{Command, WorkerOutbox};
 use crate::worker::{self, PushContext};
 
 /// Why the server could not start or stopped abnormally.
@@ -125,11 +126,13 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         warn!("no --api-key: the publish API refuses every request (403)");
     }
     let limits = config.push_limits();
-    let (count_sender, counts) = subscriber_counts();
+    // Workers send the engine their subscribes and recovery requests from the start;
+    // the engine starts with the admin runtime, once it knows every worker's link.
+    let (engine_sender, engine_requests) = request_channel();
     let push = PushContext {
         auth: Arc::new(auth),
         limits: limits.clone(),
-        counts: count_sender,
+        engine: engine_sender,
     };
 
     let mut handles = Vec::with_capacity(workers);
@@ -144,19 +147,33 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         handles.push(handle);
     }
 
-    let hub = Hub::new(
-        handles.iter().map(worker::WorkerHandle::link).collect(),
-        counts,
+    let outbox = WorkerOutbox::new(handles.iter().map(worker::WorkerHandle::link).collect());
+    // A fresh seed per process: a restart starts every stream in a new epoch.
+    let history = History::new(
+        config.namespaces(),
+        config.history_limits(),
+        Instant::now(),
+        fastrand::u64(..),
     );
+    let engine = Arc::new(MemoryEngine::new(
+        history,
+        config.recovery_max,
+        Arc::new(outbox),
+    ));
+    let engine_task = Arc::clone(&engine).run(engine_requests);
     let publish_api = PublishApi {
-        hub,
+        engine,
         api_key: config.api_key.clone(),
         dev_mode,
         limits,
         body_timeout: config.admin_body_timeout,
         metrics: metrics::ApiMetrics::new(),
     };
-    let admin_state = Arc::new(AdminState::new(prometheus).with_publish_api(publish_api));
+    let admin_state = Arc::new(
+        AdminState::new(prometheus)
+            .with_publish_api(publish_api)
+            .with_engine_task(engine_task),
+    );
     let admin = admin::spawn(admin_listener, Arc::clone(&admin_state))
         .map_err(|e| ServerError::Startup(format!("admin listener: {e}")))?;
 

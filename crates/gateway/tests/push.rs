@@ -78,6 +78,20 @@ fn next_text(ws: &mut Client) -> String {
     }
 }
 
+/// The (first) `epoch` in a JSON text.
+fn epoch_of(json: &str) -> String {
+    let value: serde_json::Value = serde_json::from_str(json).expect("JSON");
+    let epoch = value["epoch"]
+        .as_str()
+        .or_else(|| value["results"][0]["epoch"].as_str())
+        .expect("an epoch");
+    assert!(
+        epoch.len() == 8 && epoch.bytes().all(|b| b.is_ascii_alphanumeric()),
+        "{epoch}"
+    );
+    epoch.to_owned()
+}
+
 /// Publishes `body` to `path` with the API key; returns the 200 reply's body.
 fn publish(gw: &Gateway, path: &str, body: &str) -> String {
     let authorization = format!("Authorization: Bearer {API_KEY}");
@@ -105,9 +119,14 @@ fn tungstenite_client_subscribes_and_receives() {
         r#"{"op":"subscribe","channel":"team:7","id":1}"#,
     ))
     .expect("send subscribe");
+    // Every subscribed reply carries the channel's position: nothing published yet.
+    let subscribed = next_text(&mut ws);
+    let team_epoch = epoch_of(&subscribed);
     assert_eq!(
-        next_text(&mut ws),
-        r#"{"op":"subscribed","channel":"team:7","id":1}"#
+        subscribed,
+        format!(
+            r#"{{"op":"subscribed","channel":"team:7","id":1,"seq":0,"epoch":"{team_epoch}"}}"#
+        )
     );
 
     let reply = publish(
@@ -115,10 +134,16 @@ fn tungstenite_client_subscribes_and_receives() {
         "/v1/publish",
         r#"{"channel":"scores","data":{"home":2,"away":1}}"#,
     );
-    assert_eq!(reply, r#"{"ok":true,"seq":1,"subscribers":1}"#);
+    let scores_epoch = epoch_of(&reply);
+    assert_eq!(
+        reply,
+        format!(r#"{{"ok":true,"seq":1,"epoch":"{scores_epoch}","subscribers":1}}"#)
+    );
     assert_eq!(
         next_text(&mut ws),
-        r#"{"channel":"scores","seq":1,"data":{"home":2,"away":1}}"#
+        format!(
+            r#"{{"channel":"scores","seq":1,"epoch":"{scores_epoch}","data":{{"home":2,"away":1}}}}"#
+        )
     );
 
     let reply = publish(
@@ -132,12 +157,15 @@ fn tungstenite_client_subscribes_and_receives() {
     );
     assert_eq!(
         next_text(&mut ws),
-        r#"{"channel":"team:7","seq":2,"data":"goal"}"#
+        format!(r#"{{"channel":"team:7","seq":1,"epoch":"{team_epoch}","data":"goal"}}"#)
     );
+    let user = next_text(&mut ws);
+    let user_epoch = epoch_of(&user);
     assert_eq!(
-        next_text(&mut ws),
-        r##"{"channel":"#user","seq":3,"data":[1, 2]}"##
+        user,
+        format!(r##"{{"channel":"#user","seq":1,"epoch":"{user_epoch}","data":[1, 2]}}"##)
     );
+    assert_ne!(user_epoch, team_epoch, "every stream has its own epoch");
 
     ws.close(None).expect("close");
     while ws.read().is_ok() {} // until the gateway's Close arrives and the socket ends

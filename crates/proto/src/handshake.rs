@@ -83,14 +83,21 @@ impl UpgradeRequest {
     /// ```
     pub fn query_pairs(&self) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
         let query = self.target.split_once('?').map_or("", |(_, query)| query);
-        query
-            .split('&')
-            .filter(|item| !item.is_empty())
-            .map(|item| {
-                let (name, value) = item.split_once('=').unwrap_or((item, ""));
-                (form_decode(name), form_decode(value))
-            })
+        query_pairs(query)
     }
+}
+
+/// The `name=value` pairs of a query string (the part after `?`), form-decoded
+/// (`%XX` and `+`), in order; what [`UpgradeRequest::query_pairs`] does for the
+/// upgrade's target, for any other URL (the admin API's).
+pub fn query_pairs(query: &str) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
+    query
+        .split('&')
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            let (name, value) = item.split_once('=').unwrap_or((item, ""));
+            (form_decode(name), form_decode(value))
+        })
 }
 
 /// Decodes one `application/x-www-form-urlencoded` component.

@@ -10,7 +10,7 @@ use tungstenite::protocol::frame::FrameHeader;
 
 use super::*;
 use crate::hist::LatencyHistogram;
-use crate::settings::{ChurnLoad, EchoLoad, EngineConfig, PushClients, SubscribeMode};
+use crate::settings::{ChurnLoad, EchoLoad, EngineConfig, PushClients, RecoverPlan, SubscribeMode};
 
 const MS: u64 = 1_000_000;
 const SEC: u64 = 1_000_000_000;
@@ -49,6 +49,7 @@ fn push_config(subscribe: SubscribeMode) -> EngineConfig {
             channels: 4,
             token_secret: b"secret".to_vec(),
             subscribe,
+            recover: None,
         }),
         main_latency: MainLatency::Push,
         ..config()
@@ -506,6 +507,90 @@ fn push_op_mode_subscribes_then_checks_order_and_latency() {
     assert_eq!((push.delivered, push.duplicates, push.reordered), (3, 1, 1));
     assert_eq!(push.latency.len(), 3);
     assert_eq!(push.latency.max_us(), Some(2000));
+}
+
+fn recover_config(subscribe: SubscribeMode) -> EngineConfig {
+    let mut config = push_config(subscribe);
+    let push = config.push.as_mut().unwrap();
+    push.recover = Some(RecoverPlan {
+        back: 3,
+        positions: (0..4).map(|c| (10 + c, format!("EPOCH00{c}"))).collect(),
+    });
+    config.main_latency = MainLatency::Recover;
+    config
+}
+
+#[test]
+fn recover_mode_subscribes_with_since_and_checks_the_recovered_run() {
+    let mut h = Harness::new(recover_config(SubscribeMode::Url));
+    let request = h.upgrade();
+    let target = request.lines().next().unwrap();
+    // Client 5 is on lt-1, whose position is 11: since 11 - 3 = 8.
+    assert!(
+        target.ends_with("&since=lt-1%3A8%3AEPOCH001 HTTP/1.1"),
+        "{target}"
+    );
+    assert_eq!(
+        h.client().state(),
+        State::Subscribing,
+        "a URL since is answered"
+    );
+    h.feed(&text(
+        r#"{"op":"subscribed","channel":"lt-1","seq":11,"epoch":"EPOCH001","recovered":true}"#,
+    ))
+    .unwrap();
+    assert_eq!(h.client().state(), State::Open);
+    let old = h.now.unix_ns - 60 * SEC;
+    h.now.ns += 5 * MS;
+    for seq in [9, 10, 11, 12] {
+        let delivery = format!(r#"{{"channel":"lt-1","seq":{seq},"data":{{"t":{old}}}}}"#);
+        h.feed(&text(&delivery)).unwrap();
+    }
+    let push = h.cx.report.push.as_ref().unwrap();
+    assert_eq!(
+        (
+            push.recovered,
+            push.not_recovered,
+            push.recovery_complete,
+            push.recovery_gaps
+        ),
+        (1, 0, 1, 0)
+    );
+    let took = push.recovery.max_us().unwrap();
+    assert!(
+        (5000..7000).contains(&took),
+        "subscribe → seq 11: {took} µs"
+    );
+    assert_eq!(push.delivered, 1, "only 12 is a live delivery");
+
+    // A gap in the recovered run, and an op-form subscribe that is not recovered.
+    let mut h = Harness::new(recover_config(SubscribeMode::Url));
+    h.upgrade();
+    h.feed(&text(
+        r#"{"op":"subscribed","channel":"lt-1","seq":11,"epoch":"EPOCH001","recovered":true}"#,
+    ))
+    .unwrap();
+    for seq in [9, 11] {
+        let delivery = format!(r#"{{"channel":"lt-1","seq":{seq},"data":{{"t":1}}}}"#);
+        h.feed(&text(&delivery)).unwrap();
+    }
+    let push = h.cx.report.push.as_ref().unwrap();
+    assert_eq!((push.recovery_complete, push.recovery_gaps), (0, 1));
+    let mut h = Harness::new(recover_config(SubscribeMode::Op));
+    h.upgrade();
+    assert_eq!(
+        h.sent_frames(),
+        [(
+            OpCode::Data(Data::Text),
+            br#"{"op":"subscribe","channel":"lt-1","since":{"seq":8,"epoch":"EPOCH001"}}"#.to_vec()
+        )]
+    );
+    h.feed(&text(
+        r#"{"op":"subscribed","channel":"lt-1","seq":11,"epoch":"OTHER000","recovered":false}"#,
+    ))
+    .unwrap();
+    let push = h.cx.report.push.as_ref().unwrap();
+    assert_eq!((push.recovered, push.not_recovered), (0, 1));
 }
 
 #[test]

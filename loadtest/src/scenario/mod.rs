@@ -59,9 +59,9 @@ impl Load {
     }
 
     /// The request target of the upgrade.
-    pub fn upgrade_path<'c>(&self, local_index: u32, now: Now, cx: &'c Shared) -> Cow<'c, str> {
+    pub fn upgrade_path<'c>(&mut self, local_index: u32, now: Now, cx: &'c Shared) -> Cow<'c, str> {
         match self {
-            Self::Push(_) => Cow::Owned(push::upgrade_path(local_index, now, cx)),
+            Self::Push(state) => Cow::Owned(push::upgrade_path(state, local_index, now, cx)),
             Self::Idle | Self::Echo(_) | Self::Churn => Cow::Borrowed(&cx.config.path_and_query),
         }
     }
@@ -70,7 +70,7 @@ impl Load {
     pub fn on_upgraded(&mut self, turn: &mut Turn<'_>) -> Transition {
         match self {
             Self::Idle => Transition::Open,
-            Self::Push(_) => push::on_upgraded(turn),
+            Self::Push(state) => push::on_upgraded(state, turn),
             Self::Echo(state) => echo::on_upgraded(state, turn),
             Self::Churn => churn::on_upgraded(turn),
         }

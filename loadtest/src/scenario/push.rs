@@ -1,6 +1,12 @@
 //! Push: client *i* subscribes to channel `lt-{i mod M}` (in the upgrade URL, or with an
 //! `{"op":"subscribe"}` after it), then every delivery is checked for order (`seq`
 //! strictly increasing per connection) and timed (receive − the publish's `t`).
+//!
+//! With `--recover-back N` the subscribe carries `since`, N messages before the
+//! channel's position after the coordinator's prefill: the reply must say
+//! `recovered:true`, and the N recovered messages must arrive as exactly the next seqs,
+//! in order; the time from the subscribe to the last of them is the main latency.
+//! Recovered messages are not counted as live deliveries.
 
 use std::borrow::Cow;
 
@@ -11,11 +17,34 @@ use crate::codec::{Data, OpCode};
 use crate::jwt;
 use crate::settings::{EngineConfig, MainLatency, SubscribeMode};
 
-/// A push client's own state.
+/// A push client's own state (small: every client holds one).
 #[derive(Debug, Default)]
 pub struct PushState {
     /// Last delivery's `seq + 1` (0: none yet).
     last_seq_plus_one: u64,
+    /// `--recover-back` only, until the recovered run is complete.
+    recovering: Option<Box<Recovering>>,
+}
+
+/// A recovery in progress (`--recover-back`).
+#[derive(Debug, Default)]
+struct Recovering {
+    /// When the subscribe went out (engine ns).
+    subscribe_ns: u64,
+    /// The next recovered seq expected (0: the answer has not come yet).
+    next: u64,
+    /// The last recovered seq (the channel's position after the prefill).
+    last: u64,
+    /// A recovered message was not the next expected one.
+    gapped: bool,
+}
+
+/// `--recover-back`: the `since` of local client `local_index`, `(seq, epoch)`, and the
+/// channel's top, if recovery is on.
+fn since_of(cx: &Shared, local_index: u32) -> Option<(u64, &str, u64)> {
+    let recover = cx.config.push.as_ref()?.recover.as_ref()?;
+    let (top, epoch) = recover.positions.get(channel_of(&cx.config, local_index))?;
+    Some((top.saturating_sub(recover.back), epoch, *top))
 }
 
 /// The push channel of local client `local_index`.
@@ -26,7 +55,7 @@ pub fn channel_of(config: &EngineConfig, local_index: u32) -> usize {
 
 /// The request target: the configured one plus the client's token (and channel, unless
 /// it subscribes with an op).
-pub fn upgrade_path(local_index: u32, now: Now, cx: &Shared) -> String {
+pub fn upgrade_path(state: &mut PushState, local_index: u32, now: Now, cx: &Shared) -> String {
     let config = &cx.config;
     let base = &config.path_and_query;
     let Some(push) = &config.push else {
@@ -40,26 +69,46 @@ pub fn upgrade_path(local_index: u32, now: Now, cx: &Shared) -> String {
         return format!("{base}{separator}token={token}");
     }
     let channel = channel_of(config, local_index);
+    if let Some((since, epoch, _)) = since_of(cx, local_index) {
+        // The upgrade request is the subscribe.
+        state.recovering = Some(Box::new(Recovering {
+            subscribe_ns: now.ns,
+            ..Recovering::default()
+        }));
+        return format!("{base}{separator}token={token}&since=lt-{channel}%3A{since}%3A{epoch}");
+    }
     format!("{base}{separator}token={token}&channel=lt-{channel}")
 }
 
 /// Upgraded: subscribed already (`url`), or wait for the acknowledgement, sending the
 /// subscribe op first (`op`).
-pub fn on_upgraded(turn: &mut Turn<'_>) -> Transition {
+pub fn on_upgraded(state: &mut PushState, turn: &mut Turn<'_>) -> Transition {
     let Some(push) = &turn.cx.config.push else {
         return Transition::Open;
     };
+    let recovering = push.recover.is_some();
     match push.subscribe {
+        // A URL `since` is answered: wait for it.
+        SubscribeMode::Url if recovering => Transition::Subscribe,
         SubscribeMode::Url => {
             subscribed(turn.local_index, turn.cx);
             Transition::Open
         }
         SubscribeMode::UrlAck => Transition::Subscribe,
         SubscribeMode::Op => {
-            let op = format!(
-                r#"{{"op":"subscribe","channel":"lt-{}"}}"#,
-                channel_of(&turn.cx.config, turn.local_index)
-            );
+            let channel = channel_of(&turn.cx.config, turn.local_index);
+            let op = match since_of(turn.cx, turn.local_index) {
+                Some((since, epoch, _)) => {
+                    state.recovering = Some(Box::new(Recovering {
+                        subscribe_ns: turn.now.ns,
+                        ..Recovering::default()
+                    }));
+                    format!(
+                        r#"{{"op":"subscribe","channel":"lt-{channel}","since":{{"seq":{since},"epoch":"{epoch}"}}}}"#
+                    )
+                }
+                None => format!(r#"{{"op":"subscribe","channel":"lt-{channel}"}}"#),
+            };
             turn.out.frame(OpCode::Data(Data::Text), op.as_bytes());
             Transition::Subscribe
         }
@@ -86,6 +135,24 @@ pub fn on_message(state: &mut PushState, turn: &mut Turn<'_>, payload: &[u8]) ->
         == Some(channel);
     if message.op.as_deref() == Some("subscribed") && ours {
         push.acks += 1;
+        if let Some((since, _, top)) = since_of(cx, turn.local_index)
+            && turn.state == State::Subscribing
+        {
+            let push = cx.report.push.as_mut().expect("push counters");
+            match state.recovering.as_mut() {
+                Some(r) if message.recovered == Some(true) && message.seq == Some(top) => {
+                    push.recovered += 1;
+                    r.next = since + 1;
+                    r.last = top;
+                    state.last_seq_plus_one = since + 1;
+                }
+                _ => {
+                    push.not_recovered += 1;
+                    state.recovering = None;
+                    state.last_seq_plus_one = message.seq.map_or(0, |seq| seq + 1);
+                }
+            }
+        }
         if turn.state == State::Subscribing {
             subscribed(turn.local_index, cx);
             return Transition::Open;
@@ -102,6 +169,30 @@ pub fn on_message(state: &mut PushState, turn: &mut Turn<'_>, payload: &[u8]) ->
     };
     if !ours {
         push.unexpected += 1;
+        return Transition::Stay;
+    }
+    if let Some(r) = state.recovering.as_mut()
+        && r.next != 0
+        && seq <= r.last
+    {
+        // A recovered message: exactly the next one, or a gap.
+        if seq == r.next {
+            r.next += 1;
+        } else {
+            push.recovery_gaps += 1;
+            r.gapped = true;
+            r.next = seq + 1;
+        }
+        state.last_seq_plus_one = seq + 1;
+        if seq == r.last {
+            let latency_us = turn.now.ns.saturating_sub(r.subscribe_ns) / 1000;
+            push.recovery.record_us(latency_us);
+            if !r.gapped {
+                push.recovery_complete += 1;
+            }
+            state.recovering = None;
+            cx.record_main(MainLatency::Recover, latency_us, turn.now.unix_ns);
+        }
         return Transition::Stay;
     }
     let latest = state.last_seq_plus_one;
@@ -146,6 +237,7 @@ struct PushMessage<'a> {
     #[serde(borrow)]
     channel: Option<Text<'a>>,
     seq: Option<u64>,
+    recovered: Option<bool>,
     data: Option<PushData>,
 }
 

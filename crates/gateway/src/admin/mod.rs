@@ -17,6 +17,7 @@
 //! | `GET`, `HEAD` | `/metrics` | 200, Prometheus text format 0.0.4 |
 //! | `GET`, `HEAD` | `/healthz` | 200 `ok`, or 503 `draining` once [`AdminState::set_draining`] |
 //! | any | `/v1/publish`, `/v1/broadcast`, `/v1/batch` | the publish API ([`publish`]): `POST`, else a JSON 405; every answer counted by status |
+//! | `GET` | `/v1/history` | the history API ([`publish`]) |
 //! | other | known path | 405 with `Allow` |
 //! | any | other path | 404 |
 //!
@@ -30,8 +31,8 @@
 //!
 //! The thread also calls [`PrometheusHandle::run_upkeep`] every
 //! [`metrics::UPKEEP_INTERVAL`](crate::metrics::UPKEEP_INTERVAL), which drains histogram
-//! samples even when nobody scrapes, and folds the subscriber changes the workers
-//! reported every [`FOLD_INTERVAL`], so they do not pile up while nobody publishes.
+//! samples even when nobody scrapes. The engine's own task ([`Engine::run`]: the
+//! workers' requests, history timers) runs on this runtime too.
 
 pub mod http;
 pub mod publish;
@@ -55,13 +56,15 @@ use tokio::sync::oneshot;
 
 use self::http::{AdminBody, method_not_allowed, plain, respond};
 use self::publish::PublishApi;
-use crate::fanout::counts::FOLD_INTERVAL;
+use crate::engine::Engine;
 use crate::listener::{AcceptPauses, is_resource_exhaustion};
 use crate::metrics::UPKEEP_INTERVAL;
 use crate::push::publish::PublishRoute;
 
 /// Content type of the Prometheus text exposition format.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// Path of the history API.
+pub const HISTORY_PATH: &str = "/v1/history";
 /// Name of the admin thread.
 pub const THREAD_NAME: &str = "pingwheel-admin";
 
@@ -84,7 +87,21 @@ pub struct AdminState {
     draining: AtomicBool,
     /// The publish API (`/v1/...`), when the process has workers to publish to.
     publish: Option<PublishApi>,
+    /// The engine's background task, spawned on the admin runtime at start.
+    engine_task: std::sync::Mutex<Option<TaskSlot>>,
 }
+
+/// Holds the engine's task until the runtime starts it.
+struct TaskSlot(EngineTask);
+
+impl std::fmt::Debug for TaskSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EngineTask")
+    }
+}
+
+/// A future an engine runs for the life of the process ([`Engine::run`]).
+pub type EngineTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 impl AdminState {
     /// State for a server that is not draining.
@@ -93,7 +110,17 @@ impl AdminState {
             metrics,
             draining: AtomicBool::new(false),
             publish: None,
+            engine_task: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Runs `task` (the engine's [`Engine::run`]) on the admin runtime.
+    pub fn with_engine_task(self, task: EngineTask) -> AdminState {
+        *self
+            .engine_task
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(TaskSlot(task));
+        self
     }
 
     /// Serves the publish API (`POST /v1/publish`, `/v1/broadcast`, `/v1/batch`) too.
@@ -112,12 +139,8 @@ impl AdminState {
         self.draining.store(draining, Ordering::Release);
     }
 
-    /// Folds the subscriber changes the workers reported into the publish API's counts
-    /// (see [`crate::fanout::counts`]).
-    pub fn fold_subscriber_counts(&self) {
-        if let Some(api) = &self.publish {
-            api.hub.fold_counts();
-        }
+    fn engine(&self) -> Option<&dyn Engine> {
+        self.publish.as_ref().map(|api| &*api.engine)
     }
 
     /// Whether the process is draining.
@@ -218,15 +241,20 @@ async fn serve(
     let mut pauses = AcceptPauses::default();
     let mut upkeep = tokio::time::interval(UPKEEP_INTERVAL);
     upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut fold = tokio::time::interval(FOLD_INTERVAL);
-    fold.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let engine_task = state
+        .engine_task
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    if let Some(TaskSlot(task)) = engine_task {
+        tokio::spawn(task);
+    }
 
     loop {
         tokio::select! {
             // A send or a dropped sender both mean stop.
             _ = &mut stop => break,
             _ = upkeep.tick() => state.metrics.run_upkeep(),
-            _ = fold.tick(), if state.publish.is_some() => state.fold_subscriber_counts(),
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     if let Some((count, lasted)) = pauses.resumed(Instant::now()) {
@@ -286,8 +314,19 @@ pub async fn route(state: &AdminState, request: Request<Incoming>) -> Response<A
         // Every answer on these paths (405 included) is counted there.
         return api.handle(route, request).await;
     }
+    if let (HISTORY_PATH, Some(api)) = (path, &state.publish) {
+        return if method == Method::GET {
+            api.history(request).await
+        } else {
+            method_not_allowed("GET")
+        };
+    }
     match (method, path) {
         (&Method::GET | &Method::HEAD, "/metrics") => {
+            if let Some(engine) = state.engine() {
+                let stats = engine.stats();
+                crate::metrics::set_history(stats.history_messages, stats.history_bytes);
+            }
             let body = state.metrics.render();
             respond(StatusCode::OK, METRICS_CONTENT_TYPE, body)
         }

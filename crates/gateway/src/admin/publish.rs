@@ -1,11 +1,16 @@
-//! The publish API on the admin listener: `POST /v1/publish`, `/v1/broadcast`, `/v1/batch`.
+//! The publish API on the admin listener: `POST /v1/publish`, `/v1/broadcast`,
+//! `/v1/batch`, and `GET /v1/history`.
 //!
-//! Each request is checked in this order: the method (405 unless `POST`), the API key
-//! (401/403), the announced `Content-Length` (413 before reading anything), the body
-//! read with a size limit (413) and a time limit (`--admin-body-timeout`: 408, and the
-//! connection is closed), the JSON (400, naming the field). Then [`Hub::publish`]
-//! numbers, encodes and fans out the messages, and the reply says how many local
-//! subscribers each reached. The wire format is in `docs/protocol.md`.
+//! Each publish request is checked in this order: the method (405 unless `POST`), the
+//! API key (401/403), the announced `Content-Length` (413 before reading anything), the
+//! body read with a size limit (413) and a time limit (`--admin-body-timeout`: 408, and
+//! the connection is closed), the JSON (400, naming the field). Then
+//! [`Engine::publish`] gives each message its position, keeps it when its namespace
+//! keeps history, and fans it out; the reply carries each position and how many local
+//! subscribers each reached. An engine that cannot take the publish answers 503
+//! `engine_unavailable` (never a 200 for a message that was not stored and sent). The
+//! history route checks the key, then the query (400), then reads the engine. The wire
+//! format is in `docs/protocol.md`.
 
 use std::time::Duration;
 
@@ -16,10 +21,11 @@ use serde_json::value::RawValue;
 
 use super::http::{AdminBody, BodyError, close_after, read_body, respond};
 use crate::config::Secret;
-use crate::fanout::hub::Hub;
+use crate::engine::{Engine, EngineError, Published, Stream};
 use crate::metrics::ApiMetrics;
 use crate::push::PushLimits;
 use crate::push::auth::check_api_key;
+use crate::push::history::{history_json, parse_history_query};
 use crate::push::publish::{
     MultiReply, PublishError, PublishReply, PublishRequest, PublishResult, PublishRoute, Target,
     check_body_len, error_json, parse_request,
@@ -30,8 +36,8 @@ const JSON: &str = "application/json";
 /// Everything the publish routes need.
 #[derive(Debug)]
 pub struct PublishApi {
-    /// Fans publishes out to the workers.
-    pub hub: Hub,
+    /// Assigns positions, keeps history, fans publishes out to the workers.
+    pub engine: std::sync::Arc<dyn Engine>,
     /// `--api-key`; `None` means open in dev mode, refused otherwise.
     pub api_key: Option<Secret>,
     /// No token secret or key: the gateway is in insecure dev mode.
@@ -57,6 +63,48 @@ impl PublishApi {
         response
     }
 
+    /// The refusal for a request without the right API key, if it has none.
+    fn check_key(&self, request: &Request<Incoming>) -> Option<Response<AdminBody>> {
+        let authorization = request
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let configured = self.api_key.as_ref().map(|key| key.expose().as_bytes());
+        let refusal = check_api_key(configured, self.dev_mode, authorization).err()?;
+        if let Some(reason) = refusal.reason() {
+            self.metrics.auth_failed(reason).increment(1);
+        }
+        let status = StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::UNAUTHORIZED);
+        let mut response = respond(status, JSON, refusal.to_json());
+        if let Some(challenge) = refusal.www_authenticate() {
+            response
+                .headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+        }
+        Some(response)
+    }
+
+    /// Answers `GET /v1/history?…`.
+    pub async fn history(&self, request: Request<Incoming>) -> Response<AdminBody> {
+        if let Some(refusal) = self.check_key(&request) {
+            return refusal;
+        }
+        let query = request.uri().query().unwrap_or("");
+        let query = match parse_history_query(query, &self.limits) {
+            Ok(query) => query,
+            Err(error) => return error_response(&error),
+        };
+        let stream = Stream::of(&query.target);
+        match self.engine.history(stream, query.since, query.limit).await {
+            Ok(read) => respond(
+                StatusCode::OK,
+                JSON,
+                history_json(&query.target, read.position, &read.frames),
+            ),
+            Err(error) => unavailable(&error),
+        }
+    }
+
     async fn answer(&self, route: PublishRoute, request: Request<Incoming>) -> Response<AdminBody> {
         if request.method() != Method::POST {
             let body = error_json("method_not_allowed", "use POST");
@@ -66,23 +114,8 @@ impl PublishApi {
                 .insert(ALLOW, HeaderValue::from_static("POST"));
             return response;
         }
-        let authorization = request
-            .headers()
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        let configured = self.api_key.as_ref().map(|key| key.expose().as_bytes());
-        if let Err(refusal) = check_api_key(configured, self.dev_mode, authorization) {
-            if let Some(reason) = refusal.reason() {
-                self.metrics.auth_failed(reason).increment(1);
-            }
-            let status = StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::UNAUTHORIZED);
-            let mut response = respond(status, JSON, refusal.to_json());
-            if let Some(challenge) = refusal.www_authenticate() {
-                response
-                    .headers_mut()
-                    .insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
-            }
-            return response;
+        if let Some(refusal) = self.check_key(&request) {
+            return refusal;
         }
         let announced = request
             .headers()
@@ -114,42 +147,43 @@ impl PublishApi {
             Ok(parsed) => parsed,
             Err(error) => return error_response(&error),
         };
-        let json = match &parsed {
-            PublishRequest::Publish(publish) => {
-                let published = self.hub.publish(&[(publish.target.clone(), publish.data)]);
-                let first = published[0];
-                PublishReply::new(first.seq, first.subscribers).to_json()
+        let targets: Vec<Target<'_>> = match &parsed {
+            PublishRequest::Publish(publish) => vec![publish.target.clone()],
+            PublishRequest::Broadcast(broadcast) => broadcast
+                .channels
+                .iter()
+                .map(|c| Target::Channel(c.clone()))
+                .collect(),
+            PublishRequest::Batch(batch) => {
+                batch.messages.iter().map(|m| m.target.clone()).collect()
             }
-            PublishRequest::Broadcast(broadcast) => {
-                let targets: Vec<Target<'_>> = broadcast
-                    .channels
-                    .iter()
-                    .map(|c| Target::Channel(c.clone()))
-                    .collect();
-                let items: Vec<(Target<'_>, &RawValue)> = targets
-                    .iter()
-                    .map(|t| (t.clone(), broadcast.data))
-                    .collect();
-                let published = self.hub.publish(&items);
+        };
+        let items: Vec<(Target<'_>, &RawValue)> = match &parsed {
+            PublishRequest::Publish(publish) => vec![(publish.target.clone(), publish.data)],
+            PublishRequest::Broadcast(broadcast) => targets
+                .iter()
+                .map(|t| (t.clone(), broadcast.data))
+                .collect(),
+            PublishRequest::Batch(batch) => batch
+                .messages
+                .iter()
+                .map(|m| (m.target.clone(), m.data))
+                .collect(),
+        };
+        let published: Vec<Published> = match self.engine.publish(&items).await {
+            Ok(published) => published,
+            Err(error) => return unavailable(&error),
+        };
+        let json = match &parsed {
+            PublishRequest::Publish(_) => {
+                let first = published[0];
+                PublishReply::new(first.position, first.subscribers).to_json()
+            }
+            PublishRequest::Broadcast(_) | PublishRequest::Batch(_) => {
                 let results = targets
                     .iter()
                     .zip(&published)
-                    .map(|(t, p)| PublishResult::new(t, p.seq, p.subscribers))
-                    .collect();
-                MultiReply::new(results).to_json()
-            }
-            PublishRequest::Batch(batch) => {
-                let items: Vec<(Target<'_>, &RawValue)> = batch
-                    .messages
-                    .iter()
-                    .map(|m| (m.target.clone(), m.data))
-                    .collect();
-                let published = self.hub.publish(&items);
-                let results = batch
-                    .messages
-                    .iter()
-                    .zip(&published)
-                    .map(|(m, p)| PublishResult::new(&m.target, p.seq, p.subscribers))
+                    .map(|(t, p)| PublishResult::new(t, p.position, p.subscribers))
                     .collect();
                 MultiReply::new(results).to_json()
             }
@@ -162,6 +196,15 @@ impl PublishApi {
         self.metrics.publishes.increment(count as u64);
         respond(StatusCode::OK, JSON, json)
     }
+}
+
+/// 503 `{"error":"engine_unavailable",..}`: nothing was published.
+fn unavailable(error: &EngineError) -> Response<AdminBody> {
+    respond(
+        StatusCode::SERVICE_UNAVAILABLE,
+        JSON,
+        error_json("engine_unavailable", &error.to_string()),
+    )
 }
 
 fn error_response(error: &PublishError) -> Response<AdminBody> {

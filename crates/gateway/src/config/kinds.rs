@@ -262,3 +262,64 @@ impl<K: Kind> List<K> {
         items.into_iter().enumerate().map(item).collect()
     }
 }
+
+/// The `[[namespace]]` tables: `prefix` (required), `history_size` (default 0) and
+/// `history_ttl` (a duration, at most 7 days; required when `history_size` is set),
+/// checked together (duplicate prefixes and the rest of
+/// [`Namespaces::new`](crate::engine::namespace::Namespaces::new)).
+pub fn namespaces<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<crate::engine::namespace::Namespace>, D::Error> {
+    use crate::engine::namespace::{MAX_HISTORY_TTL, Namespace, Namespaces};
+
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Table {
+        prefix: String,
+        #[serde(default)]
+        history_size: u32,
+        #[serde(default)]
+        history_ttl: Option<Value>,
+    }
+    let tables = match Value::deserialize(d)? {
+        Value::Array(items) => items,
+        other => return Err(found(&other, "[[namespace]] tables")),
+    };
+    let mut list = Vec::with_capacity(tables.len());
+    for (i, table) in tables.into_iter().enumerate() {
+        let table: Table = table.try_into().map_err(|e: toml::de::Error| {
+            D::Error::custom(format!("[[namespace]] {i}: {}", e.message().trim_end()))
+        })?;
+        let ttl = match table.history_ttl {
+            None => Duration::ZERO,
+            Some(value) => {
+                let text = match value {
+                    Value::String(s) => s,
+                    Value::Integer(n) => n.to_string(),
+                    Value::Float(f) => f.to_string(),
+                    other => return Err(found(&other, "a duration such as '10m'")),
+                };
+                match pingwheel_units::parse_duration(&text) {
+                    Ok(ttl) if ttl <= MAX_HISTORY_TTL => ttl,
+                    Ok(_) => {
+                        return Err(D::Error::custom(format!(
+                            "[[namespace]] {i}: history_ttl '{text}' is over 7 days"
+                        )));
+                    }
+                    Err(_) => {
+                        return Err(D::Error::custom(format!(
+                            "[[namespace]] {i}: invalid history_ttl '{text}': {FIXED_DURATION_EXPECTED}"
+                        )));
+                    }
+                }
+            }
+        };
+        list.push(Namespace {
+            prefix: table.prefix.into(),
+            history_size: table.history_size,
+            history_ttl: ttl,
+        });
+    }
+    Namespaces::new(list.clone()).map_err(|e| D::Error::custom(e.to_string()))?;
+    Ok(list)
+}

@@ -59,6 +59,8 @@ use clap::{ArgMatches, Command, CommandFactory, FromArgMatches, Parser};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
+use crate::engine::namespace::Namespace;
+
 use self::kinds::{
     Addr, Bool, FilePath, Fixed, Kind, List, LogFilter, Opt, Origin, Positive, SecretText, Size,
     Switchable, TickLength, Whole, Workers,
@@ -262,6 +264,35 @@ pub struct Config {
           help_heading = "Push")]
     #[serde(deserialize_with = "Whole::<usize, 0>::deserialize")]
     pub max_token_channels: usize,
+
+    /// Bound on all kept history (frames, their index and per-channel state); at the
+    /// bound idle channel state goes first, then the oldest messages, and a channel that
+    /// loses messages it still had to keep starts a new epoch. At least 1MiB.
+    #[arg(long, value_name = "BYTES", default_value = "256MiB",
+          value_parser = Size::<{ 1 << 20 }>::parse, help_heading = "History")]
+    #[serde(deserialize_with = "Size::<{ 1 << 20 }>::deserialize")]
+    pub history_max_bytes: usize,
+
+    /// Most messages one recovery (a subscribe with since) hands out; more missing
+    /// answers recovered:false.
+    #[arg(long, value_name = "N", default_value = "300", value_parser = Whole::<u64, 0>::parse,
+          help_heading = "History")]
+    #[serde(deserialize_with = "Whole::<u64, 0>::deserialize")]
+    pub recovery_max: u64,
+
+    /// A channel's (or user stream's) position is forgotten this long after its last
+    /// publish once it has no subscriber here and no kept message; it then starts a new
+    /// epoch.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = Fixed::parse,
+          help_heading = "History")]
+    #[serde(deserialize_with = "Fixed::deserialize")]
+    pub channel_idle_forget: Duration,
+
+    /// History per namespace: `[[namespace]]` tables in the file only (prefix,
+    /// history_size, history_ttl), matched by the longest prefix. Validated as a whole.
+    #[arg(skip)]
+    #[serde(rename = "namespace", deserialize_with = "kinds::namespaces")]
+    pub namespaces: Vec<Namespace>,
 }
 
 impl Default for Config {

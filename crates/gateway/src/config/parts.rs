@@ -5,6 +5,8 @@
 
 use crate::conn::ConnConfig;
 use crate::conn::keepalive::KeepaliveConfig;
+use crate::engine::history::HistoryLimits;
+use crate::engine::namespace::Namespaces;
 use crate::push::PushLimits;
 use crate::push::auth::AuthSettings;
 use crate::worker::WorkerSettings;
@@ -56,6 +58,21 @@ impl Config {
         }
     }
 
+    /// The namespaces history is kept by (validated when the file was read).
+    pub fn namespaces(&self) -> Namespaces {
+        Namespaces::new(self.namespaces.clone())
+            .unwrap_or_else(|e| unreachable!("namespaces are validated at load: {e}"))
+    }
+
+    /// The memory engine's global history bounds.
+    pub fn history_limits(&self) -> HistoryLimits {
+        HistoryLimits {
+            max_bytes: self.history_max_bytes,
+            idle_forget: self.channel_idle_forget,
+            ..HistoryLimits::default()
+        }
+    }
+
     /// Client authentication's settings.
     pub fn auth(&self) -> AuthSettings {
         AuthSettings {
@@ -94,6 +111,8 @@ mod tests {
         let defaults = Config::default();
         assert_eq!(defaults.conn(), ConnConfig::default());
         assert_eq!(defaults.push_limits(), PushLimits::default());
+        assert_eq!(defaults.history_limits(), HistoryLimits::default());
+        assert_eq!(defaults.namespaces(), Namespaces::default());
     }
 
     #[test]

@@ -60,8 +60,23 @@ pub fn default_toml() -> String {
         comment(&mut out, &source);
         let _ = writeln!(out, "{}", assignment(arg));
     }
+    out.push_str(NAMESPACE_EXAMPLE);
     out
 }
+
+/// The `[[namespace]]` tables have no flag: the file shows them as a commented example
+/// (tables must come after every plain key).
+const NAMESPACE_EXAMPLE: &str = "
+# History per namespace (file only): the longest matching prefix wins; the empty
+# prefix is the default namespace (built in: no history), \"#user\" configures every
+# user's personal stream (built in: history_size = 16, history_ttl = \"5m\").
+# history_size: messages kept per channel (0 = none); history_ttl: how long each is
+# kept (at most 7 days). See docs/operations.md, \"History\".
+# [[namespace]]
+# prefix = \"chat:\"
+# history_size = 100
+# history_ttl = \"10m\"
+";
 
 /// `key = <default>`, or the key commented out when it has no default.
 fn assignment(arg: &Arg) -> String {

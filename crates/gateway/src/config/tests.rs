@@ -518,7 +518,7 @@ fn missing_file_is_reported_with_its_path() {
 }
 
 /// Every key the file accepts; `FileConfig` must have exactly these fields.
-const FILE_KEYS: [&str; 25] = [
+const FILE_KEYS: [&str; 28] = [
     "listen",
     "admin_listen",
     "admin_body_timeout",
@@ -544,6 +544,9 @@ const FILE_KEYS: [&str; 25] = [
     "max_inbound_rate",
     "max_publish_body",
     "max_token_channels",
+    "history_max_bytes",
+    "recovery_max",
+    "channel_idle_forget",
 ];
 
 #[test]
@@ -567,8 +570,13 @@ fn operations_doc_example_uses_every_key_and_the_defaults() {
     let body = &doc[start + "```toml\n".len()..];
     let example = &body[..body.find("```").expect("the example is closed")];
     let table: toml::Table = example.parse().expect("the example is valid TOML");
-    let mut keys: Vec<&str> = table.keys().map(String::as_str).collect();
+    let mut keys: Vec<&str> = table
+        .keys()
+        .map(String::as_str)
+        .filter(|k| *k != "namespace")
+        .collect();
     keys.sort_unstable();
+    assert!(table.contains_key("namespace"), "and a [[namespace]] table");
     let mut expected = FILE_KEYS.to_vec();
     expected.sort_unstable();
     assert_eq!(
@@ -587,6 +595,7 @@ fn operations_doc_example_uses_every_key_and_the_defaults() {
             token_public_key: None,
             api_key: None,
             allowed_origins: Vec::new(),
+            namespaces: Vec::new(),
             ..config.clone()
         },
         defaults,
@@ -688,4 +697,84 @@ fn deploy_example_is_the_print_config_output() {
         "deploy/pingwheel.toml differs from `pingwheel --print-config`; regenerate it with\n  \
          cargo run --bin pingwheel -- --print-config > deploy/pingwheel.toml"
     );
+}
+
+#[test]
+fn history_settings_and_namespace_tables() {
+    let config = load(&["--history-max-bytes", "64MiB", "--recovery-max", "0"]);
+    assert_eq!(
+        (config.history_max_bytes, config.recovery_max),
+        (64 << 20, 0)
+    );
+    assert_eq!(config.channel_idle_forget, Duration::from_secs(600));
+    assert!(config.namespaces.is_empty());
+    let file = TempFile::new(
+        "channel_idle_forget = \"1h\"\n\
+         [[namespace]]\nprefix = \"chat:\"\nhistory_size = 100\nhistory_ttl = \"10m\"\n\
+         [[namespace]]\nprefix = \"#user\"\nhistory_size = 50\nhistory_ttl = \"168h\"\n\
+         [[namespace]]\nprefix = \"\"\n",
+    );
+    let config = load(&["--config", file.arg(), "--recovery-max", "20"]);
+    assert_eq!(config.recovery_max, 20, "a flag still overrides the file");
+    assert_eq!(config.channel_idle_forget, Duration::from_secs(3600));
+    let ns = config.namespaces();
+    use crate::engine::Stream;
+    assert_eq!(ns.of(Stream::Channel("chat:1")).history_size, 100);
+    assert_eq!(
+        ns.of(Stream::Channel("chat:1")).history_ttl,
+        Duration::from_secs(600)
+    );
+    assert_eq!(
+        ns.of(Stream::User("42")).history_ttl,
+        Duration::from_secs(7 * 24 * 3600)
+    );
+    assert_eq!(ns.of(Stream::Channel("other")).history_size, 0);
+    assert_eq!(
+        config.history_limits().idle_forget,
+        Duration::from_secs(3600)
+    );
+}
+
+#[test]
+fn bad_history_settings_name_the_setting() {
+    let err = load_err(&["--history-max-bytes", "1KiB"]);
+    assert!(
+        err.contains("--history-max-bytes") && err.contains("at least 1048576"),
+        "{err}"
+    );
+    let cases = [
+        (
+            "[[namespace]]\nprefix = \"a\"\nprefix = \"b\"\n",
+            "duplicate key",
+        ),
+        (
+            "[[namespace]]\nprefix = \"a\"\nhistory_size = 5\n",
+            "namespace \"a\": history_ttl must be more than 0",
+        ),
+        (
+            "[[namespace]]\nprefix = \"a\"\nhistory_size = 5\nhistory_ttl = \"169h\"\n",
+            "namespace: [[namespace]] 0: history_ttl '169h' is over 7 days",
+        ),
+        (
+            "[[namespace]]\nprefix = \"a\"\nhistory_size = 5\nhistory_ttl = \"soon\"\n",
+            "invalid history_ttl 'soon'",
+        ),
+        (
+            "[[namespace]]\nprefix = \"a\"\n[[namespace]]\nprefix = \"a\"\n",
+            "namespace prefix \"a\" is given twice",
+        ),
+        (
+            "[[namespace]]\nprefix = \"#x\"\n",
+            "namespace prefix \"#x\" cannot start a channel name",
+        ),
+        (
+            "[[namespace]]\nprefix = \"a\"\nhistory_sise = 5\n",
+            "unknown field `history_sise`",
+        ),
+        ("namespace = 3\n", "expected [[namespace]] tables"),
+    ];
+    for (text, want) in cases {
+        let err = toml_err(text);
+        assert!(err.contains(want), "{text:?}: {err}");
+    }
 }

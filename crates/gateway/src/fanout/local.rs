@@ -1,104 +1,315 @@
 //! One worker's side of fan-out: its subscription index, the sessions' subscriptions,
-//! the changes it reports to the hub, and the queueing of each delivery to the local
-//! subscribers.
+//! the requests it sends the engine, the subscribes awaiting their answer, and the
+//! queueing of each delivery to the local subscribers.
 //!
 //! [`LocalFanout`] is the only code that changes a session's user or channels, the
-//! index, or the hub's counts, and it changes all three together, so they never
+//! index, or what the engine counts, and it changes all three together, so they never
 //! disagree:
 //!
 //! * a connection is in the index under channel `c` exactly when its session lists
 //!   `c`, and under user `u` exactly when its session's user is `u`;
-//! * for each of those, the hub has been sent one +1, and one −1 once it ended.
+//! * for each of those the engine has been sent one [`Request::Subscribe`], and one
+//!   [`Request::Unsubscribe`] once it ended;
+//! * a subscription's mark is [`Watermark::PENDING`] exactly when it has a waiting
+//!   subscribe with a merge (its live deliveries are buffered there).
+//!
+//! # A subscribe, start to finish
+//!
+//! Every `subscribe` (op or URL `since`) is registered at once — index, session,
+//! [`Request::Subscribe`] — and then asks the engine for the position (and the
+//! recovery from `since`) with a [`Request::Recover`] carrying a ticket. The reply
+//! waits for the answer ([`LocalFanout::complete`]), which hands back what to send, in
+//! order: the `subscribed` reply, the recovered frames, the buffered live ones. A
+//! second subscribe of the same stream while one is waiting is refused
+//! ([`SubscribeError::Busy`]) so that every request gets exactly one reply, in order.
 //!
 //! Delivery is split where IO begins: [`LocalFanout::deliver`] finds the subscribers of
 //! each delivery and hands the shared frame to the worker's `queue` callback (which
 //! queues it on the connection's state machine); the worker then writes each
 //! connection it queued to once per batch.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use serde_json::value::RawValue;
 
-use super::counts::CountSender;
 use super::index::Subscribers;
 use super::session::Session;
+use crate::engine::position::{Position, Since};
+use crate::engine::recovery::{LiveFrame, Pending, Watermark};
+use crate::engine::{
+    Answered, Delivery, EngineError, EngineSender, RecoverRequest, Request, Stream, StreamKey,
+};
 use crate::token::ConnId;
-use crate::worker::link::{Delivery, DeliveryTarget};
+
+/// A subscribe awaiting the engine's answer.
+#[derive(Debug)]
+struct Waiting {
+    ticket: u32,
+    /// The request's `id`, echoed in the reply (`None`: no id, or the URL form).
+    reply_id: Option<Box<RawValue>>,
+    /// Whether the client gave `since` (the reply then says `recovered`).
+    with_since: bool,
+    /// `Some` when live deliveries are held back until the answer (a new subscription,
+    /// or a recovery in place): the buffer, and the mark to merge from.
+    merge: Option<(Pending, Watermark)>,
+    /// The subscription did not exist before this subscribe (undone on an error).
+    fresh: bool,
+}
+
+/// Why a subscribe was not started.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum SubscribeError {
+    /// A subscribe of this stream by this connection still awaits its answer.
+    Busy,
+}
+
+/// What to send a connection once its subscribe is answered, in this order.
+#[derive(Debug)]
+pub struct Completed {
+    /// The connection.
+    pub conn: ConnId,
+    /// The stream as the client names it (`#user` for the user stream).
+    pub channel: Arc<str>,
+    /// The request's id.
+    pub reply_id: Option<Box<RawValue>>,
+    /// The position, or why the engine could not answer (the reply is then an error).
+    pub outcome: Result<Position, EngineError>,
+    /// `recovered` for the reply (`None`: no `since` was given).
+    pub recovered: Option<bool>,
+    /// Frames to send after the reply: the recovered ones, then the buffered live ones.
+    pub frames: Vec<Bytes>,
+    /// Recovered frames among `frames`.
+    pub recovered_count: usize,
+    /// Buffered live frames the connection needed were dropped: send `position_lost`.
+    pub lost: bool,
+    /// The subscribe failed and the subscription did not exist before: the worker
+    /// undoes it ([`LocalFanout::unsubscribe`]).
+    pub undo: bool,
+}
 
 /// One worker's fan-out state. See the module docs.
 #[derive(Debug)]
 pub struct LocalFanout {
+    worker: usize,
     index: Subscribers,
-    counts: CountSender,
+    engine: EngineSender,
+    waiting: HashMap<(ConnId, StreamKey), Waiting>,
+    next_ticket: u32,
     /// Publish-accepted instants of the deliveries queued since the last
     /// [`LocalFanout::take_accepted`] (reused).
     accepted: Vec<Instant>,
 }
 
+fn user_key(user: &Arc<str>) -> StreamKey {
+    StreamKey::User(Arc::clone(user))
+}
+
 impl LocalFanout {
-    /// An empty index whose changes are reported to `counts`.
-    pub fn new(counts: CountSender) -> LocalFanout {
+    /// The fan-out of worker `worker`, reporting to and asking `engine`.
+    pub fn new(worker: usize, engine: EngineSender) -> LocalFanout {
         LocalFanout {
+            worker,
             index: Subscribers::default(),
-            counts,
+            engine,
+            waiting: HashMap::new(),
+            next_ticket: 0,
             accepted: Vec::new(),
         }
     }
 
-    /// Registers a new session of connection `id`: its user, then `channels` (repeats
-    /// are subscribed once), before any delivery can reach it.
-    pub fn join(&mut self, id: ConnId, session: &mut Session, channels: &[Box<str>]) {
-        if let Some(user) = &session.user {
-            self.index.add_user(user, id);
-            self.counts.add_user(Arc::clone(user));
+    /// Asks the engine for `key`'s position (and the recovery from `since`) for `id`.
+    fn ask(&mut self, id: ConnId, key: StreamKey, since: Option<Since>, waiting: Waiting) {
+        let ticket = waiting.ticket;
+        self.waiting.insert((id, key.clone()), waiting);
+        self.engine.send(Request::Recover(RecoverRequest {
+            worker: self.worker,
+            conn: id,
+            ticket,
+            stream: key,
+            since,
+        }));
+    }
+
+    fn ticket(&mut self) -> u32 {
+        self.next_ticket = self.next_ticket.wrapping_add(1);
+        self.next_ticket
+    }
+
+    /// Registers a new session of connection `id`, before any delivery can reach it:
+    /// its user (recovered from `user_since` if given), then `channels` (repeats are
+    /// subscribed once), each recovered from its `since` when it has one. The replies
+    /// for the `since`s come with [`LocalFanout::complete`].
+    pub fn join(
+        &mut self,
+        id: ConnId,
+        session: &mut Session,
+        channels: &[Box<str>],
+        since: &[(Box<str>, Since)],
+        user_since: Option<Since>,
+    ) {
+        if let Some(user) = session.user.clone() {
+            let mark = match user_since {
+                Some(_) => Watermark::PENDING,
+                None => Watermark::default(),
+            };
+            self.index.add(Stream::User(&user), id, mark);
+            self.engine.send(Request::Subscribe(user_key(&user)));
+            if let Some(since) = user_since {
+                let waiting = self.waiting_for(true, Some((Pending::new(), Watermark::default())));
+                self.ask(id, user_key(&user), Some(since), waiting);
+            }
         }
         for channel in channels {
-            self.subscribe(id, session, channel);
+            let recover = since.iter().find(|(c, _)| c == channel).map(|(_, s)| *s);
+            if session.is_subscribed(channel) {
+                continue;
+            }
+            let mark = match recover {
+                Some(_) => Watermark::PENDING,
+                None => Watermark::default(),
+            };
+            let name = self.index.add(Stream::Channel(channel), id, mark);
+            self.engine
+                .send(Request::Subscribe(StreamKey::Channel(Arc::clone(&name))));
+            session.channels.push(Arc::clone(&name));
+            if let Some(since) = recover {
+                let waiting = self.waiting_for(true, Some((Pending::new(), Watermark::default())));
+                self.ask(id, StreamKey::Channel(name), Some(since), waiting);
+            }
         }
     }
 
-    /// Subscribes `id` to `channel`; false (and nothing changes) if it already is.
-    pub fn subscribe(&mut self, id: ConnId, session: &mut Session, channel: &str) -> bool {
-        if session.is_subscribed(channel) {
-            return false;
+    fn waiting_for(&mut self, with_since: bool, merge: Option<(Pending, Watermark)>) -> Waiting {
+        Waiting {
+            ticket: self.ticket(),
+            reply_id: None,
+            with_since,
+            merge,
+            fresh: false,
         }
-        let name = self.index.subscribe(channel, id);
-        self.counts.add_channel(Arc::clone(&name));
-        session.channels.push(name);
-        true
     }
 
-    /// Unsubscribes `id` from `channel`; false (and nothing changes) if it was not
-    /// subscribed.
+    /// Starts a subscribe of `stream` by `id` (`Stream::User` only for the session's
+    /// own user): a new subscription, or one in place (the subscription stays; with
+    /// `since` it recovers after the later of `since` and what it already delivered).
+    /// The reply comes with [`LocalFanout::complete`].
+    ///
+    /// # Errors
+    /// [`SubscribeError::Busy`] while an earlier subscribe of the stream still waits.
+    pub fn subscribe(
+        &mut self,
+        id: ConnId,
+        session: &mut Session,
+        stream: Stream<'_>,
+        since: Option<Since>,
+        reply_id: Option<Box<RawValue>>,
+    ) -> Result<(), SubscribeError> {
+        let subscribed = match stream {
+            Stream::Channel(c) => session.is_subscribed(c),
+            Stream::User(u) => session.user.as_deref() == Some(u),
+        };
+        let probe = self.key_of(stream, session);
+        if let Some(key) = &probe
+            && self.waiting.contains_key(&(id, key.clone()))
+        {
+            return Err(SubscribeError::Busy);
+        }
+        let ticket = self.ticket();
+        let mut waiting = Waiting {
+            ticket,
+            reply_id,
+            with_since: since.is_some(),
+            merge: None,
+            fresh: !subscribed,
+        };
+        if !subscribed {
+            let Stream::Channel(channel) = stream else {
+                debug_assert!(false, "a user stream is subscribed from the start");
+                return Ok(());
+            };
+            let name = self.index.add(stream, id, Watermark::PENDING);
+            let key = StreamKey::Channel(Arc::clone(&name));
+            self.engine.send(Request::Subscribe(key.clone()));
+            session.channels.push(name);
+            debug_assert!(session.is_subscribed(channel));
+            waiting.merge = Some((Pending::new(), Watermark::default()));
+            self.ask(id, key, since, waiting);
+            return Ok(());
+        }
+        let Some(key) = probe else {
+            return Ok(());
+        };
+        let since = match (since, self.index.mark_mut(stream, id)) {
+            (Some(since), Some(mark)) => {
+                let from = mark.recover_from(since);
+                let saved = std::mem::replace(mark, Watermark::PENDING);
+                waiting.merge = Some((Pending::new(), saved));
+                Some(from)
+            }
+            // Without `since`: the position only; the subscription stays live.
+            (None, _) => None,
+            (Some(since), None) => {
+                debug_assert!(false, "{id:?} subscribed to {stream:?} but not indexed");
+                Some(since)
+            }
+        };
+        self.ask(id, key, since, waiting);
+        Ok(())
+    }
+
+    /// The key of `stream` as this worker shares it (the index's name), if indexed.
+    fn key_of(&self, stream: Stream<'_>, session: &Session) -> Option<StreamKey> {
+        match stream {
+            Stream::Channel(c) => session
+                .channels
+                .iter()
+                .find(|n| ***n == *c)
+                .map(|n| StreamKey::Channel(Arc::clone(n))),
+            Stream::User(_) => session.user.as_ref().map(user_key),
+        }
+    }
+
+    /// Unsubscribes `id` from `channel` (a waiting subscribe of it is dropped); false
+    /// (and nothing changes) if it was not subscribed.
     pub fn unsubscribe(&mut self, id: ConnId, session: &mut Session, channel: &str) -> bool {
         let Some(pos) = session.channels.iter().position(|c| **c == *channel) else {
             return false;
         };
         let name = session.channels.remove(pos);
-        self.index.unsubscribe(&name, id);
-        self.counts.remove_channel(name);
+        self.index.remove(Stream::Channel(&name), id);
+        let key = StreamKey::Channel(name);
+        self.waiting.remove(&(id, key.clone()));
+        self.engine.send(Request::Unsubscribe(key));
         true
     }
 
-    /// Forgets connection `id`, which is going: every subscription and its user.
+    /// Forgets connection `id`, which is going: every subscription, waiting subscribe
+    /// and its user.
     pub fn leave(&mut self, id: ConnId, session: Session) {
         let Session { user, channels, .. } = session;
         for channel in channels {
-            self.index.unsubscribe(&channel, id);
-            self.counts.remove_channel(channel);
+            self.index.remove(Stream::Channel(&channel), id);
+            let key = StreamKey::Channel(channel);
+            self.waiting.remove(&(id, key.clone()));
+            self.engine.send(Request::Unsubscribe(key));
         }
         if let Some(user) = user {
-            self.index.remove_user(&user, id);
-            self.counts.remove_user(user);
+            self.index.remove(Stream::User(&user), id);
+            let key = user_key(&user);
+            self.waiting.remove(&(id, key.clone()));
+            self.engine.send(Request::Unsubscribe(key));
         }
     }
 
     /// Hands each delivery of `batch`, in order, to `queue` once per local subscriber
-    /// (`queue(id, frame)` returns whether connection `id` took it). Returns how many
-    /// took one. The frames are shared: one worker-local reference count per delivery
-    /// for all its local subscribers, so workers never contend on the shared frame's
-    /// counter once per subscriber.
+    /// that has not had it (`queue(id, frame)` returns whether connection `id` took
+    /// it); a subscriber whose subscribe waits gets it buffered instead. Returns how
+    /// many took one. The frames are shared: one worker-local reference count per
+    /// delivery for all its local subscribers, so workers never contend on the shared
+    /// frame's counter once per subscriber.
     pub fn deliver(
         &mut self,
         batch: &[Delivery],
@@ -106,22 +317,104 @@ impl LocalFanout {
     ) -> u64 {
         let mut queued = 0;
         for delivery in batch {
-            let ids = match &delivery.target {
-                DeliveryTarget::Channel(channel) => self.index.channel(channel),
-                DeliveryTarget::User(user) => self.index.user(user),
-            };
-            if ids.is_empty() {
+            let subscribers = self.index.subscribers_mut(delivery.stream.as_stream());
+            if subscribers.is_empty() {
                 continue;
             }
             let frame = Bytes::from_owner(delivery.frame.clone());
-            for &id in ids {
-                if queue(id, frame.clone()) {
+            let Position { seq, epoch } = delivery.position;
+            for sub in subscribers {
+                if sub.mark.is_pending() {
+                    let key = (sub.id, delivery.stream.clone());
+                    if let Some(Waiting {
+                        merge: Some((pending, _)),
+                        ..
+                    }) = self.waiting.get_mut(&key)
+                    {
+                        pending.buffer(LiveFrame {
+                            seq,
+                            epoch,
+                            frame: frame.clone(),
+                        });
+                    }
+                    continue;
+                }
+                if sub.mark.admit(seq, epoch) && queue(sub.id, frame.clone()) {
                     queued += 1;
                 }
             }
             self.accepted.push(delivery.accepted_at);
         }
         queued
+    }
+
+    /// Completes the subscribes the engine answered, handing `send` what to send each
+    /// connection, in order. Answers for subscribes that are gone (unsubscribed, the
+    /// connection closed, superseded) are dropped.
+    pub fn complete(&mut self, answers: Vec<Answered>, mut send: impl FnMut(Completed)) {
+        for answered in answers {
+            let key = (answered.conn, answered.stream);
+            match self.waiting.get(&key) {
+                Some(w) if w.ticket == answered.ticket => {}
+                _ => continue,
+            }
+            let Some(waiting) = self.waiting.remove(&key) else {
+                continue;
+            };
+            let (id, stream_key) = key;
+            let stream = stream_key.as_stream();
+            let channel = match &stream_key {
+                StreamKey::Channel(c) => Arc::clone(c),
+                StreamKey::User(_) => Arc::from(crate::push::channel::USER_CHANNEL),
+            };
+            let mut done = Completed {
+                conn: id,
+                channel,
+                reply_id: waiting.reply_id,
+                outcome: Err(EngineError::Unavailable(String::new())),
+                recovered: None,
+                frames: Vec::new(),
+                recovered_count: 0,
+                lost: false,
+                undo: false,
+            };
+            match answered.answer {
+                Err(error) => {
+                    if let Some((_, saved)) = waiting.merge
+                        && let Some(mark) = self.index.mark_mut(stream, id)
+                    {
+                        // Back to what it was; a fresh subscription is undone by the
+                        // caller (it owns the session).
+                        *mark = saved;
+                    }
+                    done.outcome = Err(error);
+                    done.recovered = None;
+                }
+                Ok(answer) => {
+                    let position = answer.position;
+                    match waiting.merge {
+                        Some((pending, saved)) => {
+                            let mut mark = saved;
+                            let merged = pending.complete(answer, &mut mark);
+                            if let Some(slot) = self.index.mark_mut(stream, id) {
+                                *slot = mark;
+                            }
+                            done.recovered = merged.recovered;
+                            done.frames = merged.frames;
+                            done.recovered_count = merged.recovered_count;
+                            done.lost = merged.lost;
+                        }
+                        None => done.recovered = answer.recovered,
+                    }
+                    if !waiting.with_since {
+                        done.recovered = None;
+                    }
+                    done.outcome = Ok(position);
+                }
+            }
+            done.undo = waiting.fresh && done.outcome.is_err();
+            send(done);
+        }
     }
 
     /// The publish-accepted instants of the deliveries queued since the last call (for
@@ -139,107 +432,12 @@ impl LocalFanout {
     pub fn subscription_count(&self) -> usize {
         self.index.subscription_count()
     }
+
+    /// Subscribes waiting for the engine's answer.
+    pub fn waiting_count(&self) -> usize {
+        self.waiting.len()
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::fanout::counts::subscriber_counts;
-    use crate::push::PushLimits;
-    use crate::push::channel::ChannelGrant;
-    use crate::push::protocol::InboundRateLimit;
-
-    fn id(i: u32) -> ConnId {
-        ConnId {
-            index: i,
-            generation: 7,
-        }
-    }
-
-    fn session(user: Option<&str>) -> Box<Session> {
-        let rate = InboundRateLimit::new(0, &PushLimits::default());
-        Box::new(Session::new(user.map(Box::from), ChannelGrant::any(), rate))
-    }
-
-    fn delivery(target: DeliveryTarget) -> Delivery {
-        Delivery {
-            target,
-            frame: Bytes::from_static(b"frame"),
-            accepted_at: Instant::now(),
-        }
-    }
-
-    #[test]
-    fn index_session_and_counts_move_together() {
-        let (sender, mut counts) = subscriber_counts();
-        let mut fanout = LocalFanout::new(sender);
-        let scores = DeliveryTarget::Channel("scores".into());
-        let user = DeliveryTarget::User("42".into());
-
-        let mut a = session(Some("42"));
-        fanout.join(id(1), &mut a, &["scores".into(), "scores".into()]);
-        assert_eq!(a.subscription_count(), 1, "a repeated channel once");
-        let mut b = session(None);
-        fanout.join(id(2), &mut b, &[]);
-        assert!(fanout.subscribe(id(2), &mut b, "scores"));
-        assert!(
-            !fanout.subscribe(id(2), &mut b, "scores"),
-            "already subscribed"
-        );
-        assert!(fanout.subscribe(id(2), &mut b, "news"));
-        counts.fold();
-        assert_eq!((counts.of(&scores), counts.of(&user)), (2, 1));
-        assert_eq!(
-            (fanout.channel_count(), fanout.subscription_count()),
-            (2, 3)
-        );
-
-        assert!(fanout.unsubscribe(id(2), &mut b, "scores"));
-        assert!(
-            !fanout.unsubscribe(id(2), &mut b, "scores"),
-            "not subscribed"
-        );
-        assert!(!b.is_subscribed("scores") && b.is_subscribed("news"));
-        fanout.leave(id(1), *a);
-        counts.fold();
-        assert_eq!((counts.of(&scores), counts.of(&user)), (0, 0));
-        assert_eq!(
-            (fanout.channel_count(), fanout.subscription_count()),
-            (1, 1)
-        );
-        fanout.leave(id(2), *b);
-        assert_eq!(
-            (fanout.channel_count(), fanout.subscription_count()),
-            (0, 0)
-        );
-    }
-
-    #[test]
-    fn deliver_hands_each_frame_to_every_local_subscriber_in_order() {
-        let (sender, _counts) = subscriber_counts();
-        let mut fanout = LocalFanout::new(sender);
-        let (mut a, mut b) = (session(Some("42")), session(None));
-        fanout.join(id(1), &mut a, &["scores".into()]);
-        fanout.join(id(2), &mut b, &["scores".into()]);
-        let batch = [
-            delivery(DeliveryTarget::Channel("scores".into())),
-            delivery(DeliveryTarget::Channel("nobody".into())),
-            delivery(DeliveryTarget::User("42".into())),
-        ];
-        let mut seen = Vec::new();
-        // Connection 2 refuses (say it was just closed as a slow consumer).
-        let queued = fanout.deliver(&batch, |id, frame| {
-            assert_eq!(&frame[..], b"frame");
-            seen.push(id.index);
-            id.index != 2
-        });
-        assert_eq!(seen, [1, 2, 1]);
-        assert_eq!(queued, 2);
-        assert_eq!(
-            fanout.take_accepted().count(),
-            2,
-            "deliveries with subscribers"
-        );
-        assert_eq!(fanout.take_accepted().count(), 0);
-    }
-}
+mod tests;

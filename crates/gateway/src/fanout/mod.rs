@@ -1,24 +1,23 @@
-//! Fan-out: how one publish reaches every subscriber, in order.
+//! Fan-out: how one publish reaches every subscriber on this node, in order.
 //!
 //! ```text
-//! admin thread                         each worker
-//! hub::Hub::publish ──worker::link──▶  local::LocalFanout::deliver ──▶ Conn::send ──▶ settle writes it
-//!   numbers (seq), encodes one frame     finds the local subscribers      queues the shared frame
-//!   counts::SubscriberCounts  ◀─────── counts::CountSender (subscribe / unsubscribe / leave)
+//! admin thread                                each worker
+//! engine::Engine::publish ──worker::link──▶  local::LocalFanout::deliver ──▶ Conn::send ──▶ settle writes it
+//!   assigns (epoch, seq), keeps history,        finds the local subscribers,    queues the shared frame
+//!   encodes one frame                           skips what each already had
+//! engine requests ◀──────────────────────── local::LocalFanout (subscribe / unsubscribe / recover)
+//! engine answers  ──worker::link──────────▶ local::LocalFanout::complete (reply, recovered, buffered)
 //! ```
 //!
 //! | file | what | runs on |
 //! |---|---|---|
-//! | [`hub`] | **where a publish is numbered and handed to the workers**: one shared frame per message, one batch per request | admin thread |
-//! | [`counts`] | subscriber counts for the publish replies: workers send changes, the hub folds them (no lock on the workers' side) | both ends |
-//! | [`local`] | one worker's fan-out: keeps index, sessions and counts in step; queues each delivery to the local subscribers | each worker |
-//! | [`index`] | the worker's channel → connections and user → connections index | each worker |
+//! | [`local`] | one worker's fan-out: keeps index, sessions and the engine's counts in step; waiting subscribes; queues each delivery to the local subscribers | each worker |
+//! | [`index`] | the worker's stream → subscribers index, with each subscription's watermark | each worker |
 //! | [`session`] | one connection's push session: user, grant, channels, rate limit | each worker |
 //!
-//! The delivery is *written* by the worker's event loop (`worker/mod.rs`, `settle`),
-//! once per connection per batch; nothing here touches a socket.
-pub mod counts;
-pub mod hub;
+//! Where a publish gets its position is the engine ([`crate::engine`]); the delivery is
+//! *written* by the worker's event loop (`worker/mod.rs`, `settle`), once per connection
+//! per batch; nothing here touches a socket.
 pub mod index;
 pub mod local;
 pub mod session;

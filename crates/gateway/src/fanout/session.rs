@@ -5,7 +5,7 @@
 //! connection has a user id, a subscription, or has sent a message — so the idle
 //! anonymous connections of a keepalive benchmark carry nothing but a `None`. Its user
 //! and channels change only through [`LocalFanout`](super::local::LocalFanout), which
-//! keeps them in step with the worker's index and the hub's counts.
+//! keeps them in step with the worker's index and what the engine counts.
 
 use std::sync::Arc;
 
@@ -39,6 +39,11 @@ impl Session {
     /// True if the session is subscribed to `channel`.
     pub fn is_subscribed(&self, channel: &str) -> bool {
         self.channels.iter().any(|c| &**c == channel)
+    }
+
+    /// The connection's user, if it has one.
+    pub fn user(&self) -> Option<&Arc<str>> {
+        self.user.as_ref()
     }
 
     /// How many channels the session is subscribed to.

@@ -78,7 +78,8 @@ use pingwheel_proto::handshake::UpgradeRequest;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
-use super::channel::{ChannelGrant, validate_channel_name, validate_user_id};
+use super::channel::{ChannelGrant, USER_CHANNEL, validate_channel_name, validate_user_id};
+use crate::engine::position::{Since, parse_url_since};
 
 /// The subprotocol the gateway speaks and echoes when offered.
 pub const PROTOCOL: &str = "pingwheel.v1";
@@ -193,9 +194,13 @@ pub struct Admission {
     pub user: Option<Box<str>>,
     /// The channels the client may subscribe to.
     pub grant: ChannelGrant,
-    /// The distinct `?channel=` values, in URL order: valid, granted, and at most
-    /// `max_subscriptions` of them. Subscribe to them before any delivery.
+    /// The distinct `?channel=` values and the channels of `?since=`, in URL order:
+    /// valid, granted, and at most `max_subscriptions` of them. Subscribe to them before
+    /// any delivery.
     pub initial_channels: Vec<Box<str>>,
+    /// The streams to recover at connect (`?since=CHANNEL:SEQ:EPOCH`): channels, each
+    /// also in `initial_channels`, and `#user` for the user stream (only with a user).
+    pub since: Box<[(Box<str>, Since)]>,
     /// The subprotocol to echo in the 101 (`Sec-WebSocket-Protocol`), if any.
     pub protocol: Option<&'static str>,
 }
@@ -375,12 +380,35 @@ impl Authenticator {
         let mut query_token = None;
         let mut query_user = None;
         let mut channels: Vec<Box<str>> = Vec::new();
+        let mut since: Vec<(Box<str>, Since)> = Vec::new();
         for (name, value) in req.query_pairs() {
             match &*name {
                 "token" if query_token.is_none() => query_token = Some(value),
                 "user" if query_user.is_none() => query_user = Some(value),
                 "channel" if !channels.iter().any(|c| **c == *value) => {
                     channels.push(value.into());
+                }
+                "since" => {
+                    let (channel, position) = parse_url_since(&value).map_err(|err| {
+                        let shown: String = value.chars().take(64).collect();
+                        AuthRefusal::new(
+                            HandshakeFailure::BadRequest,
+                            AuthFailure::Malformed,
+                            format!("{err}: {shown}"),
+                        )
+                    })?;
+                    if since.iter().any(|(c, _)| **c == *channel) {
+                        let shown: String = channel.chars().take(64).collect();
+                        return Err(AuthRefusal::new(
+                            HandshakeFailure::BadRequest,
+                            AuthFailure::Malformed,
+                            format!("since for channel {shown} is given twice"),
+                        ));
+                    }
+                    since.push((channel.into(), position));
+                    if channel != USER_CHANNEL && !channels.iter().any(|c| **c == *channel) {
+                        channels.push(channel.into());
+                    }
                 }
                 _ => {}
             }
@@ -412,10 +440,17 @@ impl Authenticator {
         };
 
         self.check_channels(&channels, &grant)?;
+        if user.is_none() && since.iter().any(|(c, _)| &**c == USER_CHANNEL) {
+            return Err(AuthRefusal::forbidden(
+                AuthFailure::ForbiddenChannel,
+                "since=#user needs a user: this connection has none (dev mode without ?user=)",
+            ));
+        }
         Ok(Admission {
             user,
             grant,
             initial_channels: channels,
+            since: since.into_boxed_slice(),
             protocol,
         })
     }
@@ -1469,6 +1504,72 @@ mod tests {
     }
 
     #[test]
+    fn url_since_subscribes_and_recovers() {
+        let token = hs_token(&claims("u1", &["team:*"]));
+        let with = |query: &str| UpgradeRequest {
+            authorization: Some(format!("Bearer {token}")),
+            ..request(query)
+        };
+        let admission = hs256()
+            .authenticate(
+                &with("/?channel=team:1&since=team%3Aa%3Ab:40:Xy3kP0aQ&since=%23user:0:"),
+                NOW,
+            )
+            .unwrap();
+        assert_eq!(
+            admission.initial_channels,
+            [Box::from("team:1"), Box::from("team:a:b")],
+            "a since subscribes its channel; #user is no channel"
+        );
+        assert_eq!(
+            &*admission.since,
+            [
+                (Box::from("team:a:b"), Since::new(40, "Xy3kP0aQ")),
+                (Box::from("#user"), Since::new(0, "")),
+            ]
+        );
+        let cases = [
+            (
+                "/?since=team:1",
+                HandshakeFailure::BadRequest,
+                "since must be CHANNEL:SEQ:EPOCH: team:1",
+            ),
+            (
+                "/?since=team:1:x:Xy3kP0aQ",
+                HandshakeFailure::BadRequest,
+                "the seq in since must be a decimal number: team:1:x:Xy3kP0aQ",
+            ),
+            (
+                "/?since=team:1:1:a&since=team:1:2:a",
+                HandshakeFailure::BadRequest,
+                "since for channel team:1 is given twice",
+            ),
+            (
+                "/?since=admin:1:a",
+                HandshakeFailure::Forbidden,
+                "token does not grant channel admin",
+            ),
+        ];
+        for (query, failure, message) in cases {
+            let (got_failure, _, got) = refused(hs256().authenticate(&with(query), NOW));
+            assert_eq!((got_failure, got.as_str()), (failure, message), "{query}");
+        }
+        // Dev mode without ?user= has no user stream to recover.
+        let dev = Authenticator::new(&AuthSettings {
+            token_secret: None,
+            ..settings()
+        })
+        .unwrap();
+        let (failure, _, message) = refused(dev.authenticate(&request("/?since=%23user:0:"), NOW));
+        assert_eq!(failure, HandshakeFailure::Forbidden);
+        assert!(message.starts_with("since=#user needs a user"), "{message}");
+        assert!(
+            dev.authenticate(&request("/?user=7&since=%23user:0:"), NOW)
+                .is_ok()
+        );
+    }
+
+    #[test]
     fn dev_mode_accepts_anyone() {
         let auth = Authenticator::new(&AuthSettings {
             token_secret: None,
@@ -1593,8 +1694,9 @@ mod tests {
     #[test]
     fn admission_is_compact() {
         assert_eq!(std::mem::size_of::<ChannelGrant>(), 16);
+        // 88: the boxed `since` list (empty and unallocated without `since=`).
         assert!(
-            std::mem::size_of::<Admission>() <= 72,
+            std::mem::size_of::<Admission>() <= 88,
             "{}",
             std::mem::size_of::<Admission>()
         );

@@ -11,6 +11,7 @@
 //! | [`channel`] | channel name rules, [`channel::ChannelGrant`] patterns, `#user` | all of the below |
 //! | [`protocol`] | client JSON ops in, replies and delivery frames out, inbound rate limit | worker |
 //! | [`publish`] | publish API bodies and replies, `seq` allocation | admin |
+//! | [`history`] | the history API's query and reply | admin |
 
 use std::borrow::Cow;
 
@@ -18,6 +19,7 @@ use serde_json::value::RawValue;
 
 pub mod auth;
 pub mod channel;
+pub mod history;
 pub mod protocol;
 pub mod publish;
 
@@ -85,12 +87,13 @@ mod protocol_md {
     use super::auth::{ApiKeyRefusal, check_api_key};
     use super::channel::ChannelGrant;
     use super::protocol::{
-        ClientError, ClientOp, authorize_subscribe, encode_delivery, parse_client_message,
+        ClientError, ClientOp, DeliveryFrame, authorize_subscribe, parse_client_message,
     };
     use super::publish::{
         MultiReply, PublishReply, PublishResult, PublishRoute, Target, check_body_len,
         parse_request,
     };
+    use crate::engine::position::{Epoch, Position};
     use serde_json::Value;
     use serde_json::value::RawValue;
 
@@ -136,7 +139,7 @@ mod protocol_md {
             let got = match parse_client_message(request, &limits) {
                 Err(err) => err.reply().to_json(),
                 Ok(req) => match &req.op {
-                    ClientOp::Subscribe { channel } => {
+                    ClientOp::Subscribe { channel, .. } => {
                         let already = subscribed.contains(&&**channel);
                         match authorize_subscribe(&grant, channel, already, 2, &limits, req.id) {
                             Err(err) => err.reply().to_json(),
@@ -156,18 +159,35 @@ mod protocol_md {
     }
 
     #[test]
-    fn delivery_example_is_what_encode_delivery_writes() {
+    fn delivery_example_is_what_the_delivery_frame_writes() {
         #[derive(serde::Deserialize)]
         struct Delivery<'a> {
             channel: &'a str,
             seq: u64,
+            epoch: &'a str,
             #[serde(borrow)]
             data: &'a RawValue,
         }
         let doc = block("example", "delivery").trim();
         let delivery: Delivery<'_> = serde_json::from_str(doc).unwrap();
-        let frame = encode_delivery(delivery.channel, delivery.seq, delivery.data);
+        let position = Position {
+            seq: delivery.seq,
+            epoch: Epoch::parse(delivery.epoch).expect("an epoch"),
+        };
+        let frame = DeliveryFrame {
+            channel: delivery.channel,
+            data: delivery.data,
+        }
+        .encode(&position);
         assert_eq!(&frame[2..], doc.as_bytes());
+    }
+
+    /// The position in a reply object (`seq` and `epoch`).
+    fn position_in(reply: &Value) -> Position {
+        Position {
+            seq: reply["seq"].as_u64().unwrap(),
+            epoch: Epoch::parse(reply["epoch"].as_str().unwrap()).unwrap(),
+        }
     }
 
     #[test]
@@ -187,11 +207,8 @@ mod protocol_md {
             let want = block("reply", name).trim();
             let reply: Value = serde_json::from_str(want).unwrap();
             let got = if route == PublishRoute::Publish {
-                PublishReply::new(
-                    reply["seq"].as_u64().unwrap(),
-                    reply["subscribers"].as_u64().unwrap(),
-                )
-                .to_json()
+                PublishReply::new(position_in(&reply), reply["subscribers"].as_u64().unwrap())
+                    .to_json()
             } else {
                 let targets: Vec<Target<'_>> = reply["results"]
                     .as_array()
@@ -211,7 +228,7 @@ mod protocol_md {
                     .map(|(r, target)| {
                         PublishResult::new(
                             target,
-                            r["seq"].as_u64().unwrap(),
+                            position_in(r),
                             r["subscribers"].as_u64().unwrap(),
                         )
                     })

@@ -6,16 +6,18 @@
 //!
 //! | client sends | gateway answers |
 //! |---|---|
-//! | `{"op":"subscribe","channel":"scores","id":1}` | `{"op":"subscribed","channel":"scores","id":1}` |
+//! | `{"op":"subscribe","channel":"scores","id":1}` | `{"op":"subscribed","channel":"scores","id":1,"seq":41,"epoch":"Xy3kP0aQ"}` |
+//! | `{"op":"subscribe","channel":"scores","since":{"seq":40,"epoch":"Xy3kP0aQ"}}` | `{"op":"subscribed",..,"recovered":true}`, then 41… |
 //! | `{"op":"unsubscribe","channel":"scores"}` | `{"op":"unsubscribed","channel":"scores"}` |
 //! | `{"op":"ping","id":"x"}` | `{"op":"pong","id":"x"}` |
 //! | anything wrong | `{"op":"error","code":"bad_json","message":"...","id":...}` |
 //!
-//! and deliveries are `{"channel":"scores","seq":1234,"data":<the published JSON>}`,
-//! with channel [`USER_CHANNEL`] for per-user deliveries.
+//! and deliveries are `{"channel":"scores","seq":42,"epoch":"Xy3kP0aQ","data":<the published JSON>}`,
+//! with channel [`USER_CHANNEL`] for per-user deliveries; the `subscribed` reply's
+//! position comes from the engine (`crate::engine`), so the worker builds it.
 //!
 //! Every reply is produced as a complete unmasked WebSocket text frame, ready to queue.
-//! A delivery frame is built once per publish ([`encode_delivery`]) and shared by
+//! A delivery frame is built once per publish ([`DeliveryFrame`]) and shared by
 //! every subscriber on every worker: [`Bytes`] clones are reference counts.
 //!
 //! # How the worker uses this module
@@ -35,13 +37,15 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use pingwheel_proto::frame::{self, Data, OpCode};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::channel::{ChannelGrant, USER_CHANNEL, validate_channel_name};
 use super::{PushLimits, json_str};
+use crate::engine::history::FrameEncoder;
+use crate::engine::position::{EPOCH_LEN, Epoch, Position, Since};
 
 /// The stable error codes of `{"op":"error"}` replies. Clients match on these
 /// strings; the `message` next to them is for humans and may change.
@@ -66,11 +70,17 @@ pub enum ErrorCode {
     RateLimited,
     /// The message is longer than `max_client_message`; it was dropped unread.
     MessageTooLarge,
+    /// A `subscribe` of this channel by this connection is still waiting for its
+    /// reply; wait for it before subscribing the channel again.
+    SubscribePending,
+    /// The engine could not answer a `subscribe` (its broker is unreachable); the
+    /// subscription was not made. Try again later.
+    EngineUnavailable,
 }
 
 impl ErrorCode {
     /// Every code, in documentation order.
-    pub const ALL: [ErrorCode; 9] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::BadJson,
         ErrorCode::BadRequest,
         ErrorCode::UnknownOp,
@@ -80,6 +90,8 @@ impl ErrorCode {
         ErrorCode::NotSubscribed,
         ErrorCode::RateLimited,
         ErrorCode::MessageTooLarge,
+        ErrorCode::SubscribePending,
+        ErrorCode::EngineUnavailable,
     ];
 
     /// The code as sent on the wire.
@@ -94,6 +106,8 @@ impl ErrorCode {
             ErrorCode::NotSubscribed => "not_subscribed",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::MessageTooLarge => "message_too_large",
+            ErrorCode::SubscribePending => "subscribe_pending",
+            ErrorCode::EngineUnavailable => "engine_unavailable",
         }
     }
 }
@@ -111,8 +125,11 @@ pub enum ClientOp<'a> {
     /// [`parse_client_message`]); whether the token grants it is checked by
     /// [`authorize_subscribe`].
     Subscribe {
-        /// The channel name (borrowed unless the JSON string had escapes).
+        /// The channel name (borrowed unless the JSON string had escapes), or
+        /// [`USER_CHANNEL`] for the connection's own user stream.
         channel: Cow<'a, str>,
+        /// The client's last position, to recover from (`"since":{"seq":..,"epoch":..}`).
+        since: Option<Since>,
     },
     /// `{"op":"unsubscribe","channel":..}`: the channel name is valid.
     Unsubscribe {
@@ -137,9 +154,11 @@ impl ClientRequest<'_> {
     /// The success reply: `subscribed`, `unsubscribed` or `pong`, with the `id`.
     pub fn ack(&self) -> Reply<'_> {
         match &self.op {
-            ClientOp::Subscribe { channel } => Reply::Subscribed {
+            ClientOp::Subscribe { channel, .. } => Reply::Subscribed {
                 channel,
                 id: self.id,
+                position: None,
+                recovered: None,
             },
             ClientOp::Unsubscribe { channel } => Reply::Unsubscribed {
                 channel,
@@ -204,6 +223,27 @@ impl<'a> ClientError<'a> {
         )
     }
 
+    /// The answer to a `subscribe` of a channel whose previous `subscribe` still waits.
+    pub fn subscribe_pending(channel: &str, id: Option<&'a RawValue>) -> Self {
+        ClientError::new(
+            ErrorCode::SubscribePending,
+            format!("a subscribe to {channel} is still being answered; wait for its reply"),
+            id,
+        )
+    }
+
+    /// The answer to a `subscribe` the engine could not serve.
+    pub fn engine_unavailable(
+        error: &crate::engine::EngineError,
+        id: Option<&'a RawValue>,
+    ) -> Self {
+        ClientError::new(
+            ErrorCode::EngineUnavailable,
+            format!("{error}; not subscribed, try again later"),
+            id,
+        )
+    }
+
     /// The `{"op":"error",..}` reply carrying this error.
     pub fn reply(&self) -> Reply<'_> {
         Reply::Error {
@@ -225,6 +265,18 @@ struct Envelope<'a> {
     channel: Option<&'a RawValue>,
     #[serde(borrow, default)]
     id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    since: Option<&'a RawValue>,
+}
+
+/// `since` as clients send it; any other field is refused, so a typo is not silently
+/// a fresh subscribe.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SinceJson<'a> {
+    seq: u64,
+    #[serde(borrow)]
+    epoch: Cow<'a, str>,
 }
 
 /// The longest `op` quoted back in an `unknown_op` message, in characters.
@@ -328,10 +380,35 @@ pub fn parse_client_message<'a>(
         .channel
         .ok_or_else(|| bad_request("missing `channel`"))?;
     let channel = json_str(channel).ok_or_else(|| bad_request("`channel` must be a string"))?;
-    validate_channel_name(&channel, limits.max_channel_name)
-        .map_err(|err| ClientError::new(ErrorCode::InvalidChannel, err.to_string(), id))?;
-    let op = if op == "subscribe" {
-        ClientOp::Subscribe { channel }
+    let subscribe = op == "subscribe";
+    if channel == USER_CHANNEL {
+        // The user stream is implicit: it can be asked for its position (and be
+        // recovered in place) but never left.
+        if !subscribe {
+            return Err(ClientError::new(
+                ErrorCode::InvalidChannel,
+                "the user stream #user cannot be unsubscribed",
+                id,
+            ));
+        }
+    } else {
+        validate_channel_name(&channel, limits.max_channel_name)
+            .map_err(|err| ClientError::new(ErrorCode::InvalidChannel, err.to_string(), id))?;
+    }
+    let op = if subscribe {
+        let since = match envelope.since {
+            None => None,
+            Some(raw) if raw.get() == "null" => None,
+            Some(raw) => {
+                let since: SinceJson<'_> = serde_json::from_str(raw.get()).map_err(|_| {
+                    bad_request(
+                        "`since` must be {\"seq\":<the last seq you have>,\"epoch\":<its epoch>}",
+                    )
+                })?;
+                Some(Since::new(since.seq, &since.epoch))
+            }
+        };
+        ClientOp::Subscribe { channel, since }
     } else {
         ClientOp::Unsubscribe { channel }
     };
@@ -377,12 +454,25 @@ pub fn authorize_subscribe<'a>(
 /// A message from the gateway to a client (other than a delivery).
 #[derive(Copy, Clone, Debug)]
 pub enum Reply<'a> {
-    /// `{"op":"subscribed","channel":..,"id":..}`
+    /// `{"op":"subscribed","channel":..,"id":..,"seq":..,"epoch":..,"recovered":..}`
     Subscribed {
-        /// The channel now subscribed.
+        /// The channel now subscribed (`#user` for the user stream).
         channel: &'a str,
         /// The request's id.
         id: Option<&'a RawValue>,
+        /// The stream's current position (every reply from the engine has one).
+        position: Option<Position>,
+        /// With `since`: whether the missed messages follow (`None`: no `since`).
+        recovered: Option<bool>,
+    },
+    /// `{"op":"position_lost","channel":..,"seq":..,"epoch":..}`: the gateway could
+    /// not deliver every message of the subscription; the client resubscribes with
+    /// `since` set to its last position (and is recovered, or told to reload).
+    PositionLost {
+        /// The channel.
+        channel: &'a str,
+        /// The stream's position as the gateway knows it.
+        position: Position,
     },
     /// `{"op":"unsubscribed","channel":..,"id":..}`
     Unsubscribed {
@@ -419,6 +509,12 @@ struct ReplyJson<'a> {
     message: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    epoch: Option<Epoch>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recovered: Option<bool>,
 }
 
 impl<'a> Reply<'a> {
@@ -429,12 +525,30 @@ impl<'a> Reply<'a> {
             code: None,
             message: None,
             id: None,
+            seq: None,
+            epoch: None,
+            recovered: None,
         };
         match *self {
-            Reply::Subscribed { channel, id } => ReplyJson {
+            Reply::Subscribed {
+                channel,
+                id,
+                position,
+                recovered,
+            } => ReplyJson {
                 op: "subscribed",
                 channel: Some(channel),
                 id,
+                seq: position.map(|p| p.seq),
+                epoch: position.map(|p| p.epoch),
+                recovered,
+                ..blank
+            },
+            Reply::PositionLost { channel, position } => ReplyJson {
+                op: "position_lost",
+                channel: Some(channel),
+                seq: Some(position.seq),
+                epoch: Some(position.epoch),
                 ..blank
             },
             Reply::Unsubscribed { channel, id } => ReplyJson {
@@ -483,59 +597,101 @@ fn needs_no_json_escape(s: &str) -> bool {
     s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\')
 }
 
-/// Encodes one delivery, `{"channel":<channel>,"seq":<seq>,"data":<data>}`, as one
-/// complete unmasked WebSocket text frame in a single allocation of exactly its size.
+/// One delivery's frame, `{"channel":<channel>,"seq":<seq>,"epoch":<epoch>,"data":<data>}`
+/// (field order fixed), encoded once per publish: the engine's history asks for its
+/// length and has it written straight into the block it keeps it in, and every
+/// subscriber on every worker is sent that same [`Bytes`] slice.
 ///
 /// `channel` is JSON-escaped (valid channel names never need it; [`USER_CHANNEL`] is
 /// used for per-user deliveries); `data` is inserted verbatim, so it must be the JSON
-/// that was validated when it was published. The frame is built once per publish and
-/// shared by every subscriber: cloning the returned [`Bytes`] only bumps a count.
-pub fn encode_delivery(channel: &str, seq: u64, data: &RawValue) -> Bytes {
-    let escaped;
-    let channel_json: &str = if needs_no_json_escape(channel) {
-        channel
-    } else {
-        // Serializing a str into a String cannot fail.
-        escaped = serde_json::to_string(channel).unwrap_or_default();
-        &escaped[1..escaped.len() - 1]
-    };
-    const HEAD: &[u8] = br#"{"channel":""#;
-    const SEQ: &[u8] = br#"","seq":"#;
-    const DATA: &[u8] = br#","data":"#;
-    const TAIL: &[u8] = b"}";
-    let data = data.get().as_bytes();
-    let mut digits = itoa::Buffer::new();
-    let seq_digits = digits.format(seq).as_bytes();
-    let payload_len = HEAD.len()
-        + channel_json.len()
-        + SEQ.len()
-        + seq_digits.len()
-        + DATA.len()
-        + data.len()
-        + TAIL.len();
-    let frame_len = frame::frame_len(payload_len);
-    let (header, header_len) = frame::header(OpCode::Data(Data::Text), payload_len);
-    let mut frame = Vec::with_capacity(frame_len);
-    frame.extend_from_slice(&header[..header_len]);
-    frame.extend_from_slice(HEAD);
-    frame.extend_from_slice(channel_json.as_bytes());
-    frame.extend_from_slice(SEQ);
-    frame.extend_from_slice(seq_digits);
-    frame.extend_from_slice(DATA);
-    frame.extend_from_slice(data);
-    frame.extend_from_slice(TAIL);
-    debug_assert_eq!(
-        frame.len(),
-        frame_len,
-        "delivery frame size mismatch: channel={channel:?} seq={seq} data_len={}",
-        data.len()
-    );
-    Bytes::from(frame)
+/// that was validated when it was published.
+#[derive(Copy, Clone, Debug)]
+pub struct DeliveryFrame<'a> {
+    /// The channel as it goes on the wire (`#user` for a user's stream), unescaped.
+    pub channel: &'a str,
+    /// The published JSON.
+    pub data: &'a RawValue,
 }
 
-/// Encodes a per-user delivery: [`encode_delivery`] on [`USER_CHANNEL`].
-pub fn encode_user_delivery(seq: u64, data: &RawValue) -> Bytes {
-    encode_delivery(USER_CHANNEL, seq, data)
+const DELIVERY_HEAD: &[u8] = br#"{"channel":""#;
+const DELIVERY_SEQ: &[u8] = br#"","seq":"#;
+const DELIVERY_EPOCH: &[u8] = br#","epoch":""#;
+const DELIVERY_DATA: &[u8] = br#"","data":"#;
+const DELIVERY_TAIL: &[u8] = b"}";
+
+impl DeliveryFrame<'_> {
+    /// The channel as it appears between the JSON quotes.
+    fn channel_json(&self) -> Cow<'_, str> {
+        if needs_no_json_escape(self.channel) {
+            Cow::Borrowed(self.channel)
+        } else {
+            // Serializing a str into a String cannot fail.
+            let quoted = serde_json::to_string(self.channel).unwrap_or_default();
+            Cow::Owned(quoted[1..quoted.len() - 1].to_owned())
+        }
+    }
+
+    fn payload_len(&self, channel_json: &str, seq: u64) -> usize {
+        DELIVERY_HEAD.len()
+            + channel_json.len()
+            + DELIVERY_SEQ.len()
+            + itoa::Buffer::new().format(seq).len()
+            + DELIVERY_EPOCH.len()
+            + EPOCH_LEN
+            + DELIVERY_DATA.len()
+            + self.data.get().len()
+            + DELIVERY_TAIL.len()
+    }
+
+    /// The frame as a new exact-size [`Bytes`] (what history does for large frames and
+    /// for streams that keep none; tests use it too).
+    pub fn encode(&self, position: &Position) -> Bytes {
+        let mut out = BytesMut::with_capacity(self.frame_len(position));
+        self.write(position, &mut out);
+        out.freeze()
+    }
+}
+
+impl FrameEncoder for DeliveryFrame<'_> {
+    fn frame_len(&self, position: &Position) -> usize {
+        frame::frame_len(self.payload_len(&self.channel_json(), position.seq))
+    }
+
+    fn write(&self, position: &Position, out: &mut BytesMut) {
+        let channel_json = self.channel_json();
+        let payload_len = self.payload_len(&channel_json, position.seq);
+        let start = out.len();
+        let (header, header_len) = frame::header(OpCode::Data(Data::Text), payload_len);
+        let mut digits = itoa::Buffer::new();
+        out.extend_from_slice(&header[..header_len]);
+        out.extend_from_slice(DELIVERY_HEAD);
+        out.extend_from_slice(channel_json.as_bytes());
+        out.extend_from_slice(DELIVERY_SEQ);
+        out.extend_from_slice(digits.format(position.seq).as_bytes());
+        out.extend_from_slice(DELIVERY_EPOCH);
+        out.extend_from_slice(position.epoch.as_bytes());
+        out.extend_from_slice(DELIVERY_DATA);
+        out.extend_from_slice(self.data.get().as_bytes());
+        out.extend_from_slice(DELIVERY_TAIL);
+        debug_assert_eq!(
+            out.len() - start,
+            frame::frame_len(payload_len),
+            "delivery frame size mismatch: channel={:?} position={position:?} data_len={}",
+            self.channel,
+            self.data.get().len()
+        );
+    }
+}
+
+/// The JSON text of a delivery frame (its payload, after the WebSocket header): what
+/// the history API lists. `frame` must be an unmasked frame as [`DeliveryFrame`] builds.
+pub fn delivery_json(frame: &[u8]) -> &[u8] {
+    let header_len = match frame.get(1).map(|b| b & 0x7f) {
+        Some(126) => 4,
+        Some(127) => 10,
+        _ => 2,
+    };
+    frame.get(header_len..).unwrap_or_default()
 }
 
 /// What to do with an inbound client message, from [`InboundRateLimit::check`].
@@ -679,7 +835,8 @@ mod tests {
         assert_eq!(
             req.op,
             ClientOp::Subscribe {
-                channel: "scores".into()
+                channel: "scores".into(),
+                since: None,
             }
         );
         assert!(req.id.is_none());
@@ -700,7 +857,8 @@ mod tests {
         assert_eq!(
             req.op,
             ClientOp::Subscribe {
-                channel: "a:b".into()
+                channel: "a:b".into(),
+                since: None,
             }
         );
     }
@@ -727,6 +885,91 @@ mod tests {
         );
         // `"id": null` is the same as no id.
         assert!(parse(r#"{"op":"ping","id":null}"#).unwrap().id.is_none());
+    }
+
+    #[test]
+    fn subscribe_with_since_and_the_user_stream() {
+        let req = parse(
+            r#"{"op":"subscribe","channel":"scores","since":{"seq":40,"epoch":"Xy3kP0aQ"},"id":1}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            req.op,
+            ClientOp::Subscribe {
+                channel: "scores".into(),
+                since: Some(Since::new(40, "Xy3kP0aQ")),
+            }
+        );
+        // Any epoch text is taken: one that is not an epoch matches no stream.
+        let req =
+            parse(r#"{"op":"subscribe","channel":"s","since":{"epoch":"","seq":0}}"#).unwrap();
+        assert_eq!(
+            req.op,
+            ClientOp::Subscribe {
+                channel: "s".into(),
+                since: Some(Since {
+                    seq: 0,
+                    epoch: None
+                }),
+            }
+        );
+        let req = parse(r##"{"op":"subscribe","channel":"#user","since":null}"##).unwrap();
+        assert_eq!(
+            req.op,
+            ClientOp::Subscribe {
+                channel: "#user".into(),
+                since: None,
+            }
+        );
+        for bad in [
+            r#"{"op":"subscribe","channel":"s","since":40,"id":2}"#,
+            r#"{"op":"subscribe","channel":"s","since":{"seq":40},"id":2}"#,
+            r#"{"op":"subscribe","channel":"s","since":{"seq":-1,"epoch":"x"},"id":2}"#,
+            r#"{"op":"subscribe","channel":"s","since":{"seq":"40","epoch":"x"},"id":2}"#,
+            r#"{"op":"subscribe","channel":"s","since":{"seq":4,"epoch":"x","sqe":1},"id":2}"#,
+        ] {
+            let (code, message, id) = err_code(bad);
+            assert_eq!(code, ErrorCode::BadRequest, "{bad}");
+            assert_eq!(
+                message,
+                r#"`since` must be {"seq":<the last seq you have>,"epoch":<its epoch>}"#
+            );
+            assert_eq!(id.as_deref(), Some("2"));
+        }
+    }
+
+    #[test]
+    fn subscribed_and_position_lost_replies() {
+        let p = position(42);
+        let id = RawValue::from_string("1".to_owned()).unwrap();
+        let reply = Reply::Subscribed {
+            channel: "scores",
+            id: Some(&id),
+            position: Some(p),
+            recovered: Some(true),
+        };
+        assert_eq!(
+            reply_json(&reply),
+            r#"{"op":"subscribed","channel":"scores","id":1,"seq":42,"epoch":"Xy3kP0aQ","recovered":true}"#
+        );
+        let reply = Reply::Subscribed {
+            channel: "#user",
+            id: None,
+            position: Some(p),
+            recovered: None,
+        };
+        assert_eq!(
+            reply_json(&reply),
+            r##"{"op":"subscribed","channel":"#user","seq":42,"epoch":"Xy3kP0aQ"}"##
+        );
+        let reply = Reply::PositionLost {
+            channel: "scores",
+            position: p,
+        };
+        assert_eq!(
+            reply_json(&reply),
+            r#"{"op":"position_lost","channel":"scores","seq":42,"epoch":"Xy3kP0aQ"}"#
+        );
     }
 
     #[test]
@@ -806,10 +1049,13 @@ mod tests {
 
     #[test]
     fn invalid_channels() {
-        let (code, message, id) = err_code(r##"{"op":"subscribe","channel":"#user","id":1}"##);
+        let (code, message, id) = err_code(r##"{"op":"subscribe","channel":"#news","id":1}"##);
         assert_eq!(code, ErrorCode::InvalidChannel);
         assert_eq!(message, "channel names starting with '#' are reserved");
         assert_eq!(id.as_deref(), Some("1"));
+        let (code, message, _) = err_code(r##"{"op":"unsubscribe","channel":"#user"}"##);
+        assert_eq!(code, ErrorCode::InvalidChannel);
+        assert_eq!(message, "the user stream #user cannot be unsubscribed");
         let (code, _, _) = err_code(r#"{"op":"subscribe","channel":""}"#);
         assert_eq!(code, ErrorCode::InvalidChannel);
         let long = "c".repeat(129);
@@ -885,65 +1131,94 @@ mod tests {
                 "too_many_subscriptions",
                 "not_subscribed",
                 "rate_limited",
-                "message_too_large"
+                "message_too_large",
+                "subscribe_pending",
+                "engine_unavailable"
             ]
         );
+    }
+
+    fn position(seq: u64) -> Position {
+        Position {
+            seq,
+            epoch: crate::engine::position::Epoch::parse("Xy3kP0aQ").unwrap(),
+        }
     }
 
     #[test]
     fn delivery_frame_bytes_are_exact() {
         let data = RawValue::from_string(r#"{"home":2,"away":1}"#.to_owned()).unwrap();
-        let frame = encode_delivery("scores", 1234, &data);
-        let payload = br#"{"channel":"scores","seq":1234,"data":{"home":2,"away":1}}"#;
+        let d = DeliveryFrame {
+            channel: "scores",
+            data: &data,
+        };
+        let frame = d.encode(&position(42));
+        let payload =
+            br#"{"channel":"scores","seq":42,"epoch":"Xy3kP0aQ","data":{"home":2,"away":1}}"#;
         let mut want = vec![0x81, payload.len() as u8];
         want.extend_from_slice(payload);
         assert_eq!(&frame[..], &want[..]);
+        assert_eq!(d.frame_len(&position(42)), want.len());
+        assert_eq!(delivery_json(&frame), payload);
     }
 
     #[test]
     fn delivery_frames_of_every_length_class_parse_back() {
-        // The payload adds 52 bytes of envelope around the data here (with the quotes of the string).
-        for (data_len, header_len) in [(0, 2), (73, 2), (74, 4), (65_483, 4), (65_484, 10)] {
+        // 71 bytes of envelope around the data here (20 digits of seq, the quotes).
+        for (data_len, header_len) in [(0, 2), (54, 2), (55, 4), (65_464, 4), (65_465, 10)] {
             let data = RawValue::from_string(format!("\"{}\"", "d".repeat(data_len))).unwrap();
-            let frame = encode_delivery("c", u64::MAX, &data);
+            let frame = DeliveryFrame {
+                channel: "c",
+                data: &data,
+            }
+            .encode(&position(u64::MAX));
             let (opcode, fin, masked, payload) = decode_frame(&frame);
             assert_eq!(
                 (opcode, fin, masked),
                 (OpCode::Data(Data::Text), true, false)
             );
-            assert_eq!(payload.len(), data_len + 52);
+            assert_eq!(payload.len(), data_len + 71, "data_len={data_len}");
             assert_eq!(
                 frame.len() - payload.len(),
                 header_len,
                 "data_len={data_len}"
             );
+            assert_eq!(delivery_json(&frame), payload);
             let json: serde_json::Value = serde_json::from_slice(payload).unwrap();
-            assert_eq!(json["channel"], "c");
             assert_eq!(json["seq"], u64::MAX);
-            assert_eq!(json["data"].as_str().map(str::len), Some(data_len));
+            assert_eq!(json["epoch"], "Xy3kP0aQ");
         }
     }
 
     #[test]
-    fn delivery_escapes_odd_channels_and_uses_user_channel() {
+    fn delivery_escapes_odd_channels() {
         let data = RawValue::from_string("null".to_owned()).unwrap();
-        let frame = encode_delivery("we\"ird\\\n", 0, &data);
+        let d = DeliveryFrame {
+            channel: "we\"ird\\\n",
+            data: &data,
+        };
+        let frame = d.encode(&position(0));
+        assert_eq!(d.frame_len(&position(0)), frame.len());
         let (_, _, _, payload) = decode_frame(&frame);
-        assert_eq!(payload, br#"{"channel":"we\"ird\\\n","seq":0,"data":null}"#);
-        let frame = encode_user_delivery(7, &data);
-        let (_, _, _, payload) = decode_frame(&frame);
-        assert_eq!(payload, br##"{"channel":"#user","seq":7,"data":null}"##);
+        assert_eq!(
+            payload,
+            br#"{"channel":"we\"ird\\\n","seq":0,"epoch":"Xy3kP0aQ","data":null}"#
+        );
     }
 
     #[test]
     fn delivery_seq_is_written_in_decimal_at_every_width() {
         let data = RawValue::from_string("1".to_owned()).unwrap();
         for n in [0, 1, 9, 10, 99, 100, 12345, u64::MAX] {
-            let frame = encode_delivery("c", n, &data);
+            let frame = DeliveryFrame {
+                channel: "c",
+                data: &data,
+            }
+            .encode(&position(n));
             let (_, _, _, payload) = decode_frame(&frame);
             assert_eq!(
                 payload,
-                format!(r#"{{"channel":"c","seq":{n},"data":1}}"#).as_bytes()
+                format!(r#"{{"channel":"c","seq":{n},"epoch":"Xy3kP0aQ","data":1}}"#).as_bytes()
             );
         }
     }
@@ -1046,12 +1321,15 @@ mod tests {
             #[test]
             fn deliveries_round_trip(channel in "\\PC{0,40}", seq: u64, text in "\\PC{0,300}") {
                 let data = RawValue::from_string(serde_json::to_string(&text).unwrap()).unwrap();
-                let frame = encode_delivery(&channel, seq, &data);
+                let d = DeliveryFrame { channel: &channel, data: &data };
+                let frame = d.encode(&position(seq));
+                prop_assert_eq!(frame.len(), d.frame_len(&position(seq)));
                 let (opcode, fin, masked, payload) = decode_frame(&frame);
                 prop_assert_eq!((opcode, fin, masked), (OpCode::Data(Data::Text), true, false));
                 let json: serde_json::Value = serde_json::from_slice(payload).unwrap();
                 prop_assert_eq!(json["channel"].as_str(), Some(channel.as_str()));
                 prop_assert_eq!(json["seq"].as_u64(), Some(seq));
+                prop_assert_eq!(json["epoch"].as_str(), Some("Xy3kP0aQ"));
                 prop_assert_eq!(json["data"].as_str(), Some(text.as_str()));
             }
 

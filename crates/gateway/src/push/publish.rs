@@ -1,4 +1,4 @@
-//! The publish API's request bodies and replies, and `seq` allocation.
+//! The publish API's request bodies and replies.
 //!
 //! Three endpoints on the admin listener (the wire format, with `curl` examples, is in
 //! `docs/protocol.md`):
@@ -17,14 +17,11 @@
 //! deeper value would break the parsers of the subscribers' clients (Python's `json`
 //! fails near 1000 levels, others sooner), so it is refused with 400.
 //!
-//! # `seq`
+//! # Positions
 //!
-//! Every delivery carries a `seq` from one gateway-wide counter ([`SeqAllocator`]):
-//! each publish to a channel (or user) takes the next number, so within a channel
-//! `seq` strictly increases in publish order, with gaps where other channels
-//! published in between. One counter needs O(1) memory however many channels exist,
-//! and never restarts while the process runs, so a client can always compare two
-//! seqs it received. The counter starts at 1 when the gateway starts.
+//! Every publish gets the next position `(epoch, seq)` of its stream (a channel, or
+//! a user's stream) from the engine (`crate::engine`); the replies carry `seq` and
+//! `epoch` per target, and `subscribers` counts this node's local subscribers.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -34,6 +31,7 @@ use serde_json::value::RawValue;
 
 use super::channel::{validate_channel_name, validate_user_id};
 use super::{PushLimits, json_str};
+use crate::engine::position::{Epoch, Position};
 
 /// The deepest nesting of arrays and objects accepted in a publish's `data` (`[]` and
 /// `{"a":1}` are 1 level, a scalar 0). Far more than real payloads need, and far less
@@ -412,23 +410,26 @@ pub fn parse_batch<'a>(body: &'a [u8], limits: &PushLimits) -> Result<Batch<'a>,
     Ok(Batch { messages })
 }
 
-/// The reply to `POST /v1/publish`: `{"ok":true,"seq":17,"subscribers":3}`.
+/// The reply to `POST /v1/publish`: `{"ok":true,"seq":17,"epoch":"Xy3kP0aQ","subscribers":3}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PublishReply {
     /// Always `true` (errors use another shape).
     pub ok: bool,
-    /// The `seq` of the delivery.
+    /// The `seq` of the delivery in its stream.
     pub seq: u64,
+    /// The epoch that `seq` counts in.
+    pub epoch: Epoch,
     /// How many local connections the delivery was queued for.
     pub subscribers: u64,
 }
 
 impl PublishReply {
     /// A success reply.
-    pub fn new(seq: u64, subscribers: u64) -> Self {
+    pub fn new(position: Position, subscribers: u64) -> Self {
         PublishReply {
             ok: true,
-            seq,
+            seq: position.seq,
+            epoch: position.epoch,
             subscribers,
         }
     }
@@ -439,8 +440,9 @@ impl PublishReply {
     }
 }
 
-/// One publish's outcome within a [`MultiReply`]: `{"channel":"a","seq":18,"subscribers":2}`
-/// or `{"user":"42","seq":19,"subscribers":1}`.
+/// One publish's outcome within a [`MultiReply`]:
+/// `{"channel":"a","seq":18,"epoch":"Xy3kP0aQ","subscribers":2}`
+/// or `{"user":"42","seq":19,"epoch":"Xy3kP0aQ","subscribers":1}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PublishResult<'a> {
     /// The channel, for a channel publish.
@@ -449,15 +451,17 @@ pub struct PublishResult<'a> {
     /// The user, for a per-user publish.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<&'a str>,
-    /// The `seq` of the delivery.
+    /// The `seq` of the delivery in its stream.
     pub seq: u64,
+    /// The epoch that `seq` counts in.
+    pub epoch: Epoch,
     /// How many local connections the delivery was queued for.
     pub subscribers: u64,
 }
 
 impl<'a> PublishResult<'a> {
     /// The result for a publish to `target`.
-    pub fn new(target: &'a Target<'_>, seq: u64, subscribers: u64) -> Self {
+    pub fn new(target: &'a Target<'_>, position: Position, subscribers: u64) -> Self {
         let (channel, user) = match target {
             Target::Channel(channel) => (Some(&**channel), None),
             Target::User(user) => (None, Some(&**user)),
@@ -465,7 +469,8 @@ impl<'a> PublishResult<'a> {
         PublishResult {
             channel,
             user,
-            seq,
+            seq: position.seq,
+            epoch: position.epoch,
             subscribers,
         }
     }
@@ -474,7 +479,7 @@ impl<'a> PublishResult<'a> {
 /// The reply to `POST /v1/broadcast` and `POST /v1/batch`: one result per delivery in
 /// request order, and their subscriber total.
 ///
-/// `{"ok":true,"subscribers":3,"results":[{"channel":"a","seq":18,"subscribers":2},..]}`
+/// `{"ok":true,"subscribers":3,"results":[{"channel":"a","seq":18,"epoch":"Xy3kP0aQ","subscribers":2},..]}`
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct MultiReply<'a> {
     /// Always `true`.
@@ -500,51 +505,6 @@ impl<'a> MultiReply<'a> {
     /// The JSON text.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
-    }
-}
-
-/// Hands out delivery `seq` numbers from one gateway-wide counter: 1, 2, 3, ...
-///
-/// # Ordering contract
-///
-/// `seq` order is publish order only if deliveries reach every worker in the order
-/// their numbers were allocated. The hub therefore allocates a number and enqueues
-/// the delivery to every worker as one step, under one lock (or on one thread), so
-/// no other publish can slip in between; each worker then processes its queue in
-/// order. With that, on every channel every subscriber sees strictly increasing `seq`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SeqAllocator {
-    /// The number the next publish gets; never 0.
-    next: u64,
-}
-
-impl Default for SeqAllocator {
-    fn default() -> Self {
-        SeqAllocator::new()
-    }
-}
-
-impl SeqAllocator {
-    /// A counter whose first number is 1.
-    pub const fn new() -> Self {
-        SeqAllocator { next: 1 }
-    }
-
-    /// The next number. Strictly greater than every number returned before. (At a
-    /// billion publishes a second, `u64` lasts 584 years; overflow is not handled.)
-    pub fn allocate(&mut self) -> u64 {
-        let seq = self.next;
-        debug_assert!(
-            seq != 0 && seq < u64::MAX,
-            "seq counter out of range: {seq}"
-        );
-        self.next += 1;
-        seq
-    }
-
-    /// The number the next [`SeqAllocator::allocate`] will return.
-    pub const fn peek(&self) -> u64 {
-        self.next
     }
 }
 
@@ -870,30 +830,22 @@ mod tests {
 
     #[test]
     fn replies() {
+        let epoch = Epoch::parse("Xy3kP0aQ").unwrap();
+        let at = |seq| Position { seq, epoch };
         assert_eq!(
-            PublishReply::new(17, 3).to_json(),
-            r#"{"ok":true,"seq":17,"subscribers":3}"#
+            PublishReply::new(at(17), 3).to_json(),
+            r#"{"ok":true,"seq":17,"epoch":"Xy3kP0aQ","subscribers":3}"#
         );
         let channel = Target::Channel("a".into());
         let user = Target::User("42".into());
         let reply = MultiReply::new(vec![
-            PublishResult::new(&channel, 18, 2),
-            PublishResult::new(&user, 19, 1),
+            PublishResult::new(&channel, at(18), 2),
+            PublishResult::new(&user, at(1), 1),
         ]);
         assert_eq!(
             reply.to_json(),
-            r#"{"ok":true,"subscribers":3,"results":[{"channel":"a","seq":18,"subscribers":2},{"user":"42","seq":19,"subscribers":1}]}"#
+            r#"{"ok":true,"subscribers":3,"results":[{"channel":"a","seq":18,"epoch":"Xy3kP0aQ","subscribers":2},{"user":"42","seq":1,"epoch":"Xy3kP0aQ","subscribers":1}]}"#
         );
-    }
-
-    #[test]
-    fn seq_allocation_is_strictly_increasing_from_one() {
-        let mut seqs = SeqAllocator::new();
-        assert_eq!(seqs.peek(), 1);
-        let got: Vec<u64> = (0..5).map(|_| seqs.allocate()).collect();
-        assert_eq!(got, [1, 2, 3, 4, 5]);
-        assert_eq!(seqs.peek(), 6);
-        assert_eq!(SeqAllocator::default(), SeqAllocator::new());
     }
 
     mod fuzz {

@@ -1,11 +1,14 @@
 //! The mailbox between a worker and the rest of the process: the only cross-thread
 //! path into a worker's event loop.
 //!
-//! The admin thread (the [`Hub`](crate::fanout::hub::Hub) for publishes, the server for
-//! shutdown) holds a [`WorkerLink`] per worker and sends it [`Command`]s; the worker
-//! owns the matching [`Inbox`] and drains it when its `mio::Waker` fires. A publish
-//! travels as an `Arc`'d batch of [`Delivery`]s: one shared, already-encoded frame
-//! each, never copied per worker or per subscriber.
+//! The admin thread (the engine, through [`WorkerOutbox`], for publishes and the
+//! answers to subscribes; the server for shutdown) holds a [`WorkerLink`] per worker
+//! and sends it [`Command`]s; the worker owns the matching [`Inbox`] and drains it when
+//! its `mio::Waker` fires. A publish travels as an `Arc`'d batch of [`Delivery`]s: one
+//! shared, already-encoded frame each with its position, never copied per worker or per
+//! subscriber. Commands are handled in the order they were sent, which is what lets the
+//! memory engine order a recovery's answer between deliveries
+//! ([`crate::engine::memory`]).
 //!
 //! # Wake-ups
 //!
@@ -18,8 +21,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::time::Instant;
 
-use bytes::Bytes;
 use mio::Waker;
+
+use crate::engine::{Answered, Outbox};
 
 /// Commands from other threads.
 #[derive(Debug)]
@@ -32,10 +36,12 @@ pub enum Command {
     },
     /// Queue these publishes for the local subscribers, in order.
     Deliver(Arc<[Delivery]>),
+    /// The engine's answers to this worker's subscribes (positions, recovered frames).
+    Answers(Vec<Answered>),
 }
 
 /// A worker's inbox as the other threads see it: its command channel plus its waker.
-/// Cheap to clone; the hub holds one per worker. Wake-ups are coalesced (see the
+/// Cheap to clone; the engine's outbox holds one per worker. Wake-ups are coalesced (see the
 /// module docs).
 #[derive(Clone, Debug)]
 pub struct WorkerLink {
@@ -57,24 +63,34 @@ impl WorkerLink {
     }
 }
 
-/// Who a delivery is for.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum DeliveryTarget {
-    /// Every subscriber of a channel.
-    Channel(Box<str>),
-    /// Every connection of a user (channel `#user` on the wire).
-    User(Box<str>),
+pub use crate::engine::Delivery;
+
+/// The engine's side of every worker's link: deliveries to all, answers to one.
+#[derive(Debug)]
+pub struct WorkerOutbox {
+    links: Vec<WorkerLink>,
 }
 
-/// One encoded publish, as every worker receives it.
-#[derive(Debug)]
-pub struct Delivery {
-    /// Who gets it.
-    pub target: DeliveryTarget,
-    /// The complete WebSocket text frame, shared by every subscriber.
-    pub frame: Bytes,
-    /// When the publish API accepted it (for `pingwheel_delivery_lag_seconds`).
-    pub accepted_at: Instant,
+impl WorkerOutbox {
+    /// An outbox over these workers' links (worker `i` is `links[i]`).
+    pub fn new(links: Vec<WorkerLink>) -> WorkerOutbox {
+        WorkerOutbox { links }
+    }
+}
+
+impl Outbox for WorkerOutbox {
+    fn deliver(&self, batch: Vec<Delivery>) {
+        let batch: Arc<[Delivery]> = batch.into();
+        for link in &self.links {
+            link.send(Command::Deliver(Arc::clone(&batch)));
+        }
+    }
+
+    fn answer(&self, worker: usize, answers: Vec<Answered>) {
+        if let Some(link) = self.links.get(worker) {
+            link.send(Command::Answers(answers));
+        }
+    }
 }
 
 /// The receiving end of a [`WorkerLink`], owned by the worker.

@@ -48,7 +48,7 @@ use crate::conn::clock::TickClock;
 use crate::conn::keepalive::PongOutcome;
 use crate::conn::timer;
 use crate::conn::{CloseReason, Conn, ConnConfig, ConnEvent};
-use crate::fanout::counts::CountSender;
+use crate::engine::EngineSender;
 use crate::fanout::local::LocalFanout;
 use crate::fanout::session::Session;
 use crate::listener::{AcceptPauses, is_resource_exhaustion};
@@ -95,8 +95,8 @@ pub struct PushContext {
     pub auth: Arc<Authenticator>,
     /// Abuse limits.
     pub limits: PushLimits,
-    /// Where subscribes and unsubscribes are reported, for the publish API's replies.
-    pub counts: CountSender,
+    /// Where subscribes, unsubscribes and recovery requests go (the engine).
+    pub engine: EngineSender,
 }
 
 /// The other threads' handle on a running worker.
@@ -210,7 +210,7 @@ pub struct Worker {
     api_metrics: ApiMetrics,
     push: PushContext,
     /// Channel → connections and user → connections on this worker, kept in step with
-    /// the sessions and the hub's counts.
+    /// the sessions and the engine's counts.
     fanout: LocalFanout,
     /// Connections with deliveries queued in the current command batch (reused).
     dirty: Vec<ConnId>,
@@ -226,6 +226,7 @@ impl Worker {
         push: PushContext,
     ) -> Worker {
         let now = Instant::now();
+        let fanout = LocalFanout::new(settings.id, push.engine.clone());
         Worker {
             clock: TickClock::new(now, settings.tick),
             wheel: Wheel::with_capacity(wheel::Tick(0), 1024),
@@ -245,7 +246,7 @@ impl Worker {
             drain_deadline: None,
             metrics,
             api_metrics: ApiMetrics::new(),
-            fanout: LocalFanout::new(push.counts.clone()),
+            fanout,
             push,
             dirty: Vec::new(),
         }
@@ -434,6 +435,7 @@ impl Worker {
             match self.inbox.try_recv() {
                 Ok(Command::Shutdown { deadline }) => self.begin_drain(now, deadline),
                 Ok(Command::Deliver(batch)) => self.deliver(&batch, now),
+                Ok(Command::Answers(answers)) => self.answered(answers, now),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
                     // The server is gone without saying so: shut down promptly.

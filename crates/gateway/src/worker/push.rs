@@ -9,10 +9,13 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use super::link::Delivery;
 use super::{Slot, Worker, count_closed};
 use crate::conn::{CloseReason, Conn, ConnEvent, Message, UpgradeRequest};
+use crate::engine::{Answered, Stream};
+use crate::fanout::local::SubscribeError;
 use crate::fanout::session::Session;
 use crate::push::channel::ChannelGrant;
+use crate::push::channel::USER_CHANNEL;
 use crate::push::protocol::{
-    ClientError, ClientOp, InboundRateLimit, RateDecision, Reply, authorize_subscribe,
+    ClientError, ClientOp, ErrorCode, InboundRateLimit, RateDecision, Reply, authorize_subscribe,
     encode_reply, parse_client_message,
 };
 use crate::token::ConnId;
@@ -62,8 +65,18 @@ impl Worker {
                 }
                 let rate = InboundRateLimit::new(now_ms, &self.push.limits);
                 let mut session = Box::new(Session::new(granted.user, granted.grant, rate));
-                self.fanout
-                    .join(id, &mut session, &granted.initial_channels);
+                let user_since = granted
+                    .since
+                    .iter()
+                    .find(|(c, _)| &**c == USER_CHANNEL)
+                    .map(|(_, since)| *since);
+                self.fanout.join(
+                    id,
+                    &mut session,
+                    &granted.initial_channels,
+                    &granted.since,
+                    user_since,
+                );
                 slot.session = Some(session);
             }
         }
@@ -107,16 +120,40 @@ impl Worker {
             Err(error) => return reply(conn, events, &error.reply()),
         };
         match &request.op {
-            ClientOp::Subscribe { channel } => {
-                let already = session.is_subscribed(channel);
-                let count = session.subscription_count();
-                let grant = &session.grant;
-                if let Err(error) =
-                    authorize_subscribe(grant, channel, already, count, limits, request.id)
-                {
-                    return reply(conn, events, &error.reply());
-                }
-                self.fanout.subscribe(id, session, channel);
+            ClientOp::Subscribe { channel, since } => {
+                let user = session.user().cloned();
+                let stream = if channel == USER_CHANNEL {
+                    match &user {
+                        Some(user) => Stream::User(user),
+                        None => {
+                            let error = ClientError::new(
+                                ErrorCode::Forbidden,
+                                "this connection has no user stream (its token has no sub)",
+                                request.id,
+                            );
+                            return reply(conn, events, &error.reply());
+                        }
+                    }
+                } else {
+                    let already = session.is_subscribed(channel);
+                    let count = session.subscription_count();
+                    let grant = &session.grant;
+                    if let Err(error) =
+                        authorize_subscribe(grant, channel, already, count, limits, request.id)
+                    {
+                        return reply(conn, events, &error.reply());
+                    }
+                    Stream::Channel(channel)
+                };
+                // The reply waits for the engine's answer (`answered`).
+                let reply_id = request.id.map(ToOwned::to_owned);
+                return match self.fanout.subscribe(id, session, stream, *since, reply_id) {
+                    Ok(()) => {}
+                    Err(SubscribeError::Busy) => {
+                        let error = ClientError::subscribe_pending(channel, request.id);
+                        reply(conn, events, &error.reply());
+                    }
+                };
             }
             ClientOp::Unsubscribe { channel } => {
                 if !self.fanout.unsubscribe(id, session, channel) {
@@ -167,6 +204,88 @@ impl Worker {
             queued
         });
         metrics.deliveries.increment(queued);
+    }
+
+    /// Sends each answered subscribe its reply, recovered frames and buffered live
+    /// frames, in that order (see [`LocalFanout::complete`](crate::fanout::local::LocalFanout::complete));
+    /// the writes happen with the batch's in [`Worker::flush_deliveries`].
+    pub(super) fn answered(&mut self, answers: Vec<Answered>, now: Instant) {
+        let mut undo = Vec::new();
+        let Worker {
+            fanout,
+            conns,
+            settings,
+            events,
+            metrics,
+            dirty,
+            ..
+        } = self;
+        fanout.complete(answers, |done| {
+            let Some(slot) = conns.get_mut(done.conn.index as usize) else {
+                return;
+            };
+            if slot.generation != done.conn.generation || !slot.conn.is_open() {
+                return;
+            }
+            let cfg = &settings.conn;
+            let frame = match &done.outcome {
+                Ok(position) => encode_reply(&Reply::Subscribed {
+                    channel: &done.channel,
+                    id: done.reply_id.as_deref(),
+                    position: Some(*position),
+                    recovered: done.recovered,
+                }),
+                Err(error) => {
+                    let error = ClientError::engine_unavailable(error, done.reply_id.as_deref());
+                    encode_reply(&error.reply())
+                }
+            };
+            slot.conn.send_owned(cfg, now, frame, events);
+            let mut sent = 0;
+            for frame in done.frames {
+                if slot.conn.send(cfg, now, frame, events) {
+                    sent += 1;
+                }
+            }
+            if done.lost
+                && let Ok(position) = done.outcome
+            {
+                let lost = Reply::PositionLost {
+                    channel: &done.channel,
+                    position,
+                };
+                slot.conn.send_owned(cfg, now, encode_reply(&lost), events);
+            }
+            if let Some(recovered) = done.recovered {
+                metrics.recovery(recovered, done.recovered_count);
+            }
+            metrics.deliveries.increment(sent);
+            if done.undo {
+                undo.push((done.conn, done.channel));
+            }
+            if !slot.dirty {
+                slot.dirty = true;
+                dirty.push(done.conn);
+            }
+            // Sends emit nothing but a slow consumer's close: count it now.
+            for event in events.drain(..) {
+                match event {
+                    ConnEvent::Closed(reason) => count_closed(metrics, reason),
+                    other => debug_assert!(false, "Conn::send emitted {other:?}"),
+                }
+            }
+        });
+        for (id, channel) in undo {
+            if let Some(Slot {
+                session: Some(session),
+                generation,
+                ..
+            }) = self.conns.get_mut(id.index as usize)
+                && *generation == id.generation
+            {
+                self.fanout.unsubscribe(id, session, &channel);
+            }
+        }
     }
 
     /// Writes out every connection that got deliveries in this batch, once each.
