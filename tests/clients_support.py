@@ -1,6 +1,6 @@
-"""Shared by the client-library suites (test_clients.py, test_client_docs.py): the
-Python client on the path, tokens, and a page server that runs the JavaScript client in
-headless Chromium.
+"""Shared by the client-library suites (test_clients*.py, test_client_docs.py): the
+Python client on the path, tokens, a page server that runs the JavaScript client in
+headless Chromium, and :class:`NodeClient`, the same JavaScript client in Node on ``ws``.
 
 The page server serves ``/`` (a page the test writes), ``/pingwheel.js`` (the module from
 clients/js, as written) and ``/token`` (answered by a function the test gives: the
@@ -12,7 +12,9 @@ parallel fetches.
 from __future__ import annotations
 
 import json
+import os
 import queue
+import subprocess
 import sys
 import threading
 import time
@@ -204,3 +206,102 @@ class ClientPageServer:
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+#: The JS client in Node on the ``ws`` package (installed by scripts/test under
+#: target/node), configured like :data:`CLIENT_PAGE` from $CONFIG (JSON: ``options``,
+#: ``channels``, ``user``); it prints every report as a JSON line ``{"n", "kind",
+#: "detail"}`` and closes the client and exits when its stdin closes.
+NODE_REPORTER = """
+import { pathToFileURL } from "node:url";
+import { PingwheelClient } from "./clients/js/pingwheel.js";
+const { default: WebSocket } = await import(pathToFileURL(process.env.WS_MODULE).href);
+const config = JSON.parse(process.env.CONFIG);
+let n = 0;
+const report = (kind, detail) => console.log(JSON.stringify({ n: n++, kind, detail }));
+const client = new PingwheelClient({ ...config.options, WebSocket, getToken: () => process.env.TOKEN });
+client.on("state", (state, detail) => report("state", [state, detail]));
+client.on("error", (e) => report("error", { type: e.type, code: e.code }));
+const watch = (sub) => {
+  sub.on("recovered", (e) => report("recovered", { channel: sub.channel, ...e }));
+  sub.on("subscribed", (e) => report("subscribed", { channel: sub.channel, ...e }));
+  sub.on("error", (e) => report("sub-error", { channel: sub.channel, ...e }));
+};
+for (const channel of config.channels) {
+  watch(client.subscribe(channel, (data, info) => report("delivery", { data, ...info })));
+}
+if (config.user) watch(client.onUser((data, info) => report("delivery", { data, ...info })));
+process.stdin.resume();
+process.stdin.on("end", () => { client.close(); process.exit(0); });
+"""
+WS_MODULE = ROOT / "target" / "node" / "node_modules" / "ws" / "wrapper.mjs"
+
+
+class NodeClient:
+    """The JS client in a Node process (:data:`NODE_REPORTER`), with the same report
+    API as :class:`ClientPageServer` (``reports``, ``states``, ``wait_for``). Use it as
+    a context manager: the process is ended by PID on exit."""
+
+    def __init__(self, urls: list[str], channels=(), user: bool = False, **options):
+        assert WS_MODULE.exists(), f"{WS_MODULE} is missing: run scripts/test (it installs ws)"
+        config = {"options": {"urls": urls, **options}, "channels": list(channels), "user": user}
+        self._config = config
+        self.seen: list[dict] = []
+        self._lines: "queue.Queue[str]" = queue.Queue()
+        self.process = None
+
+    def __enter__(self) -> "NodeClient":
+        env = {**os.environ, "WS_MODULE": str(WS_MODULE), "CONFIG": json.dumps(self._config),
+               "TOKEN": token()}
+        self.process = subprocess.Popen(
+            ["node", "--input-type=module", "-e", NODE_REPORTER], cwd=ROOT, env=env,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        return self
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self._lines.put(line)
+
+    def reports(self, kind: Optional[str] = None) -> list[dict]:
+        while True:
+            try:
+                self.seen.append(json.loads(self._lines.get_nowait()))
+            except queue.Empty:
+                break
+        if kind is None:
+            return list(self.seen)
+        return [r["detail"] for r in self.seen if r["kind"] == kind]
+
+    def states(self) -> list[list]:
+        return self.reports("state")
+
+    def wait_for(self, condition: Callable[["NodeClient"], object], what: str,
+                 timeout: float = 30.0) -> object:
+        """Polls ``condition(self)`` until it is truthy; fails with the client's reports
+        (or its stderr, when the process ended)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            result = condition(self)
+            if result:
+                return result
+            if self.process.poll() is not None:
+                pytest.fail(f"the Node client exited ({self.process.returncode}) before "
+                            f"{what}: {self.process.stderr.read()[-2000:]}")
+            if time.monotonic() >= deadline:
+                pytest.fail(f"the Node client never reported {what} within {timeout:.0f}s; "
+                            f"it reported: {self.reports()[-40:]}")
+            time.sleep(0.05)
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.process.stdin.close()  # the client closes with 1000 and the process exits
+            self.process.wait(10)
+        except Exception:  # noqa: BLE001 (a hung process is killed below)
+            pass
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self.process.stdout.close()
+        self.process.stderr.close()

@@ -25,7 +25,7 @@ import time
 
 import pytest
 
-from clients_support import ENV, REPORTER, ClientPageServer, publish, token
+from clients_support import ENV, REPORTER, WS_MODULE, ClientPageServer, publish, token
 from conftest import ROOT, wait_for
 from test_browser import chromium
 
@@ -233,7 +233,6 @@ client.subscribe("scores", (data, info) => {
   if (++deliveries === +process.env.DELIVERIES) { client.close(); process.exit(0); }
 });
 """
-WS_MODULE = ROOT / "target" / "node" / "node_modules" / "ws" / "wrapper.mjs"
 
 
 def run_node_client(gw, tokens: list[str], deliveries: int = 0, publish_after=None) -> list[dict]:

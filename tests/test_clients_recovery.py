@@ -5,7 +5,7 @@ checks that each handler got every seq exactly once, in order:
 
 * a dead path (the gateway SIGSTOPped long enough for the application ping to give up),
   with the channel and the per-user stream (Python, and the JavaScript client in
-  Chromium);
+  Chromium and in Node on ``ws``);
 * a slow consumer closed with 1013 backs off (at least 2 s) and recovers the rest;
 * a gateway restart (new epoch) is reported as ``recovered: false`` and the client goes on
   from the new position.
@@ -14,13 +14,14 @@ checks that each handler got every seq exactly once, in order:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import threading
 import time
 
 import pytest
 
-from clients_support import API_KEY, ENV, ClientPageServer, token
+from clients_support import API_KEY, ENV, ClientPageServer, NodeClient, token
 from test_browser import chromium
 from test_clients import NO_PROXY, until
 
@@ -228,31 +229,53 @@ def test_python_client_reports_a_restart_as_not_recovered(start_gateway, tmp_pat
     assert got == [(old, 1), (old, 2), (old, 3), (new, 1)]
 
 
-def test_browser_client_recovers_after_a_dead_path_while_publishing_continues(start_gateway,
-                                                                            tmp_path):
+@contextlib.contextmanager
+def js_client(kind: str, urls: list[str], tmp_path, log_name: str, **config):
+    """The JS client with ``config`` (``channels``, ``user``, tunables): on a page in
+    headless Chromium (``kind`` "browser") or in Node on ``ws`` ("node"). Either yields
+    an object with ``reports(kind)``, ``states()`` and ``wait_for(condition, what)``."""
+    if kind == "browser":
+        with ClientPageServer() as page:
+            page.client_page(urls, **config)
+            with chromium(page.origin + "/", tmp_path / "profile", log_name):
+                yield page
+    else:
+        with NodeClient(urls, **config) as node:
+            yield node
+
+
+def seqs(client, channel: str) -> list[int]:
+    """The seqs the JS client's handler of ``channel`` got, in order."""
+    return [d["seq"] for d in client.reports("delivery") if d["channel"] == channel]
+
+
+@pytest.mark.parametrize("kind", ["browser", "node"])
+def test_js_client_recovers_after_a_dead_path_while_publishing_continues(start_gateway,
+                                                                       tmp_path, kind):
     gw = start_with_history(start_gateway, tmp_path)
     publisher = Publisher(gw, user_every=5)
-    with ClientPageServer() as page:
-        page.client_page([gw.ws_url], channels=["scores"], user=True, pingAfter=500,
-                         pongTimeout=500, quickSpread=500)
-        with chromium(page.origin + "/", tmp_path / "profile", "chromium-client-recovery.log"):
-            page.wait_for(lambda p: any(r["channel"] == "scores" for r in p.reports("subscribed")),
-                          "subscribed")
-            publisher.start()
-            channel = lambda p: [d["seq"] for d in p.reports("delivery") if d["channel"] == "scores"]
-            page.wait_for(lambda p: len(channel(p)) >= 100, "100 deliveries")
-            blip(gw, 1.5)
-            page.wait_for(lambda p: sum(s == "connected" for s, _ in p.states()) >= 2,
-                          "the reconnect")
-            mark = len(publisher.channel_seqs)
-            page.wait_for(lambda p: len(channel(p)) >= mark + 100,
-                          "100 more deliveries after the reconnect")
-            publisher.stop()
-            page.wait_for(lambda p: channel(p)[-1:] == publisher.channel_seqs[-1:], "the last seq")
-            user = lambda p: [d["seq"] for d in p.reports("delivery") if d["channel"] == "#user"]
-            page.wait_for(lambda p: user(p)[-1:] == publisher.user_seqs[-1:], "the last user seq")
-            assert channel(page) == publisher.channel_seqs, "every channel seq once, in order"
-            assert user(page) == publisher.user_seqs, "every user seq once, in order"
-            recovered = page.reports("recovered")
-            assert sorted((r["channel"], r["recovered"]) for r in recovered) == [
-                ("#user", True), ("scores", True)]
+    with js_client(kind, [gw.ws_url], tmp_path, "chromium-client-recovery.log",
+                   channels=["scores"], user=True, pingAfter=500, pongTimeout=500,
+                   quickSpread=500) as client:
+        client.wait_for(lambda c: {r["channel"] for r in c.reports("subscribed")}
+                        >= {"scores", "#user"}, "subscribed")
+        publisher.start()
+        client.wait_for(lambda c: len(seqs(c, "scores")) >= 100, "100 deliveries")
+        blip(gw, 1.5)
+        client.wait_for(lambda c: sum(s == "connected" for s, _ in c.states()) >= 2,
+                        "the reconnect")
+        mark = len(publisher.channel_seqs)
+        client.wait_for(lambda c: len(seqs(c, "scores")) >= mark + 100,
+                        "100 more deliveries after the reconnect")
+        publisher.stop()
+        client.wait_for(lambda c: seqs(c, "scores")[-1:] == publisher.channel_seqs[-1:],
+                        "the last seq")
+        client.wait_for(lambda c: seqs(c, "#user")[-1:] == publisher.user_seqs[-1:],
+                        "the last user seq")
+        assert seqs(client, "scores") == publisher.channel_seqs, "every channel seq once, in order"
+        assert seqs(client, "#user") == publisher.user_seqs, "every user seq once, in order"
+        lost = [d for s, d in client.states() if s == "disconnected"]
+        assert [d["reason"] for d in lost] == ["no answer to ping"], lost
+        recovered = client.reports("recovered")
+        assert sorted((r["channel"], r["recovered"]) for r in recovered) == [
+            ("#user", True), ("scores", True)]
