@@ -13,7 +13,9 @@ continue:
   client in Chromium and in Node on ``ws``, and the Python client);
 * a gateway restart on the same address: a new epoch, reported as ``recovered: false``,
   then the new epoch's messages from seq 1 (the JavaScript client; the Python client's
-  case is in test_clients_recovery.py).
+  case is in test_clients_recovery.py);
+* the storm: 19,000 harness clients come back at once, each 20 messages behind, and
+  every one recovers exactly those, in order, while publishes continue.
 
 Failover *without* loss needs nodes sharing positions and history (the Redis engine,
 issue 13): those tests are in tests/pending_redis_clients_failover.py until it lands.
@@ -22,12 +24,15 @@ issue 13): those tests are in tests/pending_redis_clients_failover.py until it l
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 
 import pytest
 
-from clients_support import API_KEY, ENV, token
+from clients_support import API_KEY, ENV, SECRET, token
 from test_clients import NO_PROXY, until
 from test_clients_recovery import Publisher, js_client, start_with_history
+from test_loadtest import assert_passed, loadtest_bin, run  # noqa: F401 (fixture)
 
 from pingwheel_client import PingwheelClient
 
@@ -163,3 +168,36 @@ def test_js_client_reports_a_restart_as_not_recovered(start_gateway, tmp_path, k
     assert old != new, "a restart starts a new epoch"
     assert got == [(old, 1, 0), (old, 2, 1), (old, 3, 2), (new, 1, 9)]
     assert lost[0]["code"] == 1001, lost
+
+
+#: The storm: harness clients, channels, and how far back each recovers.
+STORM_CLIENTS = 19_000
+STORM_CHANNELS = 100
+STORM_BACK = 20
+
+
+def test_storm_of_19000_harness_clients_recovers_from_the_gateway_history(
+        start_gateway, loadtest_bin, tmp_path):  # noqa: F811
+    # Every client comes back at once (URL since) with a position STORM_BACK behind (what
+    # a fleet holds after its path to the gateway came back), while publishes continue.
+    # After a *restart* this needs history that outlives the process: the Redis engine
+    # (tests/pending_redis_clients_failover.py).
+    config = tmp_path / "lt.toml"
+    config.write_text('[[namespace]]\nprefix = "lt-"\nhistory_size = 100\nhistory_ttl = "10m"\n')
+    gw = start_gateway("--config", str(config), "--token-secret", SECRET, "--api-key", API_KEY)
+    started = time.monotonic()
+    code, report, output = run(
+        loadtest_bin, tmp_path, "push", gw.ws_url,
+        "-c", STORM_CLIENTS, "--channels", STORM_CHANNELS, "--ramp-rate", "1000000/s",
+        "-d", "1s", "--settle", "500ms", "--publish-url", gw.admin_url,
+        "--token-secret", SECRET, "--api-key", API_KEY, "--publish-rate", "50/s",
+        "--recover-back", STORM_BACK, "--subscribe", "url", "--max-lost", 0,
+    )
+    report = assert_passed(code, report, output)
+    recovery = report["push"]["recovery"]
+    print(f"storm: {STORM_CLIENTS} clients, recovery {json.dumps(recovery)} "
+          f"in {time.monotonic() - started:.1f}s")
+    assert recovery == {**recovery, "back": STORM_BACK, "recovered": STORM_CLIENTS,
+                        "not_recovered": 0, "complete": STORM_CLIENTS, "gaps": 0}, recovery
+    push = report["push"]
+    assert push["missing"] == 0 and push["reordered"] == 0 and push["duplicates"] == 0, push
