@@ -46,6 +46,9 @@ from typing import Callable, Iterator, Optional
 import pytest
 import requests
 
+#: Redis servers, gateway nodes on them, and network namespaces (tests/cluster_fixtures.py).
+pytest_plugins = ("cluster_fixtures",)
+
 ROOT = Path(__file__).resolve().parent.parent
 LOG_DIR = ROOT / "target" / "test-logs"
 DEFAULT_BIN = ROOT / "target" / "release" / "pingwheel"

@@ -128,6 +128,18 @@ class PageServer:
             if matches(report):
                 return report
 
+    def in_order(self) -> list[dict]:
+        """Every report so far in the order the page made them. Each report is its own
+        `fetch`, and the threaded server may take them out of order: wait (up to
+        PAGE_TIMEOUT) until none is missing below the highest number seen."""
+        deadline = time.monotonic() + PAGE_TIMEOUT
+        while len(self.seen) != 1 + max((r["n"] for r in self.seen), default=-1):
+            try:
+                self.seen.append(self.reports.get(timeout=max(deadline - time.monotonic(), 0.01)))
+            except queue.Empty:
+                pytest.fail(f"the page's reports have a hole: {sorted(r['n'] for r in self.seen)}")
+        return sorted(self.seen, key=lambda r: r["n"])
+
     def __enter__(self) -> "PageServer":
         self.thread.start()
         return self
@@ -273,7 +285,7 @@ def test_browser_reconnects_with_since_and_recovers_every_message(start_gateway,
                     and detail.get("channel") == channel)
 
         def messages() -> list[list]:
-            return [r["detail"] for r in server.seen if logged(r, "message")]
+            return [r["detail"] for r in reports if logged(r, "message")]
 
         with chromium(server.origin + "/", tmp_path / "profile", "chromium-reconnect.log"):
             # First connect: no positions yet, so both streams just learn theirs.
@@ -293,11 +305,12 @@ def test_browser_reconnects_with_since_and_recovers_every_message(start_gateway,
             server.wait_for(lambda r: logged(r, "message", "#user", note["seq"]), "the user note")
             live = publish(gw, {"channel": "scores", "data": 11})
             server.wait_for(lambda r: logged(r, "message", "scores", live["seq"]), "a live one")
+            reports = server.in_order()  # while the page lives: no report is still in flight
 
         scores = [m for m in messages() if m[1] == "scores"]
         assert [m[2] for m in scores] == list(range(1, 12)), "every seq once, in order"
         assert [m[3] for m in scores] == [0, 1, 2, {"drop": True}, 5, 6, 7, 8, 9, 10, 11]
-        again = [r["detail"] for r in server.seen if subscribed(r, "scores")][1:]
+        again = [r["detail"] for r in reports if subscribed(r, "scores")][1:]
         assert again and again[0]["recovered"] is True, again
         assert [m[3] for m in messages() if m[1] == "#user"] == ["while you were away"]
         assert not [r for r in server.seen if logged(r, "reload")], "nothing had to be reloaded"

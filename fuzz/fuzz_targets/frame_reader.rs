@@ -18,7 +18,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pingwheel_proto::inbound::{Flow, Inbound, Limits, MessageReader, ReadError};
+use pingwheel_proto::inbound::{Flow, Inbound, Limits, MessageReader, OwnedInbound, ReadError};
 
 /// `max_message_size` values around the frame-length encodings' boundaries.
 const LIMITS: [usize; 8] = [0, 1, 125, 126, 1000, 65_535, 65_536, 1 << 20];
@@ -27,26 +27,7 @@ const LIMITS: [usize; 8] = [0, 1, 125, 126, 1000, 65_535, 65_536, 1 << 20];
 const MAX_CONTROL_PAYLOAD: usize = 125;
 
 /// An owned copy of an item.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Item {
-    Text(String),
-    Binary(Vec<u8>),
-    Ping(Vec<u8>),
-    Pong(Vec<u8>),
-    Close(Option<u16>, String),
-}
-
-impl From<Inbound<'_>> for Item {
-    fn from(item: Inbound<'_>) -> Self {
-        match item {
-            Inbound::Text(text) => Item::Text(text.to_owned()),
-            Inbound::Binary(data) => Item::Binary(data.to_vec()),
-            Inbound::Ping(data) => Item::Ping(data.to_vec()),
-            Inbound::Pong(data) => Item::Pong(data.to_vec()),
-            Inbound::Close { code, reason } => Item::Close(code, reason.to_owned()),
-        }
-    }
-}
+type Item = OwnedInbound;
 
 /// What reading a whole stream produced.
 #[derive(Debug, PartialEq, Eq)]

@@ -32,9 +32,9 @@
 
 pub mod admin;
 pub mod config;
+pub mod engine;
 /// The sans-IO connection state machine, from its own crate (`crates/conn`).
 pub use pingwheel_conn as conn;
-pub mod engine;
 pub mod fanout;
 pub mod listener;
 pub mod metrics;

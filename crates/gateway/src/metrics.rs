@@ -97,8 +97,25 @@ pub mod names {
     /// Counter: messages handed out by recoveries, per worker.
     pub const RECOVERED_MESSAGES: &str = "pingwheel_recovered_messages_total";
 
+    /// Gauge: 1 while the engine can take publishes and subscribes (memory: always;
+    /// Redis: every instance connected), else 0.
+    pub const ENGINE_UP: &str = "pingwheel_engine_up";
+    /// Counter: engine up/down transitions, per `state` they went to.
+    pub const ENGINE_TRANSITIONS: &str = "pingwheel_engine_transitions_total";
+    /// Counter: failed engine operations, per `op`.
+    pub const ENGINE_ERRORS: &str = "pingwheel_engine_errors_total";
+    /// Histogram: one engine publish call (a request's messages), seconds.
+    pub const ENGINE_PUBLISH: &str = "pingwheel_engine_publish_seconds";
+    /// Counter: resubscribes of everything after a broker reconnect (one per instance
+    /// per reconnect).
+    pub const ENGINE_RESUBSCRIBES: &str = "pingwheel_engine_resubscribes_total";
+    /// Counter: gaps in a stream's seq seen by this node, per `result`.
+    pub const POSITION_GAPS: &str = "pingwheel_position_gaps_total";
+    /// Counter: messages received from the broker's pub/sub.
+    pub const BROKER_MESSAGES: &str = "pingwheel_broker_messages_received_total";
+
     /// Every metric name, for tests and documentation checks.
-    pub const ALL: [&str; 27] = [
+    pub const ALL: [&str; 34] = [
         CONNECTIONS,
         CONNECTIONS_OPENED,
         CONNECTIONS_CLOSED,
@@ -126,13 +143,20 @@ pub mod names {
         RECOVERIES,
         RECOVERED_MESSAGES,
         ACCEPT_PAUSES,
+        ENGINE_UP,
+        ENGINE_TRANSITIONS,
+        ENGINE_ERRORS,
+        ENGINE_PUBLISH,
+        ENGINE_RESUBSCRIBES,
+        POSITION_GAPS,
+        BROKER_MESSAGES,
     ];
 
     /// The `result` label values of [`RECOVERIES`].
     pub const RECOVERY_RESULTS: [&str; 2] = ["recovered", "not_recovered"];
 
     /// The histograms among [`ALL`].
-    pub const HISTOGRAMS: [&str; 3] = [PING_RTT, EVENT_LOOP_LAG, DELIVERY_LAG];
+    pub const HISTOGRAMS: [&str; 4] = [PING_RTT, EVENT_LOOP_LAG, DELIVERY_LAG, ENGINE_PUBLISH];
 }
 
 /// Buckets (upper bounds, seconds) for round-trip and delivery latencies: 100 µs … 20 s.
@@ -157,7 +181,7 @@ pub const LAG_BUCKETS: [f64; 16] = [
 /// Only if a bucket list is empty, which the constants above are not.
 pub fn builder() -> Result<PrometheusBuilder, BuildError> {
     let mut builder = PrometheusBuilder::new();
-    for name in [names::PING_RTT, names::DELIVERY_LAG] {
+    for name in [names::PING_RTT, names::DELIVERY_LAG, names::ENGINE_PUBLISH] {
         builder =
             builder.set_buckets_for_metric(Matcher::Full(name.to_owned()), &LATENCY_BUCKETS)?;
     }
@@ -312,6 +336,130 @@ pub fn describe() {
         Unit::Count,
         "Accept pauses of 100 ms after accept failed for lack of resources (EMFILE, ENFILE, ENOBUFS, ENOMEM)."
     );
+    describe_gauge!(
+        names::ENGINE_UP,
+        Unit::Count,
+        "1 while the engine can take publishes and subscribes (Redis: every instance connected), else 0."
+    );
+    describe_counter!(
+        names::ENGINE_TRANSITIONS,
+        Unit::Count,
+        "Engine up/down transitions, by the state they went to."
+    );
+    describe_counter!(
+        names::ENGINE_ERRORS,
+        Unit::Count,
+        "Failed engine operations (publish, subscribe, read, heartbeat, control), by op."
+    );
+    describe_histogram!(
+        names::ENGINE_PUBLISH,
+        Unit::Seconds,
+        "Duration of one engine publish call (all messages of one API request), in seconds."
+    );
+    describe_counter!(
+        names::ENGINE_RESUBSCRIBES,
+        Unit::Count,
+        "Resubscribes of every channel after a broker reconnect (one per instance per reconnect)."
+    );
+    describe_counter!(
+        names::POSITION_GAPS,
+        Unit::Count,
+        "Gaps in a stream's seq seen by this node, by result: refilled from history, or lost (position_lost sent)."
+    );
+    describe_counter!(
+        names::BROKER_MESSAGES,
+        Unit::Count,
+        "Messages received from the broker's pub/sub connections."
+    );
+}
+
+/// The engine's metric handles (process-wide, no labels beyond `op`/`result`/`state`),
+/// registered at start-up so every series exists from the first scrape.
+#[derive(Clone, Debug)]
+pub struct EngineMetrics {
+    /// `pingwheel_engine_up`.
+    pub up: Gauge,
+    /// `pingwheel_engine_transitions_total{state="up"|"down"}`.
+    pub went_up: Counter,
+    /// See `went_up`.
+    pub went_down: Counter,
+    /// `pingwheel_engine_errors_total{op}`, indexed by [`EngineOp`].
+    pub errors: [Counter; EngineOp::ALL.len()],
+    /// `pingwheel_engine_publish_seconds`.
+    pub publish_seconds: Histogram,
+    /// `pingwheel_engine_resubscribes_total`.
+    pub resubscribes: Counter,
+    /// `pingwheel_position_gaps_total{result="refilled"}`.
+    pub gaps_refilled: Counter,
+    /// `pingwheel_position_gaps_total{result="lost"}`.
+    pub gaps_lost: Counter,
+    /// `pingwheel_broker_messages_received_total`.
+    pub broker_messages: Counter,
+}
+
+/// The `op` label of `pingwheel_engine_errors_total`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum EngineOp {
+    /// A publish (script pipeline).
+    Publish,
+    /// A node-level subscribe.
+    Subscribe,
+    /// A position or history read (recovery, gap refill, history API).
+    Read,
+    /// A heartbeat or node-list read.
+    Heartbeat,
+    /// A control message (`/v1/disconnect`).
+    Control,
+}
+
+impl EngineOp {
+    /// Every op, in label order.
+    pub const ALL: [EngineOp; 5] = [
+        EngineOp::Publish,
+        EngineOp::Subscribe,
+        EngineOp::Read,
+        EngineOp::Heartbeat,
+        EngineOp::Control,
+    ];
+
+    /// The label value.
+    pub const fn as_label(self) -> &'static str {
+        match self {
+            EngineOp::Publish => "publish",
+            EngineOp::Subscribe => "subscribe",
+            EngineOp::Read => "read",
+            EngineOp::Heartbeat => "heartbeat",
+            EngineOp::Control => "control",
+        }
+    }
+}
+
+impl EngineMetrics {
+    /// Registers every engine series with the current recorder (`up` starts at 0).
+    pub fn new() -> EngineMetrics {
+        EngineMetrics {
+            up: gauge!(names::ENGINE_UP),
+            went_up: counter!(names::ENGINE_TRANSITIONS, "state" => "up"),
+            went_down: counter!(names::ENGINE_TRANSITIONS, "state" => "down"),
+            errors: EngineOp::ALL.map(|op| counter!(names::ENGINE_ERRORS, "op" => op.as_label())),
+            publish_seconds: histogram!(names::ENGINE_PUBLISH),
+            resubscribes: counter!(names::ENGINE_RESUBSCRIBES),
+            gaps_refilled: counter!(names::POSITION_GAPS, "result" => "refilled"),
+            gaps_lost: counter!(names::POSITION_GAPS, "result" => "lost"),
+            broker_messages: counter!(names::BROKER_MESSAGES),
+        }
+    }
+
+    /// The error counter of `op`.
+    pub fn error(&self, op: EngineOp) -> &Counter {
+        &self.errors[op as usize]
+    }
+}
+
+impl Default for EngineMetrics {
+    fn default() -> Self {
+        EngineMetrics::new()
+    }
 }
 
 /// One worker's metric handles, labelled `worker="N"`. Build once per worker, after
@@ -525,6 +673,9 @@ mod tests {
             }
             api.publish_request(200);
             api.publish_request(413);
+            let engine = EngineMetrics::new();
+            engine.up.set(1.0);
+            engine.publish_seconds.record(Duration::from_micros(300));
         });
         handle.run_upkeep();
         handle.render()

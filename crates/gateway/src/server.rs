@@ -26,17 +26,27 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing::{error, info, warn};
 
+use crate::admin::EngineTask;
+use crate::admin::cluster::{Cluster, ClusterApi};
 use crate::admin::publish::PublishApi;
 use crate::admin::{self, AdminState};
 use crate::config::Config;
+use crate::config::EngineKind;
 use crate::engine::history::History;
 use crate::engine::memory::MemoryEngine;
-use crate::engine::{Engine, request_channel};
+use crate::engine::redis::engine::RedisEngine;
+use crate::engine::redis::instance::Timing;
+use crate::engine::redis::node::NodeSettings;
+use crate::engine::{Engine, Outbox, request_channel};
 use crate::listener::bind_reuseport;
 use crate::metrics::{self, WorkerMetrics};
 use crate::push::auth::Authenticator;
 use crate::worker::link::{Command, WorkerOutbox};
 use crate::worker::{self, PushContext};
+
+/// How long a stream's position outlives its last publish in Redis (far longer than
+/// any history TTL, at most 7 days: positions survive quiet periods and node restarts).
+pub const REDIS_META_TTL: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 
 /// Why the server could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -147,20 +157,69 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         handles.push(handle);
     }
 
-    let outbox = WorkerOutbox::new(handles.iter().map(worker::WorkerHandle::link).collect());
-    // A fresh seed per process: a restart starts every stream in a new epoch.
-    let history = History::new(
-        config.namespaces(),
-        config.history_limits(),
-        Instant::now(),
-        fastrand::u64(..),
-    );
-    let engine = Arc::new(MemoryEngine::new(
-        history,
-        config.recovery_max,
-        Arc::new(outbox),
-    ));
-    let engine_task = Arc::clone(&engine).run(engine_requests);
+    let links: Vec<_> = handles.iter().map(worker::WorkerHandle::link).collect();
+    let outbox: Arc<dyn Outbox> = Arc::new(WorkerOutbox::new(links.clone()));
+    // Every engine series exists from the first scrape.
+    let engine_metrics = metrics::EngineMetrics::new();
+    let node_name = config
+        .node_name
+        .clone()
+        .unwrap_or_else(crate::engine::redis::nodes::default_node_name);
+    let (engine, engine_task, cluster): (Arc<dyn Engine>, Option<EngineTask>, Cluster) =
+        match config.engine {
+            EngineKind::Memory => {
+                // A fresh seed per process: a restart starts every stream in a new epoch.
+                let history = History::new(
+                    config.namespaces(),
+                    config.history_limits(),
+                    Instant::now(),
+                    fastrand::u64(..),
+                );
+                let engine = Arc::new(MemoryEngine::new(history, config.recovery_max, outbox));
+                engine_metrics.up.set(1.0);
+                let task = Arc::clone(&engine).run(engine_requests);
+                (engine, Some(task), Cluster::Local)
+            }
+            EngineKind::Redis => {
+                let broker = crate::engine::redis::broker::spawn_runtime()
+                    .map_err(|e| ServerError::Startup(format!("broker runtime: {e}")))?;
+                let settings = NodeSettings {
+                    urls: config.redis_urls.iter().map(|u| u.0.clone()).collect(),
+                    name: node_name.clone(),
+                    timing: Timing {
+                        command: config.redis_timeout,
+                        ..Timing::default()
+                    },
+                    meta_ttl: REDIS_META_TTL,
+                };
+                let engine = {
+                    let _runtime = broker.enter();
+                    RedisEngine::start(
+                        settings,
+                        config.namespaces(),
+                        config.recovery_max,
+                        outbox,
+                        links.clone(),
+                        engine_metrics.clone(),
+                    )
+                    .map_err(ServerError::Startup)?
+                };
+                let engine = Arc::new(engine);
+                broker.spawn(Arc::clone(&engine).run(engine_requests));
+                info!(node = %node_name, instances = config.redis_urls.len(), "engine: redis");
+                let node = Arc::clone(engine.node());
+                (engine, None, Cluster::Redis(node))
+            }
+        };
+    let cluster_api = ClusterApi {
+        cluster,
+        name: node_name,
+        links,
+        api_key: config.api_key.clone(),
+        dev_mode,
+        body_timeout: config.admin_body_timeout,
+        metrics: metrics::ApiMetrics::new(),
+    };
     let publish_api = PublishApi {
         engine,
         api_key: config.api_key.clone(),
@@ -168,12 +227,15 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         limits,
         body_timeout: config.admin_body_timeout,
         metrics: metrics::ApiMetrics::new(),
+        engine_metrics,
     };
-    let admin_state = Arc::new(
-        AdminState::new(prometheus)
-            .with_publish_api(publish_api)
-            .with_engine_task(engine_task),
-    );
+    let mut admin_state = AdminState::new(prometheus)
+        .with_publish_api(publish_api)
+        .with_cluster_api(cluster_api);
+    if let Some(task) = engine_task {
+        admin_state = admin_state.with_engine_task(task);
+    }
+    let admin_state = Arc::new(admin_state);
     let admin = admin::spawn(admin_listener, Arc::clone(&admin_state))
         .map_err(|e| ServerError::Startup(format!("admin listener: {e}")))?;
 

@@ -75,6 +75,34 @@ pub enum Inbound<'a> {
     },
 }
 
+/// An owned copy of an [`Inbound`] item, for callers that keep items past the
+/// callback (tests, fuzz targets). The reader itself never makes one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OwnedInbound {
+    /// [`Inbound::Text`].
+    Text(String),
+    /// [`Inbound::Binary`].
+    Binary(Vec<u8>),
+    /// [`Inbound::Ping`].
+    Ping(Vec<u8>),
+    /// [`Inbound::Pong`].
+    Pong(Vec<u8>),
+    /// [`Inbound::Close`]: the code and the reason.
+    Close(Option<u16>, String),
+}
+
+impl From<Inbound<'_>> for OwnedInbound {
+    fn from(item: Inbound<'_>) -> Self {
+        match item {
+            Inbound::Text(text) => OwnedInbound::Text(text.to_owned()),
+            Inbound::Binary(data) => OwnedInbound::Binary(data.to_vec()),
+            Inbound::Ping(data) => OwnedInbound::Ping(data.to_vec()),
+            Inbound::Pong(data) => OwnedInbound::Pong(data.to_vec()),
+            Inbound::Close { code, reason } => OwnedInbound::Close(code, reason.to_owned()),
+        }
+    }
+}
+
 /// What the callback of [`MessageReader::feed`] wants next.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Flow {

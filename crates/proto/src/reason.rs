@@ -35,11 +35,14 @@ pub enum CloseReason {
     Abnormal,
     /// A socket error other than a plain disconnect.
     IoError,
+    /// The operator closed every connection of the user (`POST /v1/disconnect`: a
+    /// log-out, a revoked session): closed with 4001.
+    Revoked,
 }
 
 impl CloseReason {
     /// Every reason, in label order (for registering one counter handle per reason).
-    pub const ALL: [CloseReason; 12] = [
+    pub const ALL: [CloseReason; 13] = [
         CloseReason::Normal,
         CloseReason::PingTimeout,
         CloseReason::HandshakeTimeout,
@@ -52,6 +55,7 @@ impl CloseReason {
         CloseReason::Shutdown,
         CloseReason::Abnormal,
         CloseReason::IoError,
+        CloseReason::Revoked,
     ];
 
     /// The value of the `reason` metrics label.
@@ -69,6 +73,7 @@ impl CloseReason {
             CloseReason::Shutdown => "shutdown",
             CloseReason::Abnormal => "abnormal",
             CloseReason::IoError => "io_error",
+            CloseReason::Revoked => "revoked",
         }
     }
 

@@ -13,7 +13,9 @@
 //!   message is fragmented and the stream is split.
 
 use pingwheel_proto::frame::encode_client_frame;
-use pingwheel_proto::inbound::{Flow, Inbound, Limits, MAX_HEADER_LEN, MessageReader, ReadError};
+use pingwheel_proto::inbound::{
+    Flow, Limits, MAX_HEADER_LEN, MessageReader, OwnedInbound, ReadError,
+};
 use proptest::{collection::vec, prelude::*, sample::Index};
 
 const TEXT: u8 = 0x1;
@@ -25,26 +27,7 @@ const PONG: u8 = 0xA;
 const MAX_CONTROL_PAYLOAD: usize = 125;
 
 /// An owned copy of an item.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Item {
-    Text(String),
-    Binary(Vec<u8>),
-    Ping(Vec<u8>),
-    Pong(Vec<u8>),
-    Close(Option<u16>, String),
-}
-
-impl From<Inbound<'_>> for Item {
-    fn from(item: Inbound<'_>) -> Self {
-        match item {
-            Inbound::Text(text) => Item::Text(text.to_owned()),
-            Inbound::Binary(data) => Item::Binary(data.to_vec()),
-            Inbound::Ping(data) => Item::Ping(data.to_vec()),
-            Inbound::Pong(data) => Item::Pong(data.to_vec()),
-            Inbound::Close { code, reason } => Item::Close(code, reason.to_owned()),
-        }
-    }
-}
+type Item = OwnedInbound;
 
 /// One top-level piece of a generated stream.
 #[derive(Clone, Debug)]

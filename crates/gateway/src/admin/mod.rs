@@ -34,6 +34,7 @@
 //! samples even when nobody scrapes. The engine's own task ([`Engine::run`]: the
 //! workers' requests, history timers) runs on this runtime too.
 
+pub mod cluster;
 pub mod http;
 pub mod publish;
 
@@ -54,6 +55,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::oneshot;
 
+use self::cluster::ClusterApi;
 use self::http::{AdminBody, method_not_allowed, plain, respond};
 use self::publish::PublishApi;
 use crate::engine::Engine;
@@ -87,6 +89,8 @@ pub struct AdminState {
     draining: AtomicBool,
     /// The publish API (`/v1/...`), when the process has workers to publish to.
     publish: Option<PublishApi>,
+    /// `/readyz`, `/v1/nodes`, `/v1/disconnect`.
+    cluster: Option<ClusterApi>,
     /// The engine's background task, spawned on the admin runtime at start.
     engine_task: std::sync::Mutex<Option<TaskSlot>>,
 }
@@ -110,8 +114,15 @@ impl AdminState {
             metrics,
             draining: AtomicBool::new(false),
             publish: None,
+            cluster: None,
             engine_task: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Serves the cluster routes (`/readyz`, `/v1/nodes`, `/v1/disconnect`) too.
+    pub fn with_cluster_api(mut self, api: ClusterApi) -> AdminState {
+        self.cluster = Some(api);
+        self
     }
 
     /// Runs `task` (the engine's [`Engine::run`]) on the admin runtime.
@@ -310,6 +321,19 @@ async fn serve(
 pub async fn route(state: &AdminState, request: Request<Incoming>) -> Response<AdminBody> {
     let method = request.method();
     let path = request.uri().path();
+    if let Some(cluster) = &state.cluster {
+        match path {
+            "/readyz" => {
+                return match *method {
+                    Method::GET | Method::HEAD => cluster.readyz(state.is_draining()),
+                    _ => method_not_allowed("GET, HEAD"),
+                };
+            }
+            "/v1/nodes" => return cluster.nodes(request).await,
+            "/v1/disconnect" => return cluster.disconnect(request).await,
+            _ => {}
+        }
+    }
     if let (Some(route), Some(api)) = (PublishRoute::from_path(path), &state.publish) {
         // Every answer on these paths (405 included) is counted there.
         return api.handle(route, request).await;

@@ -22,7 +22,7 @@ use serde_json::value::RawValue;
 use super::http::{AdminBody, BodyError, close_after, read_body, respond};
 use crate::config::Secret;
 use crate::engine::{Engine, EngineError, Published, Stream};
-use crate::metrics::ApiMetrics;
+use crate::metrics::{ApiMetrics, EngineMetrics};
 use crate::push::PushLimits;
 use crate::push::auth::check_api_key;
 use crate::push::history::{history_json, parse_history_query};
@@ -48,6 +48,8 @@ pub struct PublishApi {
     pub body_timeout: Duration,
     /// `pingwheel_publishes_total`, auth failures, requests by status.
     pub metrics: ApiMetrics,
+    /// `pingwheel_engine_publish_seconds` (timed here, around the engine call).
+    pub engine_metrics: EngineMetrics,
 }
 
 impl PublishApi {
@@ -170,7 +172,12 @@ impl PublishApi {
                 .map(|m| (m.target.clone(), m.data))
                 .collect(),
         };
-        let published: Vec<Published> = match self.engine.publish(&items).await {
+        let started = std::time::Instant::now();
+        let outcome = self.engine.publish(&items).await;
+        self.engine_metrics
+            .publish_seconds
+            .record(started.elapsed());
+        let published: Vec<Published> = match outcome {
             Ok(published) => published,
             Err(error) => return unavailable(&error),
         };

@@ -164,6 +164,42 @@ kind!(
     }
 );
 
+kind!(
+    /// `--engine`: `memory` or `redis`.
+    EngineChoice: super::EngineKind = |s| match s.trim() {
+        "memory" => Ok(super::EngineKind::Memory),
+        "redis" => Ok(super::EngineKind::Redis),
+        _ => Err("expected 'memory' or 'redis'".to_owned()),
+    }
+);
+
+kind!(
+    /// A Redis URL: `redis://HOST:PORT[/DB]`, with an optional `:PASSWORD@` (or
+    /// `rediss://` for TLS is refused: this build has no TLS for Redis).
+    RedisUrlKind: super::RedisUrl = |s| {
+        let s = s.trim();
+        if !s.starts_with("redis://") {
+            return Err("expected a URL such as 'redis://127.0.0.1:6379' or 'redis://host:6379/2'".to_owned());
+        }
+        match redis::Client::open(s) {
+            Ok(_) => Ok(super::RedisUrl(s.to_owned())),
+            Err(e) => Err(format!("not a Redis URL: {e}")),
+        }
+    }
+);
+
+kind!(
+    /// A node name: 1 to 64 printable ASCII characters without spaces.
+    NodeName: String = |s| {
+        let s = s.trim();
+        if s.is_empty() || s.len() > 64 || !s.bytes().all(|b| b.is_ascii_graphic()) {
+            Err("expected 1 to 64 printable ASCII characters without spaces".to_owned())
+        } else {
+            Ok(s.to_owned())
+        }
+    }
+);
+
 /// A duration of at most a day, in the shared grammar (`pingwheel-units`).
 fn duration(s: &str, expected: &str) -> Result<Duration, String> {
     match pingwheel_units::parse_duration(s) {

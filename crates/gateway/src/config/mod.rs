@@ -62,8 +62,8 @@ use subtle::ConstantTimeEq;
 use crate::engine::namespace::Namespace;
 
 use self::kinds::{
-    Addr, Bool, FilePath, Fixed, Kind, List, LogFilter, Opt, Origin, Positive, SecretText, Size,
-    Switchable, TickLength, Whole, Workers,
+    Addr, Bool, EngineChoice, FilePath, Fixed, Kind, List, LogFilter, NodeName, Opt, Origin,
+    Positive, RedisUrlKind, SecretText, Size, Switchable, TickLength, Whole, Workers,
 };
 
 mod kinds;
@@ -293,6 +293,57 @@ pub struct Config {
     #[arg(skip)]
     #[serde(rename = "namespace", deserialize_with = "kinds::namespaces")]
     pub namespaces: Vec<Namespace>,
+    /// Where positions, history and fan-out between nodes live: 'memory' (this process
+    /// alone) or 'redis' (many nodes sharing --redis-url).
+    #[arg(long, value_name = "ENGINE", default_value = "memory", value_parser = EngineChoice::parse,
+          help_heading = "Engine")]
+    #[serde(deserialize_with = "EngineChoice::deserialize")]
+    pub engine: EngineKind,
+
+    /// A Redis instance for --engine redis: redis://HOST:PORT[/DB], optionally
+    /// redis://:PASSWORD@HOST:PORT. Repeat for several: streams are spread over them by a
+    /// stable hash of their name, so give every node the same list in the same order.
+    /// [default: none]
+    #[arg(long = "redis-url", value_name = "URL", value_parser = RedisUrlKind::parse,
+          help_heading = "Engine")]
+    #[serde(deserialize_with = "List::<RedisUrlKind>::deserialize")]
+    pub redis_urls: Vec<RedisUrl>,
+
+    /// This node's name in logs, heartbeats and GET /v1/nodes.
+    /// [default: the host name and a random suffix]
+    #[arg(long, value_name = "NAME", value_parser = NodeName::parse, help_heading = "Engine")]
+    #[serde(deserialize_with = "Opt::<NodeName>::deserialize")]
+    pub node_name: Option<String>,
+
+    /// A Redis call (a publish's scripts, a read) must answer within this, else it fails
+    /// (a publish answers 503) and the connection is probed at once.
+    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = Positive::parse,
+          help_heading = "Engine")]
+    #[serde(deserialize_with = "Positive::deserialize")]
+    pub redis_timeout: Duration,
+}
+
+/// `--engine`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum EngineKind {
+    /// Positions, history and fan-out in this process alone.
+    Memory,
+    /// Many nodes over Redis (`--redis-url`).
+    Redis,
+}
+
+/// A `--redis-url`. Its `Debug` hides the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl(pub String);
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "RedisUrl({})",
+            crate::engine::redis::instance::redact(&self.0)
+        )
+    }
 }
 
 impl Default for Config {

@@ -518,7 +518,7 @@ fn missing_file_is_reported_with_its_path() {
 }
 
 /// Every key the file accepts; `FileConfig` must have exactly these fields.
-const FILE_KEYS: [&str; 28] = [
+const FILE_KEYS: [&str; 32] = [
     "listen",
     "admin_listen",
     "admin_body_timeout",
@@ -544,6 +544,10 @@ const FILE_KEYS: [&str; 28] = [
     "max_inbound_rate",
     "max_publish_body",
     "max_token_channels",
+    "engine",
+    "redis_urls",
+    "node_name",
+    "redis_timeout",
     "history_max_bytes",
     "recovery_max",
     "channel_idle_forget",
@@ -595,6 +599,7 @@ fn operations_doc_example_uses_every_key_and_the_defaults() {
             token_public_key: None,
             api_key: None,
             allowed_origins: Vec::new(),
+            node_name: None,
             namespaces: Vec::new(),
             ..config.clone()
         },
@@ -697,6 +702,38 @@ fn deploy_example_is_the_print_config_output() {
         "deploy/pingwheel.toml differs from `pingwheel --print-config`; regenerate it with\n  \
          cargo run --bin pingwheel -- --print-config > deploy/pingwheel.toml"
     );
+}
+
+#[test]
+fn engine_settings_parse_and_hide_redis_passwords() {
+    let config = load(&[
+        "--engine",
+        "redis",
+        "--redis-url",
+        "redis://127.0.0.1:6379",
+        "--redis-url",
+        "redis://:hunter2@10.0.0.2:6380/3",
+        "--node-name",
+        "edge-1",
+        "--redis-timeout",
+        "250ms",
+    ]);
+    assert_eq!(config.engine, super::EngineKind::Redis);
+    assert_eq!(config.redis_urls.len(), 2);
+    assert_eq!(config.node_name.as_deref(), Some("edge-1"));
+    assert_eq!(config.redis_timeout, Duration::from_millis(250));
+    let debug = format!("{config:?}");
+    assert!(!debug.contains("hunter2"), "{debug}");
+    assert_eq!(Config::default().engine, super::EngineKind::Memory);
+    for bad in [
+        &["--engine", "etcd"][..],
+        &["--redis-url", "http://127.0.0.1:6379"],
+        &["--node-name", "two words"],
+        &["--redis-timeout", "0"],
+    ] {
+        let err = load_err(bad);
+        assert!(err.contains(bad[0]), "{err}");
+    }
 }
 
 #[test]

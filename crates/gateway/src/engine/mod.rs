@@ -8,6 +8,7 @@
 //! | [`history`] | positions and bounded history in memory: blocks, TTL, byte bound, idle forgetting | yes (takes `now`) |
 //! | [`recovery`] | the worker's half: per-subscription watermarks, merging an answer with buffered live frames | yes |
 //! | [`memory`] | the single-node [`Engine`]: a [`history::History`] behind one lock | (admin thread) |
+//! | [`redis`] | many nodes over Redis: the publish script, node subscriptions, order checks and refills, outages | (broker runtime) |
 //!
 //! # The seam
 //!
@@ -61,6 +62,7 @@ pub mod memory;
 pub mod namespace;
 pub mod position;
 pub mod recovery;
+pub mod redis;
 
 use position::{Position, Since};
 use recovery::Answer;

@@ -63,6 +63,20 @@ impl Watermark {
         seq: u64::MAX,
     };
 
+    /// The mark of a subscription whose position the engine lost (a gap it could not
+    /// refill: `position_lost` was sent): nothing live goes out on it until the client
+    /// resubscribes with `since`, so that recovery starts at what the client really has
+    /// ([`Watermark::recover_from`] then takes `since` as sent).
+    pub const LOST: Watermark = Watermark {
+        epoch: Epoch::NONE,
+        seq: u64::MAX - 1,
+    };
+
+    /// Whether this is [`Watermark::LOST`].
+    pub fn is_lost(&self) -> bool {
+        *self == Watermark::LOST
+    }
+
     /// Whether this is [`Watermark::PENDING`].
     pub fn is_pending(&self) -> bool {
         *self == Watermark::PENDING
@@ -90,7 +104,7 @@ impl Watermark {
     /// for a later seq of the mark's epoch and for any seq of another epoch (a new
     /// epoch restarts the count), no for a duplicate.
     pub fn admit(&mut self, seq: u64, epoch: Epoch) -> bool {
-        if self.epoch == epoch && seq <= self.seq {
+        if self.is_lost() || (self.epoch == epoch && seq <= self.seq) {
             return false;
         }
         self.epoch = epoch;
@@ -175,6 +189,15 @@ impl Pending {
             self.dropped = Some((old.seq, old.epoch));
         }
         self.buffer.push_back(frame);
+    }
+
+    /// The engine lost messages up to `(seq, epoch)` of this stream while the answer
+    /// was pending: unless the answer covers them, the merge reports the loss (never
+    /// a silent gap).
+    pub fn lost(&mut self, seq: u64, epoch: Epoch) {
+        if self.dropped.is_none_or(|(s, e)| e != epoch || s < seq) {
+            self.dropped = Some((seq, epoch));
+        }
     }
 
     /// Frames buffered now.

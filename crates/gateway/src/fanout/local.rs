@@ -423,6 +423,42 @@ impl LocalFanout {
         self.accepted.drain(..)
     }
 
+    /// The connections of `user` on this worker.
+    pub fn user_connections(&self, user: &str) -> Vec<ConnId> {
+        self.index
+            .subscribers(Stream::User(user))
+            .iter()
+            .map(|s| s.id)
+            .collect()
+    }
+
+    /// The engine lost messages of `stream` up to `position` (a gap it could not
+    /// refill). Every subscription that is not waiting gets [`Watermark::LOST`] (no
+    /// live delivery until the client resubscribes with `since`); returns those
+    /// connections, to be sent `position_lost`. A waiting subscribe's merge is told
+    /// instead ([`Pending::lost`]), so its reply reports the loss if its answer does
+    /// not cover it.
+    pub fn position_lost(&mut self, stream: &StreamKey, position: Position) -> Vec<ConnId> {
+        let mut told = Vec::new();
+        for sub in self.index.subscribers_mut(stream.as_stream()) {
+            if sub.mark.is_pending() {
+                if let Some(Waiting {
+                    merge: Some((pending, _)),
+                    ..
+                }) = self.waiting.get_mut(&(sub.id, stream.clone()))
+                {
+                    pending.lost(position.seq, position.epoch);
+                }
+                continue;
+            }
+            if !sub.mark.is_lost() {
+                sub.mark = Watermark::LOST;
+                told.push(sub.id);
+            }
+        }
+        told
+    }
+
     /// Channels with at least one subscriber on this worker.
     pub fn channel_count(&self) -> usize {
         self.index.channel_count()

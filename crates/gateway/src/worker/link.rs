@@ -17,7 +17,7 @@
 //! no command is ever left unnoticed and a burst of publishes costs one `eventfd` write.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::time::Instant;
 
@@ -36,6 +36,19 @@ pub enum Command {
     },
     /// Queue these publishes for the local subscribers, in order.
     Deliver(Arc<[Delivery]>),
+    /// The engine lost messages of `stream` up to `position` (Redis: a gap it could
+    /// not refill): tell its subscribers `position_lost`.
+    PositionLost {
+        /// The stream.
+        stream: crate::engine::StreamKey,
+        /// The newest position the engine knows.
+        position: crate::engine::position::Position,
+    },
+    /// Close every connection of this user with 4001 (`POST /v1/disconnect`).
+    Disconnect {
+        /// The user id (the token's `sub`).
+        user: Arc<str>,
+    },
     /// The engine's answers to this worker's subscribes (positions, recovered frames).
     Answers(Vec<Answered>),
 }
@@ -48,9 +61,25 @@ pub struct WorkerLink {
     commands: Sender<Command>,
     waker: Arc<Waker>,
     wake_pending: Arc<AtomicBool>,
+    stats: Arc<WorkerStats>,
+}
+
+/// What a worker tells other threads about itself (the node's heartbeat for
+/// `GET /v1/nodes`): stored once per loop turn, relaxed; never read on a hot path.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    /// Open client connections.
+    pub connections: AtomicU64,
+    /// Subscriptions held by its connections.
+    pub subscriptions: AtomicU64,
 }
 
 impl WorkerLink {
+    /// The worker's published numbers.
+    pub fn stats(&self) -> &WorkerStats {
+        &self.stats
+    }
+
     /// Sends `command` and wakes the worker. Returns false if the worker has exited.
     pub fn send(&self, command: Command) -> bool {
         if self.commands.send(command).is_err() {
@@ -98,9 +127,20 @@ impl Outbox for WorkerOutbox {
 pub struct Inbox {
     commands: Receiver<Command>,
     wake_pending: Arc<AtomicBool>,
+    stats: Arc<WorkerStats>,
 }
 
 impl Inbox {
+    /// Publishes the worker's numbers (see [`WorkerStats`]).
+    pub fn publish_stats(&self, connections: usize, subscriptions: usize) {
+        self.stats
+            .connections
+            .store(connections as u64, Ordering::Relaxed);
+        self.stats
+            .subscriptions
+            .store(subscriptions as u64, Ordering::Relaxed);
+    }
+
     /// Call when the waker fired, before draining with [`Inbox::try_recv`]: a command
     /// sent from here on wakes the worker again.
     pub fn woken(&self) {
@@ -121,14 +161,17 @@ impl Inbox {
 pub fn mailbox(waker: Waker) -> (WorkerLink, Inbox) {
     let (commands, receiver) = mpsc::channel();
     let wake_pending = Arc::new(AtomicBool::new(false));
+    let stats = Arc::new(WorkerStats::default());
     let link = WorkerLink {
         commands,
         waker: Arc::new(waker),
         wake_pending: Arc::clone(&wake_pending),
+        stats: Arc::clone(&stats),
     };
     let inbox = Inbox {
         commands: receiver,
         wake_pending,
+        stats,
     };
     (link, inbox)
 }

@@ -74,6 +74,10 @@ const MAX_IOV: usize = 64;
 const READS_PER_TURN: usize = 4;
 /// How long to pause accepting after running out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// The close code of a connection whose user the operator disconnected
+/// (`POST /v1/disconnect`; docs/protocol.md): a client must not reconnect with the same
+/// token.
+pub const DISCONNECT_CODE: u16 = 4001;
 
 /// Per-worker settings.
 #[derive(Clone, Debug)]
@@ -302,6 +306,8 @@ impl Worker {
             self.metrics
                 .channels
                 .set(self.fanout.channel_count() as f64);
+            self.inbox
+                .publish_stats(self.conns.len(), self.fanout.subscription_count());
             if let Some(deadline) = self.drain_deadline
                 && (self.conns.is_empty() || now >= deadline)
             {
@@ -435,6 +441,10 @@ impl Worker {
             match self.inbox.try_recv() {
                 Ok(Command::Shutdown { deadline }) => self.begin_drain(now, deadline),
                 Ok(Command::Deliver(batch)) => self.deliver(&batch, now),
+                Ok(Command::Disconnect { user }) => self.disconnect_user(&user, now),
+                Ok(Command::PositionLost { stream, position }) => {
+                    self.position_lost(&stream, position, now);
+                }
                 Ok(Command::Answers(answers)) => self.answered(answers, now),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
@@ -447,6 +457,24 @@ impl Worker {
             }
         }
         self.flush_deliveries();
+    }
+
+    /// Closes every connection of `user` on this worker with [`DISCONNECT_CODE`].
+    fn disconnect_user(&mut self, user: &str, now: Instant) {
+        let ids = self.fanout.user_connections(user);
+        for id in ids {
+            match self.conns.get_mut(id.index as usize) {
+                Some(slot) if slot.generation == id.generation => slot.conn.close(
+                    &self.settings.conn,
+                    now,
+                    CloseReason::Revoked,
+                    DISCONNECT_CODE,
+                    &mut self.events,
+                ),
+                _ => continue,
+            }
+            self.settle(id, now);
+        }
     }
 
     fn begin_drain(&mut self, now: Instant, deadline: Instant) {

@@ -9,7 +9,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use super::link::Delivery;
 use super::{Slot, Worker, count_closed};
 use crate::conn::{CloseReason, Conn, ConnEvent, Message, UpgradeRequest};
-use crate::engine::{Answered, Stream};
+use bytes::Bytes;
+
+use crate::engine::position::Position;
+use crate::engine::{Answered, Stream, StreamKey};
 use crate::fanout::local::SubscribeError;
 use crate::fanout::session::Session;
 use crate::push::channel::ChannelGrant;
@@ -204,6 +207,36 @@ impl Worker {
             queued
         });
         metrics.deliveries.increment(queued);
+    }
+
+    /// Tells every subscriber of `stream` whose position the engine lost
+    /// `position_lost` ([`LocalFanout::position_lost`](crate::fanout::local::LocalFanout::position_lost));
+    /// written with the batch's in [`Worker::flush_deliveries`].
+    pub(super) fn position_lost(&mut self, stream: &StreamKey, position: Position, now: Instant) {
+        let channel = match stream {
+            StreamKey::Channel(c) => &**c,
+            StreamKey::User(_) => USER_CHANNEL,
+        };
+        let frame = Bytes::from(encode_reply(&Reply::PositionLost { channel, position }));
+        for id in self.fanout.position_lost(stream, position) {
+            let Some(slot) = self.conns.get_mut(id.index as usize) else {
+                continue;
+            };
+            if slot.generation != id.generation || !slot.conn.is_open() {
+                continue;
+            }
+            slot.conn
+                .send(&self.settings.conn, now, frame.clone(), &mut self.events);
+            if !slot.dirty {
+                slot.dirty = true;
+                self.dirty.push(id);
+            }
+            for event in self.events.drain(..) {
+                if let ConnEvent::Closed(reason) = event {
+                    count_closed(&self.metrics, reason);
+                }
+            }
+        }
     }
 
     /// Sends each answered subscribe its reply, recovered frames and buffered live

@@ -29,26 +29,7 @@ fn close_payload(code: u16, reason: &[u8]) -> Vec<u8> {
 }
 
 /// An owned copy of an item.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Item {
-    Text(String),
-    Binary(Vec<u8>),
-    Ping(Vec<u8>),
-    Pong(Vec<u8>),
-    Close(Option<u16>, String),
-}
-
-impl From<Inbound<'_>> for Item {
-    fn from(item: Inbound<'_>) -> Self {
-        match item {
-            Inbound::Text(text) => Item::Text(text.to_owned()),
-            Inbound::Binary(data) => Item::Binary(data.to_vec()),
-            Inbound::Ping(data) => Item::Ping(data.to_vec()),
-            Inbound::Pong(data) => Item::Pong(data.to_vec()),
-            Inbound::Close { code, reason } => Item::Close(code, reason.to_owned()),
-        }
-    }
-}
+type Item = OwnedInbound;
 
 fn text(s: &str) -> Item {
     Item::Text(s.to_owned())

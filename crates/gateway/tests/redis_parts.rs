@@ -1,0 +1,435 @@
+//! The Redis engine's parts against a real `redis-server` (started per test on a free
+//! port, killed after): the publish and read scripts, the NOSCRIPT fallback, batched
+//! subscriptions, the liveness probe, reconnecting and resubscribing.
+#![allow(missing_docs)]
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::redis::RedisServer;
+use pingwheel::engine::redis::instance::{Events, Instance, InstanceError, Timing};
+use pingwheel::engine::redis::keys::{self, Kind};
+use pingwheel::engine::redis::message::LiveMessage;
+use pingwheel::engine::redis::script::{self, ReadArgs, ReadMode};
+
+/// What an instance reported.
+#[derive(Debug, Clone, PartialEq)]
+enum Event {
+    Message(String, Vec<u8>),
+    Up,
+    Down(String),
+}
+
+#[derive(Default)]
+struct Recorder {
+    events: Mutex<Vec<Event>>,
+}
+
+impl Events for Recorder {
+    fn messages(&self, _instance: usize, batch: Vec<redis::Msg>) {
+        let mut events = self.events.lock().unwrap();
+        for m in batch {
+            events.push(Event::Message(
+                m.get_channel_name().to_owned(),
+                m.get_payload_bytes().to_vec(),
+            ));
+        }
+    }
+    fn up(&self, _instance: usize) {
+        self.events.lock().unwrap().push(Event::Up);
+    }
+    fn down(&self, _instance: usize, why: &str) {
+        self.events
+            .lock()
+            .unwrap()
+            .push(Event::Down(why.to_owned()));
+    }
+}
+
+impl Recorder {
+    fn take(&self) -> Vec<Event> {
+        std::mem::take(&mut *self.events.lock().unwrap())
+    }
+
+    /// Waits (bounded) until `pred` holds for the events so far.
+    async fn wait(&self, what: &str, timeout: Duration, pred: impl Fn(&[Event]) -> bool) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if pred(&self.events.lock().unwrap()) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {:?}",
+                self.events.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+fn fast() -> Timing {
+    Timing {
+        command: Duration::from_millis(200),
+        connect: Duration::from_millis(500),
+        probe_interval: Duration::from_millis(200),
+        probe_timeout: Duration::from_millis(200),
+        backoff_min: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(200),
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn connected(server: &RedisServer) -> (Arc<Instance>, Arc<Recorder>) {
+    let instance = Arc::new(Instance::new(0, &server.url(), fast()).unwrap());
+    let recorder = Arc::new(Recorder::default());
+    instance.spawn(recorder.clone());
+    recorder
+        .wait("up", Duration::from_secs(5), |e| e.contains(&Event::Up))
+        .await;
+    recorder.take();
+    (instance, recorder)
+}
+
+/// A publish call as the engine makes it.
+fn publish_call<'a>(
+    kind: Kind,
+    name: &str,
+    data: &str,
+    history: (u32, u64),
+    epoch: &str,
+) -> redis::ScriptInvocation<'a> {
+    let mut call = script::PUBLISH.prepare_invoke();
+    call.key(keys::meta_key(kind, name))
+        .key(keys::history_key(kind, name))
+        .arg(keys::pubsub_channel(kind, name))
+        .arg(data)
+        .arg(history.0)
+        .arg(history.1)
+        .arg(3600)
+        .arg(epoch);
+    call
+}
+
+fn read_call<'a>(kind: Kind, name: &str, args: &ReadArgs<'_>) -> redis::ScriptInvocation<'a> {
+    let mut call = script::READ.prepare_invoke();
+    call.key(keys::meta_key(kind, name))
+        .key(keys::history_key(kind, name));
+    args.apply(&mut call);
+    call
+}
+
+#[test]
+fn the_publish_script_numbers_keeps_and_publishes_in_one_step() {
+    let server = RedisServer::start();
+    runtime().block_on(async {
+        let (instance, recorder) = connected(&server).await;
+        let channel = keys::pubsub_channel(Kind::Channel, "scores");
+        instance.subscribe(vec![channel.clone()]).await.unwrap();
+
+        let calls: Vec<_> = (0..5)
+            .map(|i| {
+                publish_call(
+                    Kind::Channel,
+                    "scores",
+                    &format!("{{\"n\":{i}}}"),
+                    (3, 60),
+                    "EpochAAA",
+                )
+            })
+            .collect();
+        let replies = instance.scripts(&script::PUBLISH, &calls).await.unwrap();
+        let positions: Vec<_> = replies
+            .iter()
+            .map(|r| script::parse_published(r).unwrap())
+            .collect();
+        assert_eq!(
+            positions,
+            (1..=5)
+                .map(|s| (s, "EpochAAA".to_owned()))
+                .collect::<Vec<_>>()
+        );
+        // A later publish keeps the epoch it found, whatever new one it brings.
+        let more = instance
+            .scripts(
+                &script::PUBLISH,
+                &[publish_call(
+                    Kind::Channel,
+                    "scores",
+                    "6",
+                    (3, 60),
+                    "EpochBBB",
+                )],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            script::parse_published(&more[0]).unwrap(),
+            (6, "EpochAAA".into())
+        );
+
+        recorder
+            .wait("six messages", Duration::from_secs(5), |e| e.len() >= 6)
+            .await;
+        let seqs: Vec<u64> = recorder
+            .take()
+            .into_iter()
+            .map(|e| match e {
+                Event::Message(ch, payload) => {
+                    assert_eq!(ch, channel);
+                    let m = LiveMessage::parse(&payload).unwrap();
+                    assert_eq!(m.epoch, "EpochAAA");
+                    m.seq
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(seqs, [1, 2, 3, 4, 5, 6]);
+
+        // History: MAXLEN 3 keeps 4..6, with ids = seq.
+        assert_eq!(server.cli(&["XLEN", "pw:h:c:scores"]), "3");
+        assert!(
+            server
+                .cli(&["XRANGE", "pw:h:c:scores", "-", "+"])
+                .starts_with("4-0")
+        );
+        let ttl: i64 = server.cli(&["TTL", "pw:h:c:scores"]).parse().unwrap();
+        assert!((1..=60).contains(&ttl), "{ttl}");
+        let meta_ttl: i64 = server.cli(&["TTL", "pw:m:c:scores"]).parse().unwrap();
+        assert!(meta_ttl > 60, "{meta_ttl}");
+
+        // No history: positions still count, nothing is kept.
+        let calls = [publish_call(Kind::User, "42", "{}", (0, 0), "EpochUUU")];
+        let r = instance.scripts(&script::PUBLISH, &calls).await.unwrap();
+        assert_eq!(script::parse_published(&r[0]).unwrap().0, 1);
+        assert_eq!(server.cli(&["EXISTS", "pw:h:u:42"]), "0");
+    });
+}
+
+#[test]
+fn a_flushed_script_cache_is_reloaded_and_only_refused_calls_rerun() {
+    let server = RedisServer::start();
+    runtime().block_on(async {
+        let (instance, _recorder) = connected(&server).await;
+        let call = |d: &str| publish_call(Kind::Channel, "c", d, (10, 60), "EpochAAA");
+        instance
+            .scripts(&script::PUBLISH, &[call("1")])
+            .await
+            .unwrap();
+        assert_eq!(server.cli(&["SCRIPT", "FLUSH"]), "OK");
+        let replies = instance
+            .scripts(&script::PUBLISH, &[call("2"), call("3")])
+            .await
+            .unwrap();
+        let seqs: Vec<u64> = replies
+            .iter()
+            .map(|r| script::parse_published(r).unwrap().0)
+            .collect();
+        assert_eq!(seqs, [2, 3], "each message once");
+        assert_eq!(server.cli(&["XLEN", "pw:h:c:c"]), "3");
+    });
+}
+
+#[test]
+fn the_read_script_recovers_fills_and_creates_positions() {
+    let server = RedisServer::start();
+    runtime().block_on(async {
+        let (instance, _recorder) = connected(&server).await;
+        let calls: Vec<_> = (1..=10)
+            .map(|i| publish_call(Kind::Channel, "r", &i.to_string(), (100, 60), "EpochAAA"))
+            .collect();
+        instance.scripts(&script::PUBLISH, &calls).await.unwrap();
+        let read = |args: ReadArgs<'static>| {
+            let instance = Arc::clone(&instance);
+            async move {
+                let r = instance
+                    .scripts(&script::READ, &[read_call(Kind::Channel, "r", &args)])
+                    .await
+                    .unwrap();
+                script::parse_read(r.into_iter().next().unwrap()).unwrap()
+            }
+        };
+        let base = ReadArgs {
+            epoch: "EpochAAA",
+            after: 6,
+            last: 6 + 300,
+            mode: ReadMode::Recover,
+            create: "",
+            meta_ttl: 3600,
+        };
+        let r = read(base.clone()).await;
+        assert_eq!((r.top, r.epoch.as_deref()), (10, Some("EpochAAA")));
+        assert_eq!(
+            r.entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [7, 8, 9, 10]
+        );
+        assert_eq!(r.entries[0].data, b"7");
+        assert!(r.now_micros > 1_700_000_000_000_000);
+        // Over the recovery limit: nothing read at all.
+        let r = read(ReadArgs {
+            last: 6 + 2,
+            ..base.clone()
+        })
+        .await;
+        assert!(r.entries.is_empty());
+        // A fill reads up to its last seq whatever the top.
+        let r = read(ReadArgs {
+            last: 8,
+            mode: ReadMode::Fill,
+            ..base.clone()
+        })
+        .await;
+        assert_eq!(r.entries.iter().map(|e| e.seq).collect::<Vec<_>>(), [7, 8]);
+        // Another epoch reads nothing.
+        let r = read(ReadArgs {
+            epoch: "EpochZZZ",
+            ..base.clone()
+        })
+        .await;
+        assert!(r.entries.is_empty());
+        // Unknown streams: no position, or a created one the first publish continues.
+        let unknown = |create: &'static str| {
+            let instance = Arc::clone(&instance);
+            async move {
+                let args = ReadArgs {
+                    epoch: "",
+                    after: 0,
+                    last: 0,
+                    mode: ReadMode::Recover,
+                    create,
+                    meta_ttl: 3600,
+                };
+                let r = instance
+                    .scripts(&script::READ, &[read_call(Kind::Channel, "new", &args)])
+                    .await
+                    .unwrap();
+                script::parse_read(r.into_iter().next().unwrap()).unwrap()
+            }
+        };
+        assert_eq!(unknown("").await.epoch, None);
+        assert_eq!(unknown("EpochNEW").await.epoch.as_deref(), Some("EpochNEW"));
+        assert_eq!(unknown("EpochXXX").await.epoch.as_deref(), Some("EpochNEW"));
+        let r = instance
+            .scripts(
+                &script::PUBLISH,
+                &[publish_call(Kind::Channel, "new", "1", (5, 60), "EpochYYY")],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            script::parse_published(&r[0]).unwrap(),
+            (1, "EpochNEW".into())
+        );
+    });
+}
+
+#[test]
+fn ten_thousand_channels_subscribe_in_batches_and_come_back_after_a_restart() {
+    let mut server = RedisServer::start();
+    runtime().block_on(async {
+        let (instance, recorder) = connected(&server).await;
+        let channels: Vec<String> = (0..10_000)
+            .map(|i| keys::pubsub_channel(Kind::Channel, &format!("ch{i}")))
+            .collect();
+        let started = Instant::now();
+        instance.subscribe(channels.clone()).await.unwrap();
+        eprintln!("10,000 channels subscribed in {:?}", started.elapsed());
+        assert_eq!(
+            server
+                .cli(&["PUBSUB", "NUMSUB", &channels[9_999]])
+                .lines()
+                .last(),
+            Some("1")
+        );
+        assert_eq!(instance.wanted(), 10_000);
+
+        // Killed: down at once, calls fail fast.
+        server.kill();
+        recorder
+            .wait("down", Duration::from_secs(3), |e| {
+                e.iter().any(|e| matches!(e, Event::Down(_)))
+            })
+            .await;
+        assert!(!instance.is_up());
+        let started = Instant::now();
+        let err = instance
+            .scripts(
+                &script::PUBLISH,
+                &[publish_call(Kind::Channel, "x", "1", (0, 0), "EpochAAA")],
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, InstanceError::Down(_)), "{err}");
+        assert!(started.elapsed() < Duration::from_millis(100));
+        assert!(
+            instance
+                .subscribe(vec!["pw:p:c:late".into()])
+                .await
+                .is_err()
+        );
+
+        // Back: everything wanted is subscribed again, the late one included.
+        server.restart();
+        recorder
+            .wait("up again", Duration::from_secs(5), |e| {
+                e.contains(&Event::Up)
+            })
+            .await;
+        assert!(instance.is_up());
+        for ch in [&channels[0], &channels[5_000], &"pw:p:c:late".to_owned()] {
+            assert_eq!(
+                server.cli(&["PUBSUB", "NUMSUB", ch]).lines().last(),
+                Some("1"),
+                "{ch}"
+            );
+        }
+        instance.unsubscribe(channels[..5_000].to_vec()).await;
+        assert_eq!(
+            server
+                .cli(&["PUBSUB", "NUMSUB", &channels[0]])
+                .lines()
+                .last(),
+            Some("0")
+        );
+        assert_eq!(instance.wanted(), 5_001);
+    });
+}
+
+#[test]
+fn a_hung_broker_is_noticed_by_the_probe_and_rejoined_when_it_wakes() {
+    let server = RedisServer::start();
+    runtime().block_on(async {
+        let (instance, recorder) = connected(&server).await;
+        instance.subscribe(vec!["pw:p:c:a".into()]).await.unwrap();
+        server.signal(libc::SIGSTOP);
+        let stopped = Instant::now();
+        recorder
+            .wait("down by probe", Duration::from_secs(3), |e| {
+                e.iter().any(|e| matches!(e, Event::Down(_)))
+            })
+            .await;
+        let noticed = stopped.elapsed();
+        eprintln!("hung broker noticed after {noticed:?}");
+        // probe_interval + probe_timeout = 400 ms (+ one tick of slack).
+        assert!(noticed < Duration::from_millis(900), "{noticed:?}");
+        assert!(!instance.is_up());
+        server.signal(libc::SIGCONT);
+        recorder
+            .wait("up again", Duration::from_secs(5), |e| {
+                e.contains(&Event::Up)
+            })
+            .await;
+        assert_eq!(
+            server.cli(&["PUBSUB", "NUMSUB", "pw:p:c:a"]).lines().last(),
+            Some("1")
+        );
+    });
+}
