@@ -17,8 +17,8 @@ continue:
 * the storm: 19,000 harness clients come back at once, each 20 messages behind, and
   every one recovers exactly those, in order, while publishes continue.
 
-Failover *without* loss needs nodes sharing positions and history (the Redis engine,
-issue 13): those tests are in tests/pending_redis_clients_failover.py until it lands.
+Failover *without* loss needs nodes sharing positions and history: the Redis engine's
+cases are in tests/test_clients_failover_redis.py.
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ def test_storm_of_19000_harness_clients_recovers_from_the_gateway_history(
     # Every client comes back at once (URL since) with a position STORM_BACK behind (what
     # a fleet holds after its path to the gateway came back), while publishes continue.
     # After a *restart* this needs history that outlives the process: the Redis engine
-    # (tests/pending_redis_clients_failover.py).
+    # (tests/pending_clients_storm_redis.py, which does not pass yet).
     config = tmp_path / "lt.toml"
     config.write_text('[[namespace]]\nprefix = "lt-"\nhistory_size = 100\nhistory_ttl = "10m"\n')
     gw = start_gateway("--config", str(config), "--token-secret", SECRET, "--api-key", API_KEY)
