@@ -10,8 +10,8 @@
 //! loopback ports in temporary directories, then publishes for SECONDS: IN_FLIGHT
 //! concurrent calls of BATCH messages each (1,000 channels, history of 100 messages
 //! with a 10-minute TTL, a 40-byte payload), through the same script, pipelines and
-//! sharding as the gateway. Prints publishes/s and each Redis's CPU (from
-//! `/proc/PID/stat`). Every Redis is killed at the end.
+//! sharding as the gateway. Prints publishes/s, each Redis's CPU and the publishing
+//! node's own (from `/proc/PID/stat`). Every Redis is killed at the end.
 
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -107,7 +107,7 @@ fn main() {
         .build()
         .unwrap();
     let published = Arc::new(AtomicU64::new(0));
-    let (rate, cpus) = runtime.block_on(async {
+    let (rate, cpus, own) = runtime.block_on(async {
         let node = RedisNode::start(
             NodeSettings {
                 urls: servers
@@ -132,6 +132,7 @@ fn main() {
         let data = br#"{"score":12345,"team":"home","t":17646336}"#;
         let deadline = Instant::now() + Duration::from_secs(seconds);
         let start_ticks: Vec<u64> = servers.iter().map(|s| cpu_ticks(s.0.id())).collect();
+        let own_start = cpu_ticks(std::process::id());
         let started = Instant::now();
         let tasks: Vec<_> = (0..in_flight)
             .map(|t| {
@@ -165,9 +166,14 @@ fn main() {
             .zip(&start_ticks)
             .map(|(s, t0)| (cpu_ticks(s.0.id()) - t0) as f64 / ticks_per_sec / wall)
             .collect();
-        (published.load(Ordering::Relaxed) as f64 / wall, cpus)
+        let own = (cpu_ticks(std::process::id()) - own_start) as f64 / ticks_per_sec / wall;
+        (published.load(Ordering::Relaxed) as f64 / wall, cpus, own)
     });
-    println!("instances={instances} batch={batch} in_flight={in_flight}: {rate:.0} publishes/s");
+    println!(
+        "instances={instances} batch={batch} in_flight={in_flight}: {rate:.0} publishes/s; \
+         the publishing node (this process) used {:.0}% of a core",
+        own * 100.0
+    );
     for (i, cpu) in cpus.iter().enumerate() {
         let per = rate / instances as f64;
         println!(

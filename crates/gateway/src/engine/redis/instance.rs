@@ -430,6 +430,18 @@ impl Instance {
             .get_multiplexed_async_connection_with_config(&config)
             .await
             .map_err(|e| e.to_string())?;
+        // Load the scripts before the instance counts as up, so a pipeline of EVALSHAs
+        // never meets NOSCRIPT for some calls and not others (a retry of the refused
+        // ones would run them after the later ones: out of order). The NOSCRIPT
+        // fallback in `scripts` stays for a `SCRIPT FLUSH` while connected.
+        let mut load = redis::pipe();
+        load.load_script(&super::script::PUBLISH)
+            .ignore()
+            .load_script(&super::script::READ)
+            .ignore();
+        load.query_async::<()>(&mut conn.clone())
+            .await
+            .map_err(|e| format!("SCRIPT LOAD: {e}"))?;
         let pubsub = tokio::time::timeout(self.timing.connect, self.client.get_async_pubsub())
             .await
             .map_err(|_| "pub/sub connect timed out".to_owned())?
