@@ -378,15 +378,23 @@ impl History {
     /// The position of `stream`, creating its state if it has none (so the epoch a
     /// subscriber is told is the one the next publish counts in).
     pub fn position(&mut self, stream: Stream<'_>, now: Instant) -> Position {
+        self.read_access(stream, now).1
+    }
+
+    /// What every read of a stream does first: finds its state (creating it with a
+    /// fresh epoch if it has none), drops its expired messages and queues it for idle
+    /// forgetting if nobody holds it. Returns its index and its position.
+    fn read_access(&mut self, stream: Stream<'_>, now: Instant) -> (usize, Position) {
         let t = self.secs(now);
         let index = self.lookup_or_create(stream, t);
         self.expire_stream(index, t);
         self.maybe_queue_idle(index);
         let s = &self.streams[index];
-        Position {
+        let position = Position {
             seq: s.top,
             epoch: s.epoch,
-        }
+        };
+        (index, position)
     }
 
     /// The position of `stream` if it has state (no side effects).
@@ -804,15 +812,8 @@ impl History {
         max_missing: u64,
         now: Instant,
     ) -> Recovery {
-        let t = self.secs(now);
-        let index = self.lookup_or_create(stream, t);
-        self.expire_stream(index, t);
-        self.maybe_queue_idle(index);
+        let (index, position) = self.read_access(stream, now);
         let s = &self.streams[index];
-        let position = Position {
-            seq: s.top,
-            epoch: s.epoch,
-        };
         let decision = decide(since, position, s.first_seq(), max_missing);
         let frames = match decision {
             RecoveryDecision::Recover { from, to } if from <= to => {
@@ -838,15 +839,8 @@ impl History {
         limit: usize,
         now: Instant,
     ) -> HistoryPage {
-        let t = self.secs(now);
-        let index = self.lookup_or_create(stream, t);
-        self.expire_stream(index, t);
-        self.maybe_queue_idle(index);
+        let (index, position) = self.read_access(stream, now);
         let s = &self.streams[index];
-        let position = Position {
-            seq: s.top,
-            epoch: s.epoch,
-        };
         let first_kept = s.first_seq();
         let after = match since {
             Some(since) if since.epoch == Some(s.epoch) => since.seq.min(s.top),
