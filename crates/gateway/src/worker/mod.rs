@@ -221,6 +221,25 @@ struct Slot {
     session: Option<Box<Session>>,
 }
 
+impl Slot {
+    /// Puts connection `id` (this slot) on the batch's `dirty` list for its one flush
+    /// in [`Worker::flush_deliveries`]. Invariant: `self.dirty` iff `id` is on the list.
+    fn mark_dirty(&mut self, id: ConnId, dirty: &mut Vec<ConnId>) {
+        if !self.dirty {
+            self.dirty = true;
+            dirty.push(id);
+        }
+    }
+}
+
+/// The slot of connection `id`, if it is still that connection (not a later one that
+/// reuses its index).
+fn live_slot(conns: &mut Slab<Slot>, id: ConnId) -> Option<&mut Slot> {
+    conns
+        .get_mut(id.index as usize)
+        .filter(|slot| slot.generation == id.generation)
+}
+
 /// One event loop. See the module docs.
 #[derive(Debug)]
 pub struct Worker {

@@ -7,7 +7,7 @@
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::link::Delivery;
-use super::{Slot, Worker, count_closed};
+use super::{Slot, Worker, count_closed, live_slot};
 use crate::conn::{CloseReason, Conn, ConnEvent, Message, UpgradeRequest};
 use bytes::Bytes;
 
@@ -186,17 +186,11 @@ impl Worker {
             ..
         } = self;
         let queued = fanout.deliver(batch, |id, frame| {
-            let Some(slot) = conns.get_mut(id.index as usize) else {
+            let Some(slot) = live_slot(conns, id) else {
                 return false;
             };
-            if slot.generation != id.generation {
-                return false;
-            }
             let queued = slot.conn.send(&settings.conn, now, frame, events);
-            if !slot.dirty {
-                slot.dirty = true;
-                dirty.push(id);
-            }
+            slot.mark_dirty(id, dirty);
             // `send` emits nothing but a slow consumer's close: count it now.
             for event in events.drain(..) {
                 match event {
@@ -219,18 +213,12 @@ impl Worker {
         };
         let frame = Bytes::from(encode_reply(&Reply::PositionLost { channel, position }));
         for id in self.fanout.position_lost(stream, position) {
-            let Some(slot) = self.conns.get_mut(id.index as usize) else {
+            let Some(slot) = live_slot(&mut self.conns, id).filter(|s| s.conn.is_open()) else {
                 continue;
             };
-            if slot.generation != id.generation || !slot.conn.is_open() {
-                continue;
-            }
             slot.conn
                 .send(&self.settings.conn, now, frame.clone(), &mut self.events);
-            if !slot.dirty {
-                slot.dirty = true;
-                self.dirty.push(id);
-            }
+            slot.mark_dirty(id, &mut self.dirty);
             for event in self.events.drain(..) {
                 if let ConnEvent::Closed(reason) = event {
                     count_closed(&self.metrics, reason);
@@ -254,12 +242,9 @@ impl Worker {
             ..
         } = self;
         fanout.complete(answers, |done| {
-            let Some(slot) = conns.get_mut(done.conn.index as usize) else {
+            let Some(slot) = live_slot(conns, done.conn).filter(|s| s.conn.is_open()) else {
                 return;
             };
-            if slot.generation != done.conn.generation || !slot.conn.is_open() {
-                return;
-            }
             let cfg = &settings.conn;
             let frame = match &done.outcome {
                 Ok(position) => encode_reply(&Reply::Subscribed {
@@ -296,10 +281,7 @@ impl Worker {
             if done.undo {
                 undo.push((done.conn, done.channel));
             }
-            if !slot.dirty {
-                slot.dirty = true;
-                dirty.push(done.conn);
-            }
+            slot.mark_dirty(done.conn, dirty);
             // Sends emit nothing but a slow consumer's close: count it now.
             for event in events.drain(..) {
                 match event {
