@@ -110,35 +110,14 @@ impl PublishApi {
     }
 
     async fn answer(&self, route: PublishRoute, request: Request<Incoming>) -> Response<AdminBody> {
-        // A response sent before the body is read whole ends the connection: hyper
-        // closes it rather than read the rest, so say so (`Connection: close`), or a
-        // client may send its next request on a connection that is going away.
-        let unread = |mut response: Response<AdminBody>| {
+        if let Some(mut refusal) = self.refuse_head(&request) {
+            // A response sent before the body is read whole ends the connection: hyper
+            // closes it rather than read the rest, so say so (`Connection: close`), or a
+            // client may send its next request on a connection that is going away.
             if has_body(&request) {
-                close_after(&mut response);
+                close_after(&mut refusal);
             }
-            response
-        };
-        if request.method() != Method::POST {
-            let body = error_json("method_not_allowed", "use POST");
-            let mut response = respond(StatusCode::METHOD_NOT_ALLOWED, JSON, body);
-            response
-                .headers_mut()
-                .insert(ALLOW, HeaderValue::from_static("POST"));
-            return unread(response);
-        }
-        if let Some(refusal) = self.check_key(&request) {
-            return unread(refusal);
-        }
-        let announced = request
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if let Some(len) = announced
-            && let Err(error) = check_body_len(len, &self.limits)
-        {
-            return unread(error_response(&error));
+            return refusal;
         }
         let body = request.into_body();
         let body = match read_body(body, self.limits.max_publish_body, self.body_timeout).await {
@@ -213,6 +192,33 @@ impl PublishApi {
         };
         self.metrics.publishes.increment(count as u64);
         respond(StatusCode::OK, JSON, json)
+    }
+}
+
+impl PublishApi {
+    /// The refusal a request earns from its head alone (method, API key, announced
+    /// length), if any: sent before its body is read.
+    fn refuse_head(&self, request: &Request<Incoming>) -> Option<Response<AdminBody>> {
+        if request.method() != Method::POST {
+            let body = error_json("method_not_allowed", "use POST");
+            let mut response = respond(StatusCode::METHOD_NOT_ALLOWED, JSON, body);
+            response
+                .headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("POST"));
+            return Some(response);
+        }
+        if let Some(refusal) = self.check_key(request) {
+            return Some(refusal);
+        }
+        let announced = request
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let len = announced?;
+        check_body_len(len, &self.limits)
+            .err()
+            .map(|error| error_response(&error))
     }
 }
 
