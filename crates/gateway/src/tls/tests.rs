@@ -144,7 +144,7 @@ impl Pair {
     }
 
     /// Hands the server's pending ciphertext to the client.
-    fn to_client(&mut self) -> rustls::IoState {
+    fn deliver_to_client(&mut self) -> rustls::IoState {
         let bytes = self.server.pending().to_vec();
         self.server.consume(bytes.len());
         let mut slice = &bytes[..];
@@ -169,9 +169,12 @@ impl Pair {
                 assert_eq!(outcome.failure, None);
                 done = done.or(outcome.handshake);
             }
-            self.to_client();
-            if done.is_some() && !self.client.is_handshaking() && !self.client.wants_write() {
-                return done.unwrap();
+            self.deliver_to_client();
+            if let Some(done) = done
+                && !self.client.is_handshaking()
+                && !self.client.wants_write()
+            {
+                return done;
             }
         }
         panic!("handshake did not complete");
@@ -231,7 +234,7 @@ fn handshake_and_data_both_ways_over_tls13_and_tls12() {
             .encrypt(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
             .unwrap();
         pair.server.encrypt(b"\x89\x00").unwrap();
-        pair.to_client();
+        pair.deliver_to_client();
         assert_eq!(
             pair.client_reads(),
             b"HTTP/1.1 101 Switching Protocols\r\n\r\n\x89\x00"
@@ -264,7 +267,7 @@ fn records_split_at_every_byte_boundary_reassemble() {
             !pair.server.pending().is_empty(),
             "server answers at cut {cut}"
         );
-        pair.to_client();
+        pair.deliver_to_client();
         assert!(pair.client.wants_write());
     }
     // Application data: two records, split at every byte.
@@ -326,7 +329,7 @@ fn close_notify_both_ways() {
     pair.server.queue_close_notify();
     assert!(pair.server.close_notify_queued());
     assert!(!pair.server.can_encrypt());
-    let state = pair.to_client();
+    let state = pair.deliver_to_client();
     assert!(state.peer_has_closed(), "the client saw close_notify");
     assert_eq!(
         pair.client_reads(),
@@ -425,7 +428,7 @@ fn sessions_resume_with_tickets_over_tls13_and_tls12() {
         assert!(!first.handshake().resumed);
         // TLS 1.3 tickets come after the handshake: deliver them.
         first.server.encrypt(b"x").unwrap();
-        first.to_client();
+        first.deliver_to_client();
         let mut second = Pair::new(&tls, Arc::clone(&config));
         let done = second.handshake();
         assert!(done.resumed, "{versions:?}");
@@ -448,7 +451,7 @@ fn a_reload_serves_the_new_certificate_to_new_sessions_and_tickets_survive() {
     let mut first = Pair::new(&tls, Arc::clone(&config));
     first.handshake();
     first.server.encrypt(b"x").unwrap();
-    first.to_client();
+    first.deliver_to_client();
     let before = tls.loaded().serial.clone();
 
     // A broken pair on disk: the reload fails and the old one stays.
@@ -469,7 +472,7 @@ fn a_reload_serves_the_new_certificate_to_new_sessions_and_tickets_survive() {
     assert_eq!(served, new.der);
     // The session opened before the reload still works.
     first.server.encrypt(b"still here").unwrap();
-    first.to_client();
+    first.deliver_to_client();
     assert!(first.client_reads().ends_with(b"still here"));
 }
 
@@ -571,7 +574,7 @@ fn a_large_frame_is_split_into_records() {
     let big = vec![7u8; 100_000];
     pair.server.encrypt(&big).unwrap();
     assert!(pair.server.queued_bytes() > big.len());
-    pair.to_client();
+    pair.deliver_to_client();
     assert_eq!(pair.client_reads(), big);
     assert_eq!(pair.server.buffered_bytes(), 0);
 }

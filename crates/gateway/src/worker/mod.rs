@@ -674,7 +674,7 @@ impl Worker {
                 return;
             }
             // A TLS connection's incomplete record goes first; the read lands behind it.
-            let mut tls = self.tls.get_mut(index).and_then(Option::as_deref_mut);
+            let tls = self.tls.get_mut(index).and_then(Option::as_deref_mut);
             let kept = tls
                 .as_ref()
                 .map_or(0, |tls| tls.restore_partial(&mut self.read_buf));
@@ -686,7 +686,7 @@ impl Worker {
                 Ok(n) => {
                     self.metrics.bytes_received.increment(n as u64);
                     let input = &mut self.read_buf[..kept + n];
-                    match tls.as_deref_mut() {
+                    match tls {
                         None => slot.conn.handle_input(
                             &self.settings.conn,
                             now,
