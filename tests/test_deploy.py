@@ -309,6 +309,7 @@ class Load:
 
     def start(self, stack: contextlib.ExitStack) -> None:
         """Connects the clients (closed by ``stack``) and starts the threads."""
+        gw = self.gw
         for n in range(self.SUBSCRIBERS):
             ws = stack.enter_context(
                 open_ws(ws_url(gw, (self.CHANNEL,), token=token(f"sub-{n}", [self.CHANNEL])))
@@ -511,13 +512,15 @@ def test_every_dashboard_and_alert_query_runs_against_a_live_gateway(
             unknown = metric_names(expr) - exported
             assert not unknown, f"{where}: no such metric {sorted(unknown)} in {expr}"
 
-        # The variables, resolved the way Grafana does it, find this gateway.
+        # The variables, resolved the way Grafana does it, find both gateways (once
+        # each has been scraped).
+        instances = sorted([gw.admin, tls_gw.admin])
         values = wait_for(
-            lambda: "instance" in (found := resolve_variables(prometheus, board)) and found,
-            timeout=QUERY_DEADLINE, interval=0.5, message="the dashboard variables",
+            lambda: (found := resolve_variables(prometheus, board)).get("instance") == instances
+            and found,
+            timeout=QUERY_DEADLINE, interval=0.5, message=f"the dashboard variables: {instances}",
         )
-        assert values == {"job": ["pingwheel"], "node": ["127.0.0.1"],
-                          "instance": sorted([gw.admin, tls_gw.admin])}
+        assert values == {"job": ["pingwheel"], "node": ["127.0.0.1"], "instance": instances}
 
         # Every panel query parses and returns at least one series with a number. The
         # load keeps running, so wait until the rate windows hold enough scrapes.
