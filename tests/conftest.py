@@ -195,15 +195,27 @@ class Gateway:
     def pid(self) -> int:
         return self.process.pid
 
+    def _has_flag(self, flag: str) -> bool:
+        return any(arg == flag or arg.startswith(flag + "=") for arg in self.args)
+
     @property
     def ws_url(self) -> str:
-        """``ws://HOST:PORT/``: connect WebSocket clients here."""
-        return f"ws://{self.listen}/"
+        """``ws://HOST:PORT/`` (``wss://`` when started with ``--tls-cert``): connect
+        WebSocket clients here."""
+        scheme = "wss" if self._has_flag("--tls-cert") else "ws"
+        return f"{scheme}://{self.listen}/"
 
     @property
     def admin_url(self) -> str:
-        """``http://HOST:PORT`` of the admin listener (no trailing slash)."""
-        return f"http://{self.admin}"
+        """``http://HOST:PORT`` (``https://`` when started with ``--admin-tls-cert``) of
+        the admin listener (no trailing slash)."""
+        scheme = "https" if self._has_flag("--admin-tls-cert") else "http"
+        return f"{scheme}://{self.admin}"
+
+    def trust(self, ca: Path) -> None:
+        """Makes :meth:`get`/:meth:`post` (and so the metric helpers) verify an https
+        admin listener against the CA certificate ``ca`` (a PEM file)."""
+        self._session.verify = str(ca)
 
     @property
     def port(self) -> int:
