@@ -585,7 +585,7 @@ def resume_once(gw: Gateway, context: ssl.SSLContext) -> None:
 
 def test_handshake_metrics_count_full_and_resumed_tls13_and_tls12(start_gateway, pki):
     pair = pki.issue("metrics")
-    gw = start_tls(start_gateway, pair)
+    gw = start_tls(start_gateway, pair, "--workers", "1")  # every series on worker="0"
     resume_once(gw, trusting(pki))
     resume_once(gw, trusting(pki, maximum=ssl.TLSVersion.TLSv1_2))
 
@@ -605,6 +605,17 @@ def test_handshake_metrics_count_full_and_resumed_tls13_and_tls12(start_gateway,
     assert count == full + resumed, f"handshake_seconds_count {count}, handshakes {full + resumed}"
     assert metrics.metric("pingwheel_tls_handshake_seconds_sum") > 0
     assert metrics.metric(EXPIRY, listener="ws") == not_after(pair)
+
+
+def test_sessions_resume_whichever_worker_accepts_the_reconnect(start_gateway, pki):
+    """SO_REUSEPORT spreads connections over the workers: a ticket issued by one must
+    resume on the other (reconnect storms are handshake-bound)."""
+    gw = start_tls(start_gateway, pki.issue("two-workers"), "--workers", "2")
+    for _ in range(4):
+        resume_once(gw, trusting(pki))
+    per_worker = [gw.metric(HANDSHAKES, worker=w) for w in (0, 1)]
+    assert sum(per_worker) == 8, per_worker
+    assert gw.metric(HANDSHAKES, result="resumed") == 4
 
 
 # ---- Autobahn over wss:// ----------------------------------------------------------------
