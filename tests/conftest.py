@@ -190,6 +190,8 @@ class Gateway:
         self.log_path = log_path
         self._stdout_lines = stdout_lines
         self._session = requests.Session()
+        #: The CA file :meth:`trust` set for an https admin listener, if any.
+        self._verify: Optional[str] = None
 
     @property
     def pid(self) -> int:
@@ -214,8 +216,9 @@ class Gateway:
 
     def trust(self, ca: Path) -> None:
         """Makes :meth:`get`/:meth:`post` (and so the metric helpers) verify an https
-        admin listener against the CA certificate ``ca`` (a PEM file)."""
-        self._session.verify = str(ca)
+        admin listener against the CA certificate ``ca`` (a PEM file). Passed with each
+        request: a session-wide ``verify`` would lose to ``REQUESTS_CA_BUNDLE``."""
+        self._verify = str(ca)
 
     @property
     def port(self) -> int:
@@ -231,11 +234,15 @@ class Gateway:
     def get(self, path: str, **kwargs) -> requests.Response:
         """``GET admin_url + path`` on a kept-alive session (5 s timeout by default)."""
         kwargs.setdefault("timeout", 5)
+        if self._verify is not None:
+            kwargs.setdefault("verify", self._verify)
         return self._session.get(self.admin_url + path, **kwargs)
 
     def post(self, path: str, **kwargs) -> requests.Response:
         """``POST admin_url + path`` on a kept-alive session (5 s timeout by default)."""
         kwargs.setdefault("timeout", 5)
+        if self._verify is not None:
+            kwargs.setdefault("verify", self._verify)
         return self._session.post(self.admin_url + path, **kwargs)
 
     def metrics_text(self) -> str:
