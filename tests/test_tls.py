@@ -42,6 +42,8 @@ from conftest import ROOT, Gateway, wait_for
 from test_autobahn import assert_autobahn_passes
 from test_browser import PageServer, chromium
 from test_core import hold
+from test_push import (PUSH_ENV, SLOW_AFTER_MESSAGES, SLOW_FLAGS, FeedPublisher, TimedReader,
+                       bearer, token)
 from tls_support import CertPair, Pki, openssl
 
 #: Keepalive fast enough to see several round trips (and a timeout) within seconds.
@@ -110,8 +112,14 @@ class TlsWebSocket:
     reading), and it sees how the connection ends: ``recv`` returning ``b""`` is a TLS
     ``close_notify``; a TCP close without one raises ``ssl.SSLEOFError``."""
 
-    def __init__(self, gw: Gateway, context: ssl.SSLContext, session: Optional[ssl.SSLSession] = None):
-        tcp = socket.create_connection(("127.0.0.1", gw.port), timeout=IO_TIMEOUT)
+    def __init__(self, gw: Gateway, context: ssl.SSLContext,
+                 session: Optional[ssl.SSLSession] = None, target: str = "/",
+                 headers: str = "", receive_buffer: Optional[int] = None):
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if receive_buffer is not None:
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)  # before connect
+        tcp.settimeout(IO_TIMEOUT)
+        tcp.connect(("127.0.0.1", gw.port))
         self.sock = context.wrap_socket(
             tcp, server_hostname="127.0.0.1", suppress_ragged_eofs=False, session=session
         )
@@ -119,9 +127,9 @@ class TlsWebSocket:
         key = base64.b64encode(os.urandom(16)).decode()
         self.sock.sendall(
             (
-                f"GET / HTTP/1.1\r\nHost: {gw.listen}\r\nUpgrade: websocket\r\n"
+                f"GET {target} HTTP/1.1\r\nHost: {gw.listen}\r\nUpgrade: websocket\r\n"
                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                "Sec-WebSocket-Version: 13\r\n\r\n"
+                f"Sec-WebSocket-Version: 13\r\n{headers}\r\n"
             ).encode()
         )
         while b"\r\n\r\n" not in self.buffer:
@@ -428,6 +436,47 @@ def test_only_one_of_a_pair_is_a_cli_error_naming_the_missing_flag(pingwheel_bin
     done = startup_refusal(pingwheel_bin, given, str(pair.cert if given.endswith("cert") else pair.key))
     assert done.returncode == 2, f"exit status {done.returncode} (CLI errors exit 2)\n{done.stderr}"
     assert re.search(rf"(?<![\w-]){re.escape(missing)}(?![\w-])", done.stderr), done.stderr
+
+
+def test_slow_consumer_over_wss_is_cut_off_while_a_healthy_subscriber_keeps_up(start_gateway, pki):
+    """The --max-queued-bytes bound holds over TLS (it counts ciphertext queued): a wss
+    client that stops reading is cut off with 1013, another on the same worker gets
+    every message in order."""
+    gw = start_tls(start_gateway, pki.issue("slow"), *SLOW_FLAGS, env=PUSH_ENV)
+    tok = token("reader", ["feed"])
+    feed = FeedPublisher(gw, "feed")
+    stalled = TlsWebSocket(gw, trusting(pki), target="/?channel=feed",
+                           headers=f"Authorization: Bearer {tok}\r\n", receive_buffer=4096)
+    try:
+        with open_wss(gw, trusting(pki), "?channel=feed", additional_headers=bearer(tok)) as healthy:
+            reader = TimedReader(healthy)
+            reader.start()
+            cut_off_after = feed.until_slow_consumers_are_cut_off()
+            for _ in range(SLOW_AFTER_MESSAGES):
+                feed.publish_next()
+            sent = len(feed.sent_at)
+            wait_for(lambda: len(reader.arrivals) >= sent, timeout=30,
+                     message=f"{sent} deliveries at the healthy wss subscriber")
+            reader.stop.set()
+            reader.join(5)
+        assert [message["data"]["i"] for _, message in reader.arrivals] == list(range(sent))
+        assert gw.metric("pingwheel_connections_closed_total", reason="slow_consumer") == 1
+        # The stalled client reads again: whole deliveries in order, then the end (and a
+        # Close, if one fitted, says 1013).
+        frames = []
+        try:
+            while True:
+                frames.append(stalled.frame())
+        except (EOFError, ssl.SSLEOFError, ConnectionResetError):
+            pass
+        texts = [json.loads(payload) for opcode, payload in frames if opcode == 0x1]
+        assert 0 < len(texts) < cut_off_after, (len(texts), cut_off_after)
+        assert [t["data"]["i"] for t in texts] == list(range(len(texts)))
+        closes = [payload for opcode, payload in frames if opcode == 0x8]
+        assert all(struct.unpack("!H", c[:2])[0] == 1013 for c in closes), closes
+    finally:
+        stalled.close()
+        feed.close()
 
 
 # ---- SIGHUP ------------------------------------------------------------------------------
