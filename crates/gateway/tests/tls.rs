@@ -200,3 +200,68 @@ fn a_stalled_handshake_is_cut_at_the_open_timeout() {
         gw.metric("pingwheel_tls_handshakes_total", &["result=\"timeout\""]) == 1.0
     }));
 }
+
+#[test]
+fn a_wss_client_that_stops_reading_is_closed_at_the_ciphertext_bound_while_others_keep_theirs() {
+    let certs = Certs::new();
+    let gw = certs.gateway(&[
+        "--workers",
+        "1",
+        "--echo",
+        "--max-queued-bytes",
+        "64KiB",
+        "--ping-interval",
+        "1",
+        "--ping-timeout",
+        "5",
+    ]);
+    let mut good = wss(&certs, &gw);
+    // The bad client: upgrades over TLS, then sends big messages and never reads.
+    let mut bad = wss(&certs, &gw);
+    bad.get_ref()
+        .sock
+        .set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let payload = vec![b'x'; 60_000];
+    let closed = || {
+        gw.metric(
+            "pingwheel_connections_closed_total",
+            &["reason=\"slow_consumer\""],
+        ) + gw.metric(
+            "pingwheel_connections_closed_total",
+            &["reason=\"write_overflow\""],
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline && closed() < 1.0 {
+        match bad.send(Message::binary(payload.clone())) {
+            Ok(()) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => break,
+        }
+        let _ = good.flush();
+    }
+    assert!(
+        common::wait_until(Duration::from_secs(5), || closed() == 1.0),
+        "the non-reading client was not closed at the bound"
+    );
+    // The bound counts ciphertext: the TLS layer's check closes it as a slow consumer.
+    assert_eq!(
+        gw.metric(
+            "pingwheel_connections_closed_total",
+            &["reason=\"slow_consumer\""]
+        ),
+        1.0
+    );
+    // The healthy client still gets pings.
+    let mut pings = 0;
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        if let Ok(Message::Ping(_)) = good.read() {
+            pings += 1;
+        }
+        let _ = good.flush();
+    }
+    assert!(pings >= 2, "{pings} pings for the healthy client");
+}
