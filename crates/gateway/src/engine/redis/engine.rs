@@ -245,10 +245,16 @@ impl RedisEngine {
             .collect()
     }
 
-    /// Answers a drained set of recovery requests (their streams were flushed).
+    /// Answers a drained set of recovery requests (their streams were flushed): the
+    /// reads go out paced ([`RedisNode::read_paced`]: chunks per instance, one after the
+    /// other), and each chunk's subscribes are answered as soon as it is read, so a
+    /// storm of thousands of recoveries never becomes one pipeline that misses
+    /// `--redis-timeout` as a whole. Every request is answered exactly once; the ones
+    /// that fail are answered `engine_unavailable`, counted and warned about
+    /// ([`RedisNode::subscribes_failed`]).
     async fn recover(&self, requests: Vec<crate::engine::RecoverRequest>, failed: &[usize]) {
         let count = self.node.instances().len();
-        let mut answers: HashMap<usize, Vec<Answered>> = HashMap::new();
+        let mut unanswerable: HashMap<usize, Vec<Answered>> = HashMap::new();
         let mut reads = Vec::new();
         let mut asking = Vec::new();
         let fresh: Vec<String> = requests
@@ -268,7 +274,7 @@ impl RedisEngine {
             let id = stream_id(&r.stream);
             let shard = super::keys::shard_of(id.kind, &id.name, count);
             if failed.contains(&shard) || !self.node.stream_up(&id) {
-                answers.entry(r.worker).or_default().push(Answered {
+                unanswerable.entry(r.worker).or_default().push(Answered {
                     conn: r.conn,
                     ticket: r.ticket,
                     stream: r.stream.clone(),
@@ -290,14 +296,29 @@ impl RedisEngine {
             ));
             asking.push(i);
         }
-        if !reads.is_empty() {
-            let result = self.node.read_many(&reads).await;
-            for (n, &i) in asking.iter().enumerate() {
-                let r = &requests[i];
+        let down: usize = unanswerable.values().map(Vec::len).sum();
+        self.node.subscribes_failed(down, "redis unavailable");
+        for (worker, list) in unanswerable {
+            self.sink.outbox.answer(worker, list);
+        }
+        if reads.is_empty() {
+            return;
+        }
+        let answer_chunk = |covered: &[usize], result: Result<Vec<super::script::Read>, _>| {
+            let mut answers: HashMap<usize, Vec<Answered>> = HashMap::new();
+            let mut failures = 0;
+            let mut error = None;
+            let result: Result<Vec<_>, node::NodeError> = result;
+            for (k, &n) in covered.iter().enumerate() {
+                let r = &requests[asking[n]];
                 let answer = match &result {
                     Err(e) => Err(unavailable(e)),
-                    Ok(list) => self.answer(r, &reads[n].0, list[n].clone()),
+                    Ok(list) => self.answer(r, &reads[n].0, list[k].clone()),
                 };
+                if let Err(e) = &answer {
+                    failures += 1;
+                    error.get_or_insert_with(|| e.to_string());
+                }
                 answers.entry(r.worker).or_default().push(Answered {
                     conn: r.conn,
                     ticket: r.ticket,
@@ -305,10 +326,13 @@ impl RedisEngine {
                     answer,
                 });
             }
-        }
-        for (worker, list) in answers {
-            self.sink.outbox.answer(worker, list);
-        }
+            self.node
+                .subscribes_failed(failures, error.as_deref().unwrap_or_default());
+            for (worker, list) in answers {
+                self.sink.outbox.answer(worker, list);
+            }
+        };
+        self.node.read_paced(&reads, &answer_chunk).await;
     }
 
     fn answer(
