@@ -484,19 +484,24 @@ impl RedisNode {
         }
         let meta_ttl = self.settings.meta_ttl.as_secs().max(1);
         let replies = self
-            .per_instance(&script::PUBLISH, &shards, |i| {
-                let item = &items[i];
-                let mut call = script::PUBLISH.prepare_invoke();
-                call.key(keys::meta_key(item.kind, item.name))
-                    .key(keys::history_key(item.kind, item.name))
-                    .arg(keys::pubsub_channel(item.kind, item.name))
-                    .arg(item.data)
-                    .arg(item.keep.size)
-                    .arg(item.keep.ttl_secs())
-                    .arg(meta_ttl)
-                    .arg(&random_epoch()[..]);
-                call
-            })
+            .per_instance(
+                &script::PUBLISH,
+                &shards,
+                self.settings.timing.command,
+                |i| {
+                    let item = &items[i];
+                    let mut call = script::PUBLISH.prepare_invoke();
+                    call.key(keys::meta_key(item.kind, item.name))
+                        .key(keys::history_key(item.kind, item.name))
+                        .arg(keys::pubsub_channel(item.kind, item.name))
+                        .arg(item.data)
+                        .arg(item.keep.size)
+                        .arg(item.keep.ttl_secs())
+                        .arg(meta_ttl)
+                        .arg(&random_epoch()[..]);
+                    call
+                },
+            )
             .await?;
         replies
             .iter()
@@ -510,12 +515,14 @@ impl RedisNode {
 
     /// The shared per-instance runner: item `i` goes to instance `shards[i]` as the
     /// call `call(i)`; one pipeline of `script` per instance involved, the instances in
-    /// parallel. Returns one reply per item, in item order, or the first failure (an
-    /// instance's error, a server error in a reply, a missing reply): all or nothing.
+    /// parallel, each round trip bounded by `limit`. Returns one reply per item, in
+    /// item order, or the first failure (an instance's error, a server error in a
+    /// reply, a missing reply): all or nothing.
     async fn per_instance<'a>(
         &self,
         script: &redis::Script,
         shards: &[usize],
+        limit: Duration,
         call: impl Fn(usize) -> redis::ScriptInvocation<'a>,
     ) -> Result<Vec<Value>, NodeError> {
         let mut by_shard: Vec<Vec<usize>> = vec![Vec::new(); self.instances.len()];
@@ -529,7 +536,7 @@ impl RedisNode {
             .map(|(shard, list)| {
                 let invocations: Vec<_> = list.iter().map(|&i| call(i)).collect();
                 let instance = &self.instances[shard];
-                async move { (shard, instance.scripts(script, &invocations).await) }
+                async move { (shard, instance.scripts(script, &invocations, limit).await) }
             });
         let mut out: Vec<Option<Value>> = vec![None; shards.len()];
         let mut failure = None;
@@ -582,13 +589,22 @@ impl RedisNode {
         &self,
         reads: &[(StreamId, ReadArgs<'_>)],
     ) -> Result<Vec<Read>, NodeError> {
+        self.read_within(reads, self.settings.timing.command).await
+    }
+
+    /// [`RedisNode::read_many`], each round trip bounded by `limit`.
+    async fn read_within(
+        &self,
+        reads: &[(StreamId, ReadArgs<'_>)],
+        limit: Duration,
+    ) -> Result<Vec<Read>, NodeError> {
         let count = self.instances.len();
         let shards: Vec<usize> = reads
             .iter()
             .map(|(stream, _)| keys::shard_of(stream.kind, &stream.name, count))
             .collect();
         let result = self
-            .per_instance(&script::READ, &shards, |i| {
+            .per_instance(&script::READ, &shards, limit, |i| {
                 read_call(&reads[i].0, &reads[i].1)
             })
             .await
@@ -607,8 +623,9 @@ impl RedisNode {
     /// Runs many reads (a recovery storm) in paced chunks: per instance, chunks sized
     /// by that instance's [`Pacer`] (about a quarter of `--redis-timeout` each), one
     /// after the other, so publishes and the liveness probe never queue behind more
-    /// than one chunk; the instances in parallel. A chunk that times out is sent again,
-    /// smaller, up to [`pace::MAX_ATTEMPTS`] times. `done` is called once per chunk as
+    /// than one chunk; the instances in parallel. Each chunk may take up to
+    /// [`Instance::background_limit`] (a subscribe's bound, not a publish's); one that
+    /// times out is sent again, smaller, up to [`pace::MAX_ATTEMPTS`] times. `done` is called once per chunk as
     /// soon as it is read (or failed), with the indices into `reads` it covers and
     /// their reads in the same order; every index is covered exactly once.
     pub async fn read_paced(
@@ -642,7 +659,8 @@ impl RedisNode {
             let (chunk, after) = rest.split_at(size);
             let batch: Vec<_> = chunk.iter().map(|&i| reads[i].clone()).collect();
             let started = Instant::now();
-            let result = self.read_many(&batch).await;
+            let limit = self.instances[shard].background_limit();
+            let result = self.read_within(&batch, limit).await;
             let took = started.elapsed();
             attempts += 1;
             match result {
@@ -970,7 +988,7 @@ async fn heartbeats(node: Weak<RedisNode>) {
             .arg(&info.name)
             .arg(serde_json::to_string(&info).unwrap_or_default())
             .ignore();
-        if let Err(e) = first.pipeline(&pipe).await {
+        if let Err(e) = first.pipeline_within(&pipe, first.background_limit()).await {
             node.metrics.error(EngineOp::Heartbeat).increment(1);
             debug!("heartbeat failed: {e}");
         }
