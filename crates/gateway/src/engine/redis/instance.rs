@@ -309,12 +309,24 @@ impl Instance {
     /// Runs `calls` of `script` as one pipeline of `EVALSHA`s. Calls refused with
     /// `NOSCRIPT` (the script cache was emptied: a Redis restart, `SCRIPT FLUSH`) were
     /// not run: the script is loaded and exactly those calls run again, in order. A
-    /// reply per call, in order; a server error stays in its slot. Each round trip is
-    /// bounded by `limit`.
+    /// reply per call, in order; a server error stays in its slot.
     ///
     /// # Errors
     /// As [`Instance::pipeline`].
     pub async fn scripts(
+        &self,
+        script: &redis::Script,
+        calls: &[redis::ScriptInvocation<'_>],
+    ) -> Result<Vec<Value>, InstanceError> {
+        self.scripts_within(script, calls, self.timing.command)
+            .await
+    }
+
+    /// [`Instance::scripts`] with each round trip bounded by `limit`.
+    ///
+    /// # Errors
+    /// As [`Instance::pipeline`].
+    pub async fn scripts_within(
         &self,
         script: &redis::Script,
         calls: &[redis::ScriptInvocation<'_>],

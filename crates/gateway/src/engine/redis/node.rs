@@ -208,6 +208,10 @@ struct Streams {
     dirty: Vec<StreamId>,
 }
 
+/// What [`RedisNode::read_paced`] calls once per chunk: the indices of the reads it
+/// covers, and their results in the same order (or the chunk's failure).
+pub type ChunkDone<'a> = dyn Fn(&[usize], Result<Vec<Read>, NodeError>) + Sync + 'a;
+
 /// A node. See the module docs.
 #[derive(Debug)]
 pub struct RedisNode {
@@ -536,7 +540,12 @@ impl RedisNode {
             .map(|(shard, list)| {
                 let invocations: Vec<_> = list.iter().map(|&i| call(i)).collect();
                 let instance = &self.instances[shard];
-                async move { (shard, instance.scripts(script, &invocations, limit).await) }
+                async move {
+                    (
+                        shard,
+                        instance.scripts_within(script, &invocations, limit).await,
+                    )
+                }
             });
         let mut out: Vec<Option<Value>> = vec![None; shards.len()];
         let mut failure = None;
@@ -628,11 +637,7 @@ impl RedisNode {
     /// times out is sent again, smaller, up to [`pace::MAX_ATTEMPTS`] times. `done` is called once per chunk as
     /// soon as it is read (or failed), with the indices into `reads` it covers and
     /// their reads in the same order; every index is covered exactly once.
-    pub async fn read_paced(
-        &self,
-        reads: &[(StreamId, ReadArgs<'_>)],
-        done: &(dyn Fn(&[usize], Result<Vec<Read>, NodeError>) + Sync),
-    ) {
+    pub async fn read_paced(&self, reads: &[(StreamId, ReadArgs<'_>)], done: &ChunkDone<'_>) {
         let count = self.instances.len();
         let mut by_shard: Vec<Vec<usize>> = vec![Vec::new(); count];
         for (i, (stream, _)) in reads.iter().enumerate() {
@@ -651,7 +656,7 @@ impl RedisNode {
         shard: usize,
         mut rest: &[usize],
         reads: &[(StreamId, ReadArgs<'_>)],
-        done: &(dyn Fn(&[usize], Result<Vec<Read>, NodeError>) + Sync),
+        done: &ChunkDone<'_>,
     ) {
         let mut attempts = 0;
         while !rest.is_empty() {
