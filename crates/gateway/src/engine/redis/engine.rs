@@ -278,12 +278,14 @@ impl RedisEngine {
                 let epoch = s.epoch.map(|e| e.as_str().to_owned()).unwrap_or_default();
                 (s.seq, epoch)
             });
-            let n = *distinct.entry((id.clone(), since.clone())).or_insert_with(|| {
-                let (after, epoch) = since.unwrap_or_default();
-                keys.push((id, after, epoch));
-                askers.push(Vec::new());
-                keys.len() - 1
-            });
+            let n = *distinct
+                .entry((id.clone(), since.clone()))
+                .or_insert_with(|| {
+                    let (after, epoch) = since.unwrap_or_default();
+                    keys.push((id, after, epoch));
+                    askers.push(Vec::new());
+                    keys.len() - 1
+                });
             askers[n].push(i);
         }
         let down: usize = unanswerable.values().map(Vec::len).sum();
