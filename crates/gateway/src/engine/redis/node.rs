@@ -428,6 +428,31 @@ impl RedisNode {
         }
     }
 
+    /// Writes this node's heartbeat for `GET /v1/nodes` (if the first instance is up).
+    async fn heartbeat(&self) {
+        let first = &self.instances[0];
+        if !first.is_up() {
+            return;
+        }
+        let (connections, subscriptions) = self.sink.local_counts();
+        let info = NodeInfo {
+            name: self.settings.name.clone(),
+            connections,
+            subscriptions,
+            heartbeat_ms: nodes::unix_ms(),
+        };
+        let mut pipe = redis::pipe();
+        pipe.cmd("HSET")
+            .arg(keys::NODES_KEY)
+            .arg(&info.name)
+            .arg(serde_json::to_string(&info).unwrap_or_default())
+            .ignore();
+        if let Err(e) = first.pipeline_within(&pipe, first.background_limit()).await {
+            self.metrics.error(EngineOp::Heartbeat).increment(1);
+            debug!("heartbeat failed: {e}");
+        }
+    }
+
     /// Warns about failures counted but not yet reported (called every heartbeat, so
     /// the end of a burst is reported too).
     fn report_failures(&self) {
@@ -956,6 +981,11 @@ impl Events for RedisNode {
         }
         self.update_up();
         if let Some(me) = self.me.upgrade() {
+            // The node is listed in `/v1/nodes` as soon as it is up, not a tick later.
+            if instance == 0 {
+                let node = Arc::clone(&me);
+                tokio::spawn(async move { node.heartbeat().await });
+            }
             tokio::spawn(async move { me.check_positions(instance).await });
         }
     }
@@ -976,26 +1006,6 @@ async fn heartbeats(node: Weak<RedisNode>) {
             return;
         };
         node.report_failures();
-        let first = &node.instances[0];
-        if !first.is_up() {
-            continue;
-        }
-        let (connections, subscriptions) = node.sink.local_counts();
-        let info = NodeInfo {
-            name: node.settings.name.clone(),
-            connections,
-            subscriptions,
-            heartbeat_ms: nodes::unix_ms(),
-        };
-        let mut pipe = redis::pipe();
-        pipe.cmd("HSET")
-            .arg(keys::NODES_KEY)
-            .arg(&info.name)
-            .arg(serde_json::to_string(&info).unwrap_or_default())
-            .ignore();
-        if let Err(e) = first.pipeline_within(&pipe, first.background_limit()).await {
-            node.metrics.error(EngineOp::Heartbeat).increment(1);
-            debug!("heartbeat failed: {e}");
-        }
+        node.heartbeat().await;
     }
 }
