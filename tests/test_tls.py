@@ -339,6 +339,17 @@ def test_s_client_sees_tls13_alpn_http11_and_tls12_when_forced(start_gateway, pk
     assert gw.alive()
 
 
+@pytest.mark.parametrize("suite", ["TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384",
+                                   "TLS_CHACHA20_POLY1305_SHA256"])
+def test_every_tls13_cipher_suite_is_served(start_gateway, pki, suite):
+    """RFC 8446 section 9.1: a TLS 1.3 server MUST implement TLS_AES_128_GCM_SHA256 (and
+    SHOULD TLS_AES_256_GCM_SHA384 and TLS_CHACHA20_POLY1305_SHA256); a client that offers
+    only one of them must still connect."""
+    gw = start_tls(start_gateway, pki.issue(f"suite-{suite}"))
+    out = s_client(gw, pki, "-ciphersuites", suite)
+    assert re.search(rf"^New, TLSv1\.3, Cipher is {suite}$", out, re.M), out
+
+
 # ---- files at startup ------------------------------------------------------------------
 
 
