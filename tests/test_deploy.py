@@ -40,7 +40,7 @@ from websockets.sync.client import ClientConnection
 
 from conftest import ROOT, Gateway, Prometheus, wait_for
 from test_push import API_KEY, PUSH_ENV, StalledClient, bearer, open_ws, token, ws_url
-from tls_support import CertPair, Pki
+from tls_support import CertPair, Pki, client_context
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "pingwheel.json"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
@@ -424,7 +424,7 @@ class TlsLoad(Load):
     def __init__(self, gw: Gateway, stack: contextlib.ExitStack, pki: Pki, pair: CertPair):
         self.pki = pki
         self.pair = pair
-        self.context = ssl.create_default_context(cafile=str(pki.ca))
+        self.context = client_context(pki.ca)
         super().__init__(gw, stack)
 
     def open(self, url: str, **kwargs) -> ClientConnection:

@@ -44,7 +44,7 @@ from test_browser import PageServer, chromium
 from test_core import hold
 from test_push import (PUSH_ENV, SLOW_AFTER_MESSAGES, SLOW_FLAGS, FeedPublisher, TimedReader,
                        bearer, token)
-from tls_support import CertPair, Pki, openssl
+from tls_support import CertPair, Pki, client_context, openssl
 
 #: Keepalive fast enough to see several round trips (and a timeout) within seconds.
 FAST_KEEPALIVE = ("--ping-interval", "1", "--ping-timeout", "1")
@@ -74,10 +74,7 @@ def start_tls(start_gateway, pair: CertPair, *flags: str, env=None) -> Gateway:
 
 def trusting(pki: Pki, maximum: Optional[ssl.TLSVersion] = None) -> ssl.SSLContext:
     """A client context that verifies against the test CA only (hostname included)."""
-    context = ssl.create_default_context(cafile=str(pki.ca))
-    if maximum is not None:
-        context.maximum_version = maximum
-    return context
+    return client_context(pki.ca, maximum)
 
 
 def open_wss(gw: Gateway, context: ssl.SSLContext, query: str = "", **kwargs) -> ClientConnection:
