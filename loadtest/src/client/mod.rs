@@ -108,6 +108,9 @@ pub enum Transition {
     Subscribe,
     /// Send a close frame with this code and wait for the server's close.
     Close(u16),
+    /// The client ends now, failed (while connecting or subscribing) or lost, with
+    /// this cause (e.g. the server refused the subscribe).
+    Fail(&'static str),
 }
 
 /// What a scenario hook may use: which client it acts for, the time, the engine's
@@ -381,7 +384,7 @@ impl Client {
                     Ok(None) => break,
                     Ok(Some(head_len)) => {
                         used += head_len;
-                        self.on_established(now, cx, out);
+                        self.on_established(now, cx, out)?;
                     }
                     Err(failure) => return Err(End::Fault(Cow::Owned(failure.cause()))),
                 }
@@ -399,7 +402,7 @@ impl Client {
         Ok(used)
     }
 
-    fn on_established(&mut self, now: Now, cx: &mut Shared, out: &mut Outbox) {
+    fn on_established(&mut self, now: Now, cx: &mut Shared, out: &mut Outbox) -> Result<(), End> {
         self.established_ns = now.ns;
         cx.add_open();
         cx.report.established += 1;
@@ -412,13 +415,20 @@ impl Client {
         }
         let mut turn = self.turn(now, cx, out);
         let transition = self.load.on_upgraded(&mut turn);
-        self.apply(transition, now, cx, out);
+        self.apply(transition, now, cx, out)
     }
 
     /// Moves to the state a scenario asked for.
-    fn apply(&mut self, transition: Transition, now: Now, cx: &mut Shared, out: &mut Outbox) {
+    fn apply(
+        &mut self,
+        transition: Transition,
+        now: Now,
+        cx: &mut Shared,
+        out: &mut Outbox,
+    ) -> Result<(), End> {
         let next = match transition {
-            Transition::Stay => return,
+            Transition::Stay => return Ok(()),
+            Transition::Fail(cause) => return Err(End::fault(cause)),
             Transition::Open => State::Open,
             Transition::Subscribe => State::Subscribing,
             Transition::Close(code) => {
@@ -433,6 +443,7 @@ impl Client {
             cx.remove_pending();
         }
         self.state = next;
+        Ok(())
     }
 
     fn on_frame(
@@ -492,7 +503,7 @@ impl Client {
                 }
                 fragments.data.extend_from_slice(frame.payload);
                 if frame.fin {
-                    self.on_message(now, fragments.opcode, &fragments.data, cx, out);
+                    self.on_message(now, fragments.opcode, &fragments.data, cx, out)?;
                 } else {
                     self.fragments = Some(fragments);
                 }
@@ -503,7 +514,7 @@ impl Client {
                     return Err(End::fault("protocol_error"));
                 }
                 if frame.fin {
-                    self.on_message(now, OpCode::Data(data), frame.payload, cx, out);
+                    self.on_message(now, OpCode::Data(data), frame.payload, cx, out)?;
                 } else {
                     self.fragments = Some(Box::new(Fragments {
                         opcode: OpCode::Data(data),
@@ -522,9 +533,9 @@ impl Client {
         payload: &[u8],
         cx: &mut Shared,
         out: &mut Outbox,
-    ) {
+    ) -> Result<(), End> {
         let mut turn = self.turn(now, cx, out);
         let transition = self.load.on_message(&mut turn, opcode, payload);
-        self.apply(transition, now, cx, out);
+        self.apply(transition, now, cx, out)
     }
 }

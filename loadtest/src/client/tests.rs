@@ -748,3 +748,15 @@ fn finish_checks_the_ping_count_and_queues_a_close() {
         "10 asked for, 1 started"
     );
 }
+
+#[test]
+fn a_refused_subscribe_fails_the_client_at_once() {
+    let mut h = Harness::new(push_config(SubscribeMode::UrlAck));
+    h.upgrade();
+    assert_eq!(h.client().state(), State::Subscribing);
+    let refusal = text(r#"{"op":"error","code":"engine_unavailable","message":"redis down"}"#);
+    assert_eq!(h.feed(&refusal), Err(End::fault("subscribe_refused")));
+    h.end(End::fault("subscribe_refused"));
+    assert_eq!(h.cx.report.lost_by_cause["subscribe_refused"], 1);
+    assert_eq!((h.cx.pending(), h.cx.open()), (0, 0));
+}

@@ -160,6 +160,11 @@ pub fn on_message(state: &mut PushState, turn: &mut Turn<'_>, payload: &[u8]) ->
         return Transition::Stay;
     }
     if turn.state == State::Subscribing {
+        if message.op.as_deref() == Some("error") {
+            // The subscribe was refused (e.g. `engine_unavailable`): no acknowledgement
+            // will come, so the client fails now instead of at `--connect-timeout`.
+            return Transition::Fail("subscribe_refused");
+        }
         push.unexpected += 1;
         return Transition::Stay;
     }

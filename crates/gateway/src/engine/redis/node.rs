@@ -706,6 +706,10 @@ impl RedisNode {
                     continue;
                 }
                 Ok(_) => lock(&self.pacers)[shard].answered(size, took),
+                // The last attempt: its reads fail, the next chunk is smaller still.
+                Err(NodeError::Instance(InstanceError::Timeout { after: limit, .. })) => {
+                    lock(&self.pacers)[shard].timed_out(size, limit);
+                }
                 Err(_) => {}
             }
             debug!(
