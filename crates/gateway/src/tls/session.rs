@@ -162,14 +162,7 @@ impl Direction {
         let mut raw = [0u8; 32];
         raw[..key_len].copy_from_slice(key.as_ref());
         let iv: [u8; 12] = iv.as_ref().try_into().ok()?;
-        Some((
-            Direction {
-                key: raw,
-                iv,
-                seq,
-            },
-            aead,
-        ))
+        Some((Direction { key: raw, iv, seq }, aead))
     }
 
     /// The TLS 1.3 nonce of record `seq`: the IV XOR the sequence number (RFC 8446 §5.3);
@@ -816,7 +809,13 @@ fn open_aes128<'a>(
             return Err(rustls::Error::DecryptError);
         }
         // The AAD is the header as rustls makes it (the outer type is always 23).
-        let aad = [u8::from(ContentType::ApplicationData), 3, 3, header[3], header[4]];
+        let aad = [
+            u8::from(ContentType::ApplicationData),
+            3,
+            3,
+            header[3],
+            header[4],
+        ];
         let inner = key
             .open_in_place(
                 Nonce::assume_unique_for_key(direction.nonce()),
