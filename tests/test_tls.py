@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import re
+import select
 import signal
 import socket
 import ssl
@@ -220,6 +221,41 @@ def s_client(gw: Gateway, pki: Pki, *extra: str) -> str:
     return done.stdout
 
 
+def s_client_upgrade(gw: Gateway, pki: Pki, *extra: str) -> bytes:
+    """``openssl s_client -quiet`` sending a WebSocket upgrade request: the head of the
+    answer (up to its blank line). s_client is ended (by its PID) once it has arrived."""
+    proc = subprocess.Popen(
+        ["openssl", "s_client", "-connect", gw.listen, "-servername", "localhost",
+         "-CAfile", str(pki.ca), "-verify_return_error", "-alpn", "http/1.1", "-quiet", *extra],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    received = b""
+    try:
+        key = base64.b64encode(os.urandom(16)).decode()
+        proc.stdin.write(
+            (f"GET / HTTP/1.1\r\nHost: {gw.listen}\r\nUpgrade: websocket\r\n"
+             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+             "Sec-WebSocket-Version: 13\r\n\r\n").encode()
+        )
+        proc.stdin.flush()
+        deadline = time.monotonic() + IO_TIMEOUT
+        while b"\r\n\r\n" not in received:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([proc.stdout], [], [], max(left, 0))
+            if not ready:
+                pytest.fail(f"no answer to the upgrade through s_client: {received!r}")
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
+                pytest.fail(f"s_client ended: {received!r} {proc.stderr.read()!r}")
+            received += chunk
+    finally:
+        proc.kill()
+        proc.wait()
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            pipe.close()
+    return received.split(b"\r\n\r\n", 1)[0]
+
+
 # ---- Python websockets over wss:// ------------------------------------------------------
 
 
@@ -345,6 +381,37 @@ def test_every_tls13_cipher_suite_is_served(start_gateway, pki, suite):
     gw = start_tls(start_gateway, pki.issue(f"suite-{suite}"))
     out = s_client(gw, pki, "-ciphersuites", suite)
     assert re.search(rf"^New, TLSv1\.3, Cipher is {suite}$", out, re.M), out
+    # Application data both ways under that suite: the upgrade and its answer.
+    head = s_client_upgrade(gw, pki, "-ciphersuites", suite)
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    assert gw.alive()
+
+
+@pytest.mark.parametrize("key, suite", [
+    ("ec", "ECDHE-ECDSA-AES128-GCM-SHA256"), ("ec", "ECDHE-ECDSA-AES256-GCM-SHA384"),
+    ("ec", "ECDHE-ECDSA-CHACHA20-POLY1305"), ("rsa", "ECDHE-RSA-AES128-GCM-SHA256"),
+    ("rsa", "ECDHE-RSA-AES256-GCM-SHA384"), ("rsa", "ECDHE-RSA-CHACHA20-POLY1305"),
+])
+def test_every_tls12_cipher_suite_is_served(start_gateway, pki, key, suite):
+    """A TLS 1.2 client offering only one of the ECDHE AEAD suites (RFC 5289's AES-GCM,
+    RFC 7905's ChaCha20-Poly1305) connects and exchanges frames over several records."""
+    gw = start_tls(start_gateway, pki.issue(f"suite12-{suite}", key=key))
+    out = s_client(gw, pki, "-tls1_2", "-cipher", suite)
+    assert re.search(rf"^New, TLSv1\.2, Cipher is {suite}$", out, re.M), out
+    context = trusting(pki, ssl.TLSVersion.TLSv1_2)
+    context.set_ciphers(suite)
+    ws = TlsWebSocket(gw, context)
+    try:
+        assert ws.sock.cipher()[0] == suite, ws.sock.cipher()
+        for i in range(5):
+            ws.send(0x9, b"ping %d" % i)
+            opcode, payload = ws.frame()
+            while opcode == 0x9:  # the server's own keepalive ping
+                opcode, payload = ws.frame()
+            assert (opcode, payload) == (0xA, b"ping %d" % i)
+    finally:
+        ws.close()
+    assert gw.alive()
 
 
 # ---- files at startup ------------------------------------------------------------------

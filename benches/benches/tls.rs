@@ -39,9 +39,21 @@ fn server() -> (ServerTls, CertificateDer<'static>) {
 }
 
 fn client_config(root: &CertificateDer<'static>) -> Arc<ClientConfig> {
+    client_config_with(root, None)
+}
+
+/// A TLS 1.3 client offering only `suite` (all the server's suites for `None`).
+fn client_config_with(
+    root: &CertificateDer<'static>,
+    suite: Option<rustls::CipherSuite>,
+) -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();
     roots.add(root.clone()).unwrap();
-    let mut config = ClientConfig::builder_with_provider(pingwheel::tls::config::provider())
+    let mut provider = (*pingwheel::tls::config::provider()).clone();
+    if let Some(suite) = suite {
+        provider.cipher_suites.retain(|s| s.suite() == suite);
+    }
+    let mut config = ClientConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .with_root_certificates(roots)
@@ -121,46 +133,53 @@ fn handshakes(c: &mut Criterion) {
 
 fn records(c: &mut Criterion) {
     let (tls, root) = server();
-    let config = client_config(&root);
     let mut read_buf = vec![0u8; 64 << 10];
     let mut plain = Vec::new();
     let mut group = c.benchmark_group("tls_record");
-    // A keepalive Ping (a 2-byte frame, empty payload) out: encrypt, hand to the socket.
-    group.bench_function("encrypt_ping", |b| {
-        let (mut server, _client) = handshake(&tls, &config, &mut read_buf, &mut plain);
-        b.iter(|| {
-            server.encrypt([&b"\x89\x00"[..]]).unwrap();
-            let n = black_box(server.pending()).len();
-            server.consume(n);
+    // AES-256-GCM (what a client preferring it, like rustls's, gets) through rustls's
+    // record encryption; AES-128-GCM through aws-lc-rs directly (`session.rs`).
+    for (name, suite) in [
+        ("", rustls::CipherSuite::TLS13_AES_256_GCM_SHA384),
+        ("_aes128", rustls::CipherSuite::TLS13_AES_128_GCM_SHA256),
+    ] {
+        let config = client_config_with(&root, Some(suite));
+        // A keepalive Ping (a 2-byte frame, empty payload) out: encrypt, hand to the socket.
+        group.bench_function(format!("encrypt_ping{name}"), |b| {
+            let (mut server, _client) = handshake(&tls, &config, &mut read_buf, &mut plain);
+            b.iter(|| {
+                server.encrypt([&b"\x89\x00"[..]]).unwrap();
+                let n = black_box(server.pending()).len();
+                server.consume(n);
+            });
         });
-    });
-    // A client's Pong (6-byte masked frame) in: decrypt in place, plaintext out.
-    group.bench_function("decrypt_pong", |b| {
-        b.iter_custom(|iters| {
-            let (mut server, mut client) = handshake(&tls, &config, &mut read_buf, &mut plain);
-            let mut records = Vec::with_capacity(iters as usize);
-            for _ in 0..iters {
-                use std::io::Write;
-                client
-                    .writer()
-                    .write_all(b"\x8a\x80\x11\x22\x33\x44")
-                    .unwrap();
-                let mut wire = Vec::new();
-                client.write_tls(&mut wire).unwrap();
-                records.push(wire);
-            }
-            let now = Instant::now();
-            let start = Instant::now();
-            for record in &records {
-                let buf = &mut read_buf[..record.len()];
-                buf.copy_from_slice(record);
-                let outcome = server.read_tls(now, buf, &mut plain);
-                debug_assert_eq!(outcome.failure, None);
-                plain.clear();
-            }
-            start.elapsed()
+        // A client's Pong (6-byte masked frame) in: decrypt in place, plaintext out.
+        group.bench_function(format!("decrypt_pong{name}"), |b| {
+            b.iter_custom(|iters| {
+                let (mut server, mut client) = handshake(&tls, &config, &mut read_buf, &mut plain);
+                let mut records = Vec::with_capacity(iters as usize);
+                for _ in 0..iters {
+                    use std::io::Write;
+                    client
+                        .writer()
+                        .write_all(b"\x8a\x80\x11\x22\x33\x44")
+                        .unwrap();
+                    let mut wire = Vec::new();
+                    client.write_tls(&mut wire).unwrap();
+                    records.push(wire);
+                }
+                let now = Instant::now();
+                let start = Instant::now();
+                for record in &records {
+                    let buf = &mut read_buf[..record.len()];
+                    buf.copy_from_slice(record);
+                    let outcome = server.read_tls(now, buf, &mut plain);
+                    debug_assert_eq!(outcome.failure, None);
+                    plain.clear();
+                }
+                start.elapsed()
+            });
         });
-    });
+    }
     group.finish();
 }
 

@@ -188,19 +188,23 @@ impl fmt::Debug for LoadedCert {
     }
 }
 
-/// The crypto provider: rustls's default, aws-lc-rs, with the cipher suites whose keys
-/// are 32 bytes: AES-256-GCM and ChaCha20-Poly1305, for TLS 1.3 and 1.2 (every current
-/// client offers one of them). An established session keeps only its raw keys and
-/// rebuilds the AEAD from them per batch (`session.rs`), which rustls's public key type
-/// allows for 32-byte keys only; AES-128-GCM is left out for that reason.
+/// The crypto provider: rustls's default, aws-lc-rs, with its AEAD cipher suites:
+/// AES-128-GCM (TLS 1.3's mandatory suite, RFC 8446 §9.1), AES-256-GCM and
+/// ChaCha20-Poly1305, for TLS 1.3 and 1.2, in rustls's order. An established session
+/// keeps only its raw keys and rebuilds the AEAD from them per batch (`session.rs`):
+/// through rustls's encrypters for the 32-byte keys, with aws-lc-rs directly for
+/// AES-128-GCM, so every suite costs an idle session the same.
 pub fn provider() -> Arc<CryptoProvider> {
     use rustls::CipherSuite as S;
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
     provider.cipher_suites.retain(|suite| {
         matches!(
             suite.suite(),
-            S::TLS13_AES_256_GCM_SHA384
+            S::TLS13_AES_128_GCM_SHA256
+                | S::TLS13_AES_256_GCM_SHA384
                 | S::TLS13_CHACHA20_POLY1305_SHA256
+                | S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+                | S::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
                 | S::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
                 | S::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384
                 | S::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256

@@ -28,6 +28,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use aws_lc_rs::aead::{AES_128_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use rustls::crypto::cipher::{
     AeadKey, InboundOpaqueMessage, Iv, MessageDecrypter, MessageEncrypter, OutboundChunks,
     OutboundPlainMessage,
@@ -115,10 +116,28 @@ pub struct ReadOutcome {
     pub failure: Option<TlsFailure>,
 }
 
+/// The AEAD an established session protects its records with.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Aead {
+    /// AES-128-GCM, sealed and opened with aws-lc-rs directly ([`seal_aes128`],
+    /// [`open_aes128`]): rustls's public `AeadKey` is built from 32 bytes only.
+    Aes128Gcm,
+    /// AES-256-GCM, through the provider's `MessageEncrypter`/`MessageDecrypter`.
+    Aes256Gcm,
+    /// ChaCha20-Poly1305, likewise; TLS 1.2 builds its nonces unlike GCM's.
+    Chacha20Poly1305,
+}
+
+/// AES-GCM's and ChaCha20-Poly1305's tag length.
+const TAG_LEN: usize = 16;
+
 /// One direction's record protection after the handshake: the AEAD key, the static IV
 /// and the next sequence number. The AEAD state itself (key schedule, GHASH tables) is
 /// built from these for each batch of records and dropped after it: an idle connection
 /// keeps 52 bytes per direction instead of the provider's prepared keys.
+///
+/// Invariant: `key` holds the suite's key from its start; for AES-128-GCM that is the
+/// first 16 bytes and the rest are zero.
 struct Direction {
     key: [u8; 32],
     iv: [u8; 12],
@@ -126,39 +145,76 @@ struct Direction {
 }
 
 impl Direction {
-    /// From rustls's extracted secrets; `None` for a key that is not 32 bytes (the
-    /// provider offers only AES-256-GCM and ChaCha20-Poly1305, see `config::provider`).
-    fn new(seq: u64, secrets: ConnectionTrafficSecrets) -> Option<(Direction, bool)> {
-        let (key, iv, chacha) = match secrets {
-            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (key, iv, false),
-            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (key, iv, true),
+    /// From rustls's extracted secrets; `None` for a suite the provider does not offer
+    /// (see `config::provider`) or a key or IV of the wrong size.
+    fn new(seq: u64, secrets: ConnectionTrafficSecrets) -> Option<(Direction, Aead)> {
+        let (key, iv, aead, key_len) = match secrets {
+            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (key, iv, Aead::Aes128Gcm, 16),
+            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (key, iv, Aead::Aes256Gcm, 32),
+            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
+                (key, iv, Aead::Chacha20Poly1305, 32)
+            }
             _ => return None,
         };
-        let key: [u8; 32] = key.as_ref().try_into().ok()?;
+        if key.as_ref().len() != key_len {
+            return None;
+        }
+        let mut raw = [0u8; 32];
+        raw[..key_len].copy_from_slice(key.as_ref());
         let iv: [u8; 12] = iv.as_ref().try_into().ok()?;
-        Some((Direction { key, iv, seq }, chacha))
+        Some((Direction { key: raw, iv, seq }, aead))
+    }
+
+    /// The TLS 1.3 nonce of record `seq`: the IV XOR the sequence number (RFC 8446 §5.3);
+    /// also TLS 1.2 GCM's salt and explicit part, which rustls derives the same way.
+    fn nonce(&self) -> [u8; 12] {
+        let mut nonce = self.iv;
+        for (n, s) in nonce[4..].iter_mut().zip(self.seq.to_be_bytes()) {
+            *n ^= s;
+        }
+        nonce
     }
 }
 
 /// The established session's record layer (see [`Direction`]).
 struct Keys {
     suite: SupportedCipherSuite,
-    /// ChaCha20-Poly1305 (else AES-256-GCM): TLS 1.2 builds their nonces differently.
-    chacha: bool,
+    aead: Aead,
     tx: Direction,
     rx: Direction,
     /// The peer's close_notify arrived: no more input is read.
     peer_closed: bool,
 }
 
+/// One batch's record opener, built from [`Keys`] and dropped after the batch.
+enum Opener {
+    Provider(Box<dyn MessageDecrypter>),
+    Aes128(LessSafeKey),
+}
+
 impl Keys {
+    fn tls13(&self) -> bool {
+        matches!(self.suite, SupportedCipherSuite::Tls13(_))
+    }
+
+    /// The AES-128-GCM key of `direction` (`None` for the other AEADs).
+    fn aes128(&self, direction: &Direction) -> Result<Option<LessSafeKey>, rustls::Error> {
+        if self.aead != Aead::Aes128Gcm {
+            return Ok(None);
+        }
+        UnboundKey::new(&AES_128_GCM, &direction.key[..16])
+            .map(|key| Some(LessSafeKey::new(key)))
+            .map_err(|_| rustls::Error::General("bad AES-128-GCM key".to_owned()))
+    }
+
+    /// The provider's encrypter (AES-256-GCM, ChaCha20-Poly1305).
     fn encrypter(&self) -> Box<dyn MessageEncrypter> {
         let key = AeadKey::from(self.tx.key);
         match self.suite {
             SupportedCipherSuite::Tls13(suite) => {
                 suite.aead_alg.encrypter(key, Iv::from(self.tx.iv))
             }
-            SupportedCipherSuite::Tls12(suite) if self.chacha => {
+            SupportedCipherSuite::Tls12(suite) if self.aead == Aead::Chacha20Poly1305 => {
                 suite.aead_alg.encrypter(key, &self.tx.iv, &[])
             }
             // GCM: a 4-byte salt, and the 8 bytes the explicit nonces start from.
@@ -170,16 +226,41 @@ impl Keys {
         }
     }
 
-    fn decrypter(&self) -> Box<dyn MessageDecrypter> {
+    fn opener(&self) -> Result<Opener, rustls::Error> {
+        if let Some(key) = self.aes128(&self.rx)? {
+            return Ok(Opener::Aes128(key));
+        }
         let key = AeadKey::from(self.rx.key);
-        match self.suite {
+        Ok(Opener::Provider(match self.suite {
             SupportedCipherSuite::Tls13(suite) => {
                 suite.aead_alg.decrypter(key, Iv::from(self.rx.iv))
             }
-            SupportedCipherSuite::Tls12(suite) if self.chacha => {
+            SupportedCipherSuite::Tls12(suite) if self.aead == Aead::Chacha20Poly1305 => {
                 suite.aead_alg.decrypter(key, &self.rx.iv)
             }
             SupportedCipherSuite::Tls12(suite) => suite.aead_alg.decrypter(key, &self.rx.iv[..4]),
+        }))
+    }
+
+    /// Opens the record with `header` and `payload` (decrypted in place) at `rx.seq`:
+    /// its content type and plaintext.
+    fn open<'a>(
+        &self,
+        opener: &mut Opener,
+        header: [u8; 5],
+        payload: &'a mut [u8],
+    ) -> Result<(ContentType, &'a [u8]), rustls::Error> {
+        match opener {
+            Opener::Provider(d) => {
+                let typ = ContentType::from(header[0]);
+                let version = ProtocolVersion::from(u16::from_be_bytes([header[1], header[2]]));
+                let message = d.decrypt(
+                    InboundOpaqueMessage::new(typ, version, payload),
+                    self.rx.seq,
+                )?;
+                Ok((message.typ, message.payload))
+            }
+            Opener::Aes128(key) => open_aes128(key, self.tls13(), &self.rx, header, payload),
         }
     }
 
@@ -200,8 +281,9 @@ impl Keys {
 /// it completes (and its last records, the session tickets, are encoded), rustls hands
 /// over the traffic secrets (`dangerous_into_kernel_connection`, the API made for kTLS)
 /// and the whole rustls state is freed. From then on records are protected with the
-/// provider's own AEAD implementations (`MessageEncrypter`/`MessageDecrypter`), built
-/// per batch from the [`Keys`] this session keeps.
+/// provider's own AEAD implementations (`MessageEncrypter`/`MessageDecrypter`) for
+/// AES-256-GCM and ChaCha20-Poly1305, and with aws-lc-rs's AES-128-GCM directly (rustls's
+/// `AeadKey` takes 32 bytes only), built per batch from the [`Keys`] this session keeps.
 pub struct TlsSession {
     /// The handshake; `None` once it is done.
     handshake: Option<Box<UnbufferedServerConnection>>,
@@ -424,11 +506,11 @@ impl TlsSession {
             .dangerous_into_kernel_connection()
             .map_err(|e| TlsFailure::Encrypt(format!("cannot take over the keys: {e}")))?;
         let unsupported = || TlsFailure::Encrypt(format!("unsupported suite {suite:?}"));
-        let (tx, chacha) = Direction::new(secrets.tx.0, secrets.tx.1).ok_or_else(unsupported)?;
+        let (tx, aead) = Direction::new(secrets.tx.0, secrets.tx.1).ok_or_else(unsupported)?;
         let (rx, _) = Direction::new(secrets.rx.0, secrets.rx.1).ok_or_else(unsupported)?;
         self.keys = Some(Keys {
             suite,
-            chacha,
+            aead,
             tx,
             rx,
             peer_closed: false,
@@ -450,13 +532,17 @@ impl TlsSession {
         if keys.peer_closed {
             return input.len();
         }
-        let mut decrypter: Option<Box<dyn MessageDecrypter>> = None;
+        let mut opener: Option<Opener> = None;
         let mut at = 0;
         let mut alert = None;
         while input.len() - at >= 5 {
-            let header = &input[at..at + 5];
-            let typ = ContentType::from(header[0]);
-            let version = ProtocolVersion::from(u16::from_be_bytes([header[1], header[2]]));
+            let header: [u8; 5] = [
+                input[at],
+                input[at + 1],
+                input[at + 2],
+                input[at + 3],
+                input[at + 4],
+            ];
             let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
             if len > MAX_CIPHERTEXT {
                 alert = Some((22, rustls::Error::PeerSentOversizedRecord)); // record_overflow
@@ -469,10 +555,18 @@ impl TlsSession {
                 alert = Some((0, rustls::Error::EncryptError));
                 break;
             }
-            let d = decrypter.get_or_insert_with(|| keys.decrypter());
-            let record = InboundOpaqueMessage::new(typ, version, &mut input[at + 5..at + 5 + len]);
-            let message = match d.decrypt(record, keys.rx.seq) {
-                Ok(message) => message,
+            let opener = match &mut opener {
+                Some(opener) => opener,
+                None => match keys.opener() {
+                    Ok(made) => opener.insert(made),
+                    Err(e) => {
+                        alert = Some((80, e)); // internal_error
+                        break;
+                    }
+                },
+            };
+            let (typ, payload) = match keys.open(opener, header, &mut input[at + 5..at + 5 + len]) {
+                Ok(opened) => opened,
                 Err(e) => {
                     alert = Some((20, e)); // bad_record_mac
                     break;
@@ -480,9 +574,9 @@ impl TlsSession {
             };
             keys.rx.seq += 1;
             at += 5 + len;
-            match message.typ {
-                ContentType::ApplicationData => plain.extend_from_slice(message.payload),
-                ContentType::Alert if message.payload.get(1) == Some(&0) => {
+            match typ {
+                ContentType::ApplicationData => plain.extend_from_slice(payload),
+                ContentType::Alert if payload.get(1) == Some(&0) => {
                     // close_notify: what follows is not read.
                     keys.peer_closed = true;
                     outcome.peer_closed = true;
@@ -492,7 +586,7 @@ impl TlsSession {
                     alert = Some((
                         0,
                         rustls::Error::AlertReceived(rustls::AlertDescription::from(
-                            message.payload.get(1).copied().unwrap_or(0),
+                            payload.get(1).copied().unwrap_or(0),
                         )),
                     ));
                     break;
@@ -503,8 +597,7 @@ impl TlsSession {
                     alert = Some((
                         10,
                         rustls::Error::General(format!(
-                            "unsupported {:?} record after the handshake",
-                            message.typ
+                            "unsupported {typ:?} record after the handshake"
                         )),
                     ));
                     break;
@@ -544,12 +637,21 @@ impl TlsSession {
         let Some(keys) = self.keys.as_mut() else {
             return Err(TlsFailure::Encrypt("not established".to_owned()));
         };
+        let aes128 = keys
+            .aes128(&keys.tx)
+            .map_err(|e| TlsFailure::Encrypt(e.to_string()))?;
         for part in parts {
             for chunk in part.chunks(MAX_FRAGMENT) {
                 if keys.exhausted() {
                     return Err(TlsFailure::Encrypt(
                         "confidentiality limit reached".to_owned(),
                     ));
+                }
+                if let Some(key) = &aes128 {
+                    seal_aes128(key, keys.tls13(), &keys.tx, typ, chunk, &mut self.out)
+                        .map_err(|e| TlsFailure::Encrypt(e.to_string()))?;
+                    keys.tx.seq += 1;
+                    continue;
                 }
                 // One sealing key per record: aws-lc's TLS sealing keys insist that the
                 // nonces one key seals with count up from its first, which a key made
@@ -638,6 +740,134 @@ impl TlsSession {
         self.handshake = None;
         self.keys = None;
     }
+}
+
+/// Appends one AES-128-GCM record of `typ` carrying `chunk` (at most 16 KiB), sealed
+/// with `key` at `direction.seq`, to `out`.
+///
+/// TLS 1.3 (RFC 8446 §5.2): an application-data header, then `chunk || typ` sealed with
+/// the header as AAD and [`Direction::nonce`]. TLS 1.2 (RFC 5288): the explicit nonce
+/// (the nonce's last 8 bytes, as rustls makes it), then the sealed `chunk`, with
+/// `seq || typ || version || chunk length` as AAD.
+fn seal_aes128(
+    key: &LessSafeKey,
+    tls13: bool,
+    direction: &Direction,
+    typ: ContentType,
+    chunk: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), rustls::Error> {
+    let nonce = direction.nonce();
+    let start = out.len();
+    let sealed = if tls13 {
+        let [hi, lo] = record_len(chunk.len() + 1 + TAG_LEN)?;
+        let header = [u8::from(ContentType::ApplicationData), 3, 3, hi, lo];
+        out.extend_from_slice(&header);
+        out.extend_from_slice(chunk);
+        out.push(u8::from(typ));
+        key.seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(header),
+            &mut out[start + 5..],
+        )
+    } else {
+        let [hi, lo] = record_len(8 + chunk.len() + TAG_LEN)?;
+        out.extend_from_slice(&[u8::from(typ), 3, 3, hi, lo]);
+        out.extend_from_slice(&nonce[4..]);
+        out.extend_from_slice(chunk);
+        key.seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(tls12_aad(direction.seq, typ, chunk.len())),
+            &mut out[start + 13..],
+        )
+    };
+    match sealed {
+        Ok(tag) => {
+            out.extend_from_slice(tag.as_ref());
+            Ok(())
+        }
+        Err(_) => {
+            out.truncate(start);
+            Err(rustls::Error::EncryptError)
+        }
+    }
+}
+
+/// Opens one AES-128-GCM record (its 5-byte `header`, its `payload` decrypted in place)
+/// at `direction.seq`: its content type and plaintext. The inverse of [`seal_aes128`],
+/// with rustls's checks (a TLS 1.3 inner plaintext with no content type, a plaintext
+/// over 16 KiB).
+fn open_aes128<'a>(
+    key: &LessSafeKey,
+    tls13: bool,
+    direction: &Direction,
+    header: [u8; 5],
+    payload: &'a mut [u8],
+) -> Result<(ContentType, &'a [u8]), rustls::Error> {
+    if tls13 {
+        if payload.len() < TAG_LEN {
+            return Err(rustls::Error::DecryptError);
+        }
+        // The AAD is the header as rustls makes it (the outer type is always 23).
+        let aad = [
+            u8::from(ContentType::ApplicationData),
+            3,
+            3,
+            header[3],
+            header[4],
+        ];
+        let inner = key
+            .open_in_place(
+                Nonce::assume_unique_for_key(direction.nonce()),
+                Aad::from(aad),
+                payload,
+            )
+            .map_err(|_| rustls::Error::DecryptError)?;
+        // data || content type || zero padding
+        let Some(at) = inner.iter().rposition(|&b| b != 0) else {
+            return Err(rustls::PeerMisbehaved::IllegalTlsInnerPlaintext.into());
+        };
+        if at > MAX_FRAGMENT {
+            return Err(rustls::Error::PeerSentOversizedRecord);
+        }
+        Ok((ContentType::from(inner[at]), &inner[..at]))
+    } else {
+        if payload.len() < 8 + TAG_LEN {
+            return Err(rustls::Error::DecryptError);
+        }
+        let typ = ContentType::from(header[0]);
+        let mut nonce = direction.iv;
+        nonce[4..].copy_from_slice(&payload[..8]);
+        let aad = tls12_aad(direction.seq, typ, payload.len() - 8 - TAG_LEN);
+        let plain = key
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut payload[8..],
+            )
+            .map_err(|_| rustls::Error::DecryptError)?;
+        if plain.len() > MAX_FRAGMENT {
+            return Err(rustls::Error::PeerSentOversizedRecord);
+        }
+        Ok((typ, plain))
+    }
+}
+
+/// TLS 1.2's AEAD additional data: `seq || type || version || plaintext length`.
+fn tls12_aad(seq: u64, typ: ContentType, len: usize) -> [u8; 13] {
+    let mut aad = [0u8; 13];
+    aad[..8].copy_from_slice(&seq.to_be_bytes());
+    aad[8] = u8::from(typ);
+    aad[9..11].copy_from_slice(&[3, 3]);
+    aad[11..].copy_from_slice(&u16::try_from(len).unwrap_or(u16::MAX).to_be_bytes());
+    aad
+}
+
+/// A record length field.
+fn record_len(len: usize) -> Result<[u8; 2], rustls::Error> {
+    u16::try_from(len)
+        .map(u16::to_be_bytes)
+        .map_err(|_| rustls::Error::EncryptError)
 }
 
 /// Encodes one queued handshake record (or alert) at the end of `out`.

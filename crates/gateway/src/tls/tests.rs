@@ -211,6 +211,46 @@ impl Pair {
 const TLS13: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
 const TLS12: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS12];
 
+/// A client that offers only `suite` (of `versions`).
+fn suite_client(
+    leaf: &Leaf,
+    suite: rustls::CipherSuite,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<ClientConfig> {
+    let mut provider = (*super::config::provider()).clone();
+    provider.cipher_suites.retain(|s| s.suite() == suite);
+    assert_eq!(provider.cipher_suites.len(), 1, "{suite:?} is offered");
+    let mut roots = RootCertStore::empty();
+    roots.add(leaf.der.clone()).unwrap();
+    let mut config = ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
+    Arc::new(config)
+}
+
+/// Every suite the server offers, with the version it belongs to (the ECDSA leaf's
+/// TLS 1.2 suites; the RSA ones differ only in the signature).
+const SUITES: [(rustls::CipherSuite, &[&rustls::SupportedProtocolVersion]); 6] = [
+    (rustls::CipherSuite::TLS13_AES_128_GCM_SHA256, TLS13),
+    (rustls::CipherSuite::TLS13_AES_256_GCM_SHA384, TLS13),
+    (rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256, TLS13),
+    (
+        rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        TLS12,
+    ),
+    (
+        rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        TLS12,
+    ),
+    (
+        rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        TLS12,
+    ),
+];
+
 #[test]
 fn handshake_and_data_both_ways_over_tls13_and_tls12() {
     let leaf = leaf();
@@ -624,8 +664,8 @@ mod heap {
 fn an_idle_tls_session_is_small() {
     let leaf = leaf();
     let (_dir, tls) = server_tls(&leaf);
-    for versions in [TLS13, TLS12] {
-        let config = client_config(&leaf, versions);
+    for (suite, versions) in SUITES {
+        let config = suite_client(&leaf, suite, versions);
         let mut sessions = Vec::new();
         let before = heap::live();
         for _ in 0..50 {
@@ -641,34 +681,22 @@ fn an_idle_tls_session_is_small() {
         }
         let per_session = (heap::live() - before) / 50;
         println!(
-            "{versions:?}: {per_session} B of heap per idle session (TlsSession itself {} B)",
+            "{suite:?}: {per_session} B of heap per idle session (TlsSession itself {} B)",
             std::mem::size_of::<TlsSession>()
         );
-        assert!(per_session < 512, "{per_session} B per idle session");
+        assert!(
+            per_session < 512,
+            "{suite:?}: {per_session} B per idle session"
+        );
     }
 }
 
 #[test]
 fn every_offered_suite_carries_data_after_the_takeover() {
-    use rustls::CipherSuite as S;
     let leaf = leaf();
     let (_dir, tls) = server_tls(&leaf);
-    for (suite, versions) in [
-        (S::TLS13_AES_256_GCM_SHA384, TLS13),
-        (S::TLS13_CHACHA20_POLY1305_SHA256, TLS13),
-        (S::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, TLS12),
-        (S::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, TLS12),
-    ] {
-        let mut provider = (*super::config::provider()).clone();
-        provider.cipher_suites.retain(|s| s.suite() == suite);
-        let mut roots = RootCertStore::empty();
-        roots.add(leaf.der.clone()).unwrap();
-        let config = ClientConfig::builder_with_provider(Arc::new(provider))
-            .with_protocol_versions(versions)
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let mut pair = Pair::new(&tls, Arc::new(config));
+    for (suite, versions) in SUITES {
+        let mut pair = Pair::new(&tls, suite_client(&leaf, suite, versions));
         pair.handshake();
         assert_eq!(
             pair.client.negotiated_cipher_suite().map(|s| s.suite()),
@@ -713,4 +741,113 @@ fn a_key_update_from_the_peer_closes_the_connection() {
         matches!(outcome.failure, Some(TlsFailure::Protocol(_))),
         "{outcome:?}"
     );
+}
+
+#[test]
+fn aes_128_gcm_carries_data_both_ways_across_batches_then_closes() {
+    use rustls::CipherSuite as S;
+    let leaf = leaf();
+    let (_dir, tls) = server_tls(&leaf);
+    for (suite, versions) in [
+        (S::TLS13_AES_128_GCM_SHA256, TLS13),
+        (S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, TLS12),
+    ] {
+        let mut pair = Pair::new(&tls, suite_client(&leaf, suite, versions));
+        pair.handshake();
+        assert_eq!(
+            pair.client.negotiated_cipher_suite().map(|s| s.suite()),
+            Some(suite)
+        );
+        assert_eq!(pair.client.protocol_version(), Some(versions[0].version));
+        // Several batches each way, each of several records (the sequence numbers, and
+        // so the nonces, go on across batches).
+        let mut sent_up = Vec::new();
+        let mut sent_down = Vec::new();
+        for batch in 0..4u8 {
+            let mut bytes = Vec::new();
+            for i in 0..3u8 {
+                let data = vec![batch * 3 + i; 50 + usize::from(i) * 700];
+                bytes.extend(pair.client_sends(&data));
+                sent_up.extend(data);
+            }
+            // One read cut in the middle of a record: the tail waits for the next.
+            let cut = bytes.len() / 2 + 3;
+            assert_eq!(pair.feed(&bytes[..cut]).failure, None, "{suite:?}");
+            assert_eq!(pair.feed(&bytes[cut..]).failure, None, "{suite:?}");
+            let frames: Vec<Vec<u8>> = (0..3u8)
+                .map(|i| vec![batch ^ i; 1 + usize::from(i) * 9_000])
+                .collect();
+            pair.server
+                .encrypt(frames.iter().map(Vec::as_slice))
+                .unwrap();
+            sent_down.extend(frames.concat());
+            pair.deliver_to_client();
+            assert_eq!(pair.server.buffered_bytes(), 0, "{suite:?}");
+        }
+        assert_eq!(pair.plain, sent_up, "{suite:?}");
+        assert_eq!(pair.client_reads(), sent_down, "{suite:?}");
+        // The server's close_notify after its last data, then the client's.
+        pair.server.encrypt([&b"bye"[..]]).unwrap();
+        pair.server.queue_close_notify();
+        let state = pair.deliver_to_client();
+        assert!(
+            state.peer_has_closed(),
+            "{suite:?}: the client saw close_notify"
+        );
+        assert_eq!(pair.client_reads(), b"bye");
+        let mut bytes = pair.client_sends(b"last words");
+        pair.client.send_close_notify();
+        bytes.extend(pair.client_bytes());
+        pair.plain.clear();
+        let outcome = pair.feed(&bytes);
+        assert!(outcome.peer_closed, "{suite:?}");
+        assert_eq!(outcome.failure, None, "{suite:?}");
+        assert_eq!(pair.plain, b"last words");
+    }
+}
+
+#[test]
+fn a_tampered_or_truncated_aes_128_gcm_record_gets_bad_record_mac() {
+    use rustls::CipherSuite as S;
+    let leaf = leaf();
+    let (_dir, tls) = server_tls(&leaf);
+    for (suite, versions) in [
+        (S::TLS13_AES_128_GCM_SHA256, TLS13),
+        (S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, TLS12),
+    ] {
+        for damage in ["header", "short"] {
+            let mut pair = Pair::new(&tls, suite_client(&leaf, suite, versions));
+            pair.handshake();
+            let mut bad = pair.client_sends(b"tampered");
+            match damage {
+                // The length is part of the AAD: a record cut shorter fails to open.
+                "header" => {
+                    bad[4] -= 1;
+                    bad.pop();
+                }
+                // Shorter than a tag (and TLS 1.2's explicit nonce).
+                _ => bad = vec![0x17, 3, 3, 0, 5, 1, 2, 3, 4, 5],
+            }
+            let outcome = pair.feed(&bad);
+            assert!(
+                matches!(
+                    outcome.failure,
+                    Some(TlsFailure::Protocol(rustls::Error::DecryptError))
+                ),
+                "{suite:?} {damage}: {outcome:?}"
+            );
+            // The client can read the encrypted bad_record_mac alert.
+            let bytes = pair.server.pending().to_vec();
+            let mut slice = &bytes[..];
+            pair.client.read_tls(&mut slice).unwrap();
+            let err = pair.client.process_new_packets().unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    rustls::Error::AlertReceived(rustls::AlertDescription::BadRecordMac)
+                ),
+                "{suite:?} {damage}: {err:?}"
+            );
+        }
+    }
 }
