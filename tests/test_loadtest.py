@@ -247,7 +247,7 @@ def test_gates_and_failures_set_the_exit_status(loadtest_bin, baseline_bin, star
     )
     assert code == 1, output
     assert report["connections"]["failed_by_cause"] == {"refused": 10}, output
-    code, report, output = run(loadtest_bin, tmp_path, "idle", "wss://127.0.0.1:1/")
+    code, report, output = run(loadtest_bin, tmp_path, "idle", "https://127.0.0.1:1/")
     assert code == 2 and report is None, output
 
 
