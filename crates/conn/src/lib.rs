@@ -539,6 +539,24 @@ impl Conn {
         self.deadline = Some(now + cfg.close_timeout.min(EVICTION_GRACE));
     }
 
+    /// Closes an open connection as a slow consumer (1013), as [`Conn::send`] does when
+    /// its queue passes `max_queued_bytes`: for a caller that holds more of this
+    /// connection's output than the queue shows (the gateway's TLS layer counts its
+    /// unsent ciphertext too). Does nothing unless open.
+    pub fn overflowed(&mut self, cfg: &ConnConfig, now: Instant, events: &mut Vec<ConnEvent>) {
+        if self.phase != Phase::Open {
+            return;
+        }
+        self.overflow(
+            cfg,
+            now,
+            CloseReason::SlowConsumer,
+            1013,
+            "slow consumer",
+            events,
+        );
+    }
+
     // ---- (D) output bookkeeping ----
 
     /// Records that `written` bytes of the output went to the socket.

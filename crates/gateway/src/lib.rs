@@ -40,5 +40,6 @@ pub mod listener;
 pub mod metrics;
 pub mod push;
 pub mod server;
+pub mod tls;
 pub mod token;
 pub mod worker;

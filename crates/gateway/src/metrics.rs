@@ -133,8 +133,19 @@ pub mod names {
     /// Counter: messages received from the broker's pub/sub.
     pub const BROKER_MESSAGES: &str = "pingwheel_broker_messages_received_total";
 
+    /// Counter: TLS handshakes on the WebSocket listener, per worker and `result`
+    /// ([`TLS_HANDSHAKE_RESULTS`]).
+    pub const TLS_HANDSHAKES: &str = "pingwheel_tls_handshakes_total";
+    /// Histogram: accept → TLS handshake complete, seconds, per worker.
+    pub const TLS_HANDSHAKE_SECONDS: &str = "pingwheel_tls_handshake_seconds";
+    /// Counter: SIGHUP certificate reloads, per `result` (`ok`, `failed`).
+    pub const TLS_RELOADS: &str = "pingwheel_tls_reloads_total";
+    /// Gauge: notAfter of the served leaf certificate, unix seconds, per `listener`
+    /// (`ws`, `admin`).
+    pub const TLS_CERT_EXPIRY: &str = "pingwheel_tls_certificate_expiry_timestamp_seconds";
+
     /// Every metric name, for tests and documentation checks.
-    pub const ALL: [&str; 34] = [
+    pub const ALL: [&str; 38] = [
         CONNECTIONS,
         CONNECTIONS_OPENED,
         CONNECTIONS_CLOSED,
@@ -169,13 +180,26 @@ pub mod names {
         ENGINE_RESUBSCRIBES,
         POSITION_GAPS,
         BROKER_MESSAGES,
+        TLS_HANDSHAKES,
+        TLS_HANDSHAKE_SECONDS,
+        TLS_RELOADS,
+        TLS_CERT_EXPIRY,
     ];
 
     /// The `result` label values of [`RECOVERIES`].
     pub const RECOVERY_RESULTS: [&str; 2] = ["recovered", "not_recovered"];
 
+    /// The `result` label values of [`TLS_HANDSHAKES`], in [`super::TlsResult`] order.
+    pub const TLS_HANDSHAKE_RESULTS: [&str; 4] = ["full", "resumed", "failed", "timeout"];
+
     /// The histograms among [`ALL`].
-    pub const HISTOGRAMS: [&str; 4] = [PING_RTT, EVENT_LOOP_LAG, DELIVERY_LAG, ENGINE_PUBLISH];
+    pub const HISTOGRAMS: [&str; 5] = [
+        PING_RTT,
+        EVENT_LOOP_LAG,
+        DELIVERY_LAG,
+        ENGINE_PUBLISH,
+        TLS_HANDSHAKE_SECONDS,
+    ];
 }
 
 /// Buckets (upper bounds, seconds) for round-trip and delivery latencies: 100 µs … 20 s.
@@ -183,6 +207,27 @@ pub const LATENCY_BUCKETS: [f64; 17] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0, 20.0,
 ];
+
+/// Buckets (upper bounds, seconds) for TLS handshakes, accept to complete: 250 µs … 10 s
+/// (a full ECDSA handshake costs the server well under a millisecond of CPU; the rest
+/// is round trips and queueing, bounded by `--open-timeout`).
+pub const HANDSHAKE_BUCKETS: [f64; 14] = [
+    0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+/// How a TLS handshake on the WebSocket listener ended: the `result` label of
+/// `pingwheel_tls_handshakes_total`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum TlsResult {
+    /// A full handshake completed.
+    Full,
+    /// A resumed handshake (ticket or session ID) completed.
+    Resumed,
+    /// Refused: garbage, plain HTTP, a failed negotiation, or the peer left mid-way.
+    Failed,
+    /// Not complete within `--open-timeout`.
+    Timeout,
+}
 
 /// Buckets (upper bounds, seconds) for event-loop lag: 100 µs … 10 s.
 pub const LAG_BUCKETS: [f64; 16] = [
@@ -204,10 +249,15 @@ pub fn builder() -> Result<PrometheusBuilder, BuildError> {
         builder =
             builder.set_buckets_for_metric(Matcher::Full(name.to_owned()), &LATENCY_BUCKETS)?;
     }
-    builder.set_buckets_for_metric(
-        Matcher::Full(names::EVENT_LOOP_LAG.to_owned()),
-        &LAG_BUCKETS,
-    )
+    builder
+        .set_buckets_for_metric(
+            Matcher::Full(names::TLS_HANDSHAKE_SECONDS.to_owned()),
+            &HANDSHAKE_BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(names::EVENT_LOOP_LAG.to_owned()),
+            &LAG_BUCKETS,
+        )
 }
 
 /// Builds the Prometheus recorder, installs it as the global `metrics` recorder, describes
@@ -263,7 +313,7 @@ const fn family(name: &'static str, kind: Kind, unit: Unit, help: &'static str) 
 }
 
 /// Every per-worker family, in the order `/metrics` lists them.
-const WORKER_FAMILIES: [Family; 22] = [
+const WORKER_FAMILIES: [Family; 24] = [
     family(
         names::CONNECTIONS,
         Kind::Gauge,
@@ -396,6 +446,18 @@ const WORKER_FAMILIES: [Family; 22] = [
         Unit::Count,
         "Accept pauses of 100 ms after accept failed for lack of resources (EMFILE, ENFILE, ENOBUFS, ENOMEM).",
     ),
+    family(
+        names::TLS_HANDSHAKES,
+        Kind::Counter,
+        Unit::Count,
+        "TLS handshakes on the WebSocket listener, by result (full, resumed, failed, timeout).",
+    ),
+    family(
+        names::TLS_HANDSHAKE_SECONDS,
+        Kind::Histogram,
+        Unit::Seconds,
+        "Time from accept to TLS handshake complete, in seconds.",
+    ),
 ];
 
 /// Registers HELP text and units for every metric with the current recorder.
@@ -462,6 +524,16 @@ pub fn describe() {
         names::POSITION_GAPS,
         Unit::Count,
         "Gaps in a stream's seq seen by this node, by result: refilled from history, or lost (position_lost sent)."
+    );
+    describe_counter!(
+        names::TLS_RELOADS,
+        Unit::Count,
+        "SIGHUP certificate reloads, by result (ok, failed: the old certificate stays)."
+    );
+    describe_gauge!(
+        names::TLS_CERT_EXPIRY,
+        Unit::Seconds,
+        "notAfter of the served leaf certificate, unix seconds, by listener (ws, admin)."
     );
     describe_counter!(
         names::BROKER_MESSAGES,
@@ -719,6 +791,10 @@ pub struct WorkerStats {
     pub recovered_messages: LocalCounter,
     /// `pingwheel_accept_pauses_total`.
     pub accept_pauses: LocalCounter,
+    /// `pingwheel_tls_handshakes_total{result}`, indexed by [`TlsResult`].
+    pub tls_handshakes: [LocalCounter; names::TLS_HANDSHAKE_RESULTS.len()],
+    /// `pingwheel_tls_handshake_seconds`.
+    pub tls_handshake_seconds: LocalHistogram,
 }
 
 impl WorkerStats {
@@ -747,7 +823,14 @@ impl WorkerStats {
             recoveries: Default::default(),
             recovered_messages: LocalCounter::default(),
             accept_pauses: LocalCounter::default(),
+            tls_handshakes: Default::default(),
+            tls_handshake_seconds: LocalHistogram::new(&HANDSHAKE_BUCKETS),
         }
+    }
+
+    /// Counts one TLS handshake outcome.
+    pub fn tls_handshake(&self, result: TlsResult) {
+        self.tls_handshakes[result as usize].increment(1);
     }
 
     /// Counts one finished subscribe with `since`.
@@ -809,6 +892,17 @@ impl WorkerStats {
             }
             names::RECOVERED_MESSAGES => line("", &self.recovered_messages.get()),
             names::ACCEPT_PAUSES => line("", &self.accept_pauses.get()),
+            names::TLS_HANDSHAKES => {
+                for (result, counter) in names::TLS_HANDSHAKE_RESULTS
+                    .iter()
+                    .zip(&self.tls_handshakes)
+                {
+                    line(&format!(",result=\"{result}\""), &counter.get());
+                }
+            }
+            names::TLS_HANDSHAKE_SECONDS => {
+                write_histogram(f.name, w, &self.tls_handshake_seconds, out);
+            }
             other => debug_assert!(false, "no per-worker series for {other}"),
         }
     }
@@ -894,6 +988,38 @@ pub struct ApiMetrics {
     pub auth_failures: [Counter; AuthFailure::ALL.len()],
 }
 
+/// The process-wide TLS series (`pingwheel_tls_reloads_total`,
+/// `pingwheel_tls_certificate_expiry_timestamp_seconds`), registered at startup when a
+/// listener serves TLS so they exist from the first scrape.
+#[derive(Clone, Debug)]
+pub struct TlsMetrics {
+    /// `pingwheel_tls_reloads_total{result="ok"}`.
+    pub reloads_ok: Counter,
+    /// `pingwheel_tls_reloads_total{result="failed"}`.
+    pub reloads_failed: Counter,
+}
+
+impl TlsMetrics {
+    /// Registers the reload counters with the current recorder.
+    pub fn new() -> TlsMetrics {
+        TlsMetrics {
+            reloads_ok: counter!(names::TLS_RELOADS, "result" => "ok"),
+            reloads_failed: counter!(names::TLS_RELOADS, "result" => "failed"),
+        }
+    }
+
+    /// Sets the expiry gauge of `listener` (`ws` or `admin`) to `not_after` (unix s).
+    pub fn set_expiry(&self, listener: &'static str, not_after: i64) {
+        gauge!(names::TLS_CERT_EXPIRY, "listener" => listener).set(not_after as f64);
+    }
+}
+
+impl Default for TlsMetrics {
+    fn default() -> Self {
+        TlsMetrics::new()
+    }
+}
+
 /// Sets the process-wide history gauges (at each scrape, from the engine's numbers).
 pub fn set_history(messages: u64, bytes: u64) {
     gauge!(names::HISTORY_MESSAGES).set(messages as f64);
@@ -969,6 +1095,11 @@ mod tests {
             m.recovery(true, 20);
             m.recovery(false, 0);
             m.accept_pauses.increment(1);
+            m.tls_handshake(TlsResult::Full);
+            m.tls_handshake(TlsResult::Resumed);
+            m.tls_handshake(TlsResult::Failed);
+            m.tls_handshake(TlsResult::Timeout);
+            m.tls_handshake_seconds.record(0.002);
         }
         metrics::with_local_recorder(&recorder, || {
             describe();
@@ -980,6 +1111,11 @@ mod tests {
             }
             api.publish_request(200);
             api.publish_request(413);
+            let tls = TlsMetrics::new();
+            tls.reloads_ok.increment(1);
+            tls.reloads_failed.increment(1);
+            tls.set_expiry("ws", 1_900_000_000);
+            tls.set_expiry("admin", 1_900_000_000);
             let engine = EngineMetrics::new();
             engine.up.set(1.0);
             engine.publish_seconds.record(Duration::from_micros(300));

@@ -12,16 +12,24 @@
 //! draining, sends Close 1001 to every connection, waits up to `--drain-timeout` for
 //! the closing handshakes and exits 0. A second signal exits at once with status 1.
 //!
-//! SIGHUP (`systemctl reload`) is caught and logged so that its default action, exiting,
-//! never takes the gateway down; nothing is reloaded yet, and it does not count towards
-//! the second-signal exit.
+//! With `--tls-cert`/`--tls-key` (and `--admin-tls-*`) the certificate files are loaded
+//! and checked before anything is bound: a bad file stops the gateway with one line
+//! naming the flag, the file and the problem, before the ready line.
+//!
+//! SIGHUP (`systemctl reload`) reloads the certificate and key files from the same paths:
+//! the workers (through their mailboxes) and the admin listener serve new connections
+//! with the new pair, open ones keep theirs. A reload that fails keeps the old pair and
+//! logs a warning saying why (`pingwheel_tls_reloads_total{result}` counts both). Without
+//! TLS it is logged and ignored; it never exits, and does not count towards the
+//! second-signal exit.
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
+use std::sync::RwLock;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -42,6 +50,7 @@ use crate::engine::{Engine, Outbox, request_channel};
 use crate::listener::bind_reuseport;
 use crate::metrics;
 use crate::push::auth::Authenticator;
+use crate::tls::{ServerTls, TlsFileError};
 use crate::worker::link::{Command, WorkerOutbox};
 use crate::worker::{self, PushContext};
 
@@ -62,6 +71,9 @@ pub enum ServerError {
         /// What the OS said.
         source: io::Error,
     },
+    /// A certificate or key file cannot be served (the message names flag and file).
+    #[error("{0}")]
+    Tls(#[from] TlsFileError),
     /// Anything else during startup (metrics recorder, threads, signals).
     #[error("startup failed: {0}")]
     Startup(String),
@@ -75,6 +87,8 @@ pub enum ServerError {
 enum Wake {
     /// SIGINT or SIGTERM (the first one): drain.
     Signal(i32),
+    /// SIGHUP: reload the certificates.
+    Reload,
     /// Worker `id`'s thread ended although nobody asked it to.
     WorkerStopped(usize),
 }
@@ -85,8 +99,28 @@ enum Wake {
 /// See [`ServerError`].
 pub fn run(config: Config) -> Result<(), ServerError> {
     let workers = config.workers.get();
+    // Certificates first: a bad file stops the gateway before anything is bound.
+    let now = SystemTime::now();
+    let mut ws_tls = config
+        .tls_files()
+        .map(|files| ServerTls::load(files, now))
+        .transpose()?;
+    let mut admin_tls = config
+        .admin_tls_files()
+        .map(|files| ServerTls::load(files, now))
+        .transpose()?;
     let mut exporter = metrics::install_recorder()
         .map_err(|e| ServerError::Startup(format!("metrics recorder: {e}")))?;
+    let tls_metrics = (ws_tls.is_some() || admin_tls.is_some()).then(metrics::TlsMetrics::new);
+    if let Some(m) = &tls_metrics {
+        for tls in ws_tls.iter().chain(&admin_tls) {
+            m.set_expiry(tls.files().listener.as_label(), tls.loaded().not_after);
+        }
+    }
+    // The admin listener reads this once per accepted connection.
+    let admin_tls_config = admin_tls
+        .as_ref()
+        .map(|tls| Arc::new(RwLock::new(tls.config())));
 
     let (listen, listeners) =
         bind_reuseport(config.listen, workers, config.backlog).map_err(|source| {
@@ -119,7 +153,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             let mut seen = 0;
             for signal in signals.forever() {
                 if signal == SIGHUP {
-                    info!("SIGHUP: nothing to reload; ignored");
+                    let _ = signal_tx.send(Wake::Reload);
                     continue;
                 }
                 seen += 1;
@@ -173,8 +207,10 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     // Each worker closes the later workers' listeners in its private descriptor table.
     let listener_fds: Vec<RawFd> = listeners.iter().map(AsRawFd::as_raw_fd).collect();
     for (id, listener) in listeners.into_iter().enumerate() {
+        let mut settings = config.worker(id);
+        settings.tls = ws_tls.as_ref().map(ServerTls::config);
         let handle = worker::spawn(
-            config.worker(id),
+            settings,
             listener,
             &listener_fds[id + 1..],
             exporter.worker(id),
@@ -269,12 +305,16 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     if let Some(task) = engine_task {
         admin_state = admin_state.with_engine_task(task);
     }
+    if let Some(tls) = &admin_tls_config {
+        admin_state = admin_state.with_tls(Arc::clone(tls));
+    }
     let admin_state = Arc::new(admin_state);
     let admin = admin::spawn(admin_runtime, admin_listener, Arc::clone(&admin_state))
         .map_err(|e| ServerError::Startup(format!("admin listener: {e}")))?;
 
     info!(
-        %listen, admin = %admin_addr, workers,
+        %listen, admin = %admin_addr, workers, tls = ws_tls.is_some(),
+        admin_tls = admin_tls.is_some(),
         ping_interval = ?config.ping_interval, ping_timeout = ?config.ping_timeout,
         echo = config.echo, "pingwheel ready"
     );
@@ -286,16 +326,25 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     // Wait for a signal, or for a worker that stops on its own (it says so as its thread
     // ends): no polling, so an idle gateway's main thread never wakes.
     drop(wake_tx);
-    let result = match wake_rx.recv() {
-        Ok(Wake::Signal(signal)) => {
-            info!(signal, drain_timeout = ?config.drain_timeout, "signal received: draining");
-            Ok(())
+    let result = loop {
+        match wake_rx.recv() {
+            Ok(Wake::Reload) => reload(
+                ws_tls.as_mut(),
+                admin_tls.as_mut(),
+                &handles,
+                admin_tls_config.as_deref(),
+                tls_metrics.as_ref(),
+            ),
+            Ok(Wake::Signal(signal)) => {
+                info!(signal, drain_timeout = ?config.drain_timeout, "signal received: draining");
+                break Ok(());
+            }
+            Ok(Wake::WorkerStopped(id)) => {
+                error!(worker = id, "a worker stopped unexpectedly: shutting down");
+                break Err(());
+            }
+            Err(mpsc::RecvError) => break Ok(()),
         }
-        Ok(Wake::WorkerStopped(id)) => {
-            error!(worker = id, "a worker stopped unexpectedly: shutting down");
-            Err(())
-        }
-        Err(mpsc::RecvError) => Ok(()),
     };
 
     admin_state.set_draining(true);
@@ -323,6 +372,63 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         (Ok(()), None) => {
             info!("drained: exiting");
             Ok(())
+        }
+    }
+}
+
+/// SIGHUP: reloads each listener's certificate and key from the same paths. A pair that
+/// loads goes to the workers (new connections) or the admin listener; one that does not
+/// leaves the old pair serving, with a warning that says why.
+fn reload(
+    ws: Option<&mut ServerTls>,
+    admin: Option<&mut ServerTls>,
+    workers: &[worker::WorkerHandle],
+    admin_config: Option<&RwLock<Arc<rustls::ServerConfig>>>,
+    metrics: Option<&metrics::TlsMetrics>,
+) {
+    if ws.is_none() && admin.is_none() {
+        info!("SIGHUP: no TLS certificate to reload; ignored");
+        return;
+    }
+    let now = SystemTime::now();
+    for (tls, is_ws) in ws
+        .map(|t| (t, true))
+        .into_iter()
+        .chain(admin.map(|t| (t, false)))
+    {
+        let listener = tls.files().listener.as_label();
+        match tls.reload(now) {
+            Ok(loaded) => {
+                info!(
+                    listener,
+                    serial = %loaded.serial,
+                    not_after = loaded.not_after,
+                    "SIGHUP: certificate reloaded; new connections get it"
+                );
+                if let Some(m) = metrics {
+                    m.reloads_ok.increment(1);
+                    m.set_expiry(listener, loaded.not_after);
+                }
+                if is_ws {
+                    for handle in workers {
+                        handle.send(Command::TlsConfig(tls.config()));
+                    }
+                } else if let Some(shared) = admin_config {
+                    *shared
+                        .write()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = tls.config();
+                }
+            }
+            Err(e) => {
+                warn!(
+                    listener,
+                    serial = %tls.loaded().serial,
+                    "SIGHUP: certificate reload failed, still serving the previous certificate: {e}"
+                );
+                if let Some(m) = metrics {
+                    m.reloads_failed.increment(1);
+                }
+            }
         }
     }
 }

@@ -27,6 +27,12 @@
 //! heads have their own limit ([`HEADER_READ_TIMEOUT`]); together they bound how long a
 //! client that dribbles its request can hold a connection.
 //!
+//! # TLS
+//!
+//! With `--admin-tls-cert`/`--admin-tls-key` ([`AdminState::with_tls`]) every accepted
+//! connection does a tokio-rustls handshake first (within [`HEADER_READ_TIMEOUT`]), with
+//! the config current at its accept: a SIGHUP reload replaces it for later connections.
+//!
 //! # Upkeep
 //!
 //! The thread also calls [`Exporter::run_upkeep`] every
@@ -41,8 +47,8 @@ pub mod publish;
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -93,6 +99,9 @@ pub struct AdminState {
     cluster: Option<ClusterApi>,
     /// The engine's background task, spawned on the admin runtime at start.
     engine_task: std::sync::Mutex<Option<TaskSlot>>,
+    /// The TLS config of `https://`, read once per accepted connection (a reload swaps
+    /// it); `None` serves plain HTTP.
+    tls: Option<Arc<RwLock<Arc<rustls::ServerConfig>>>>,
 }
 
 /// Holds the engine's task until the runtime starts it.
@@ -116,7 +125,14 @@ impl AdminState {
             publish: None,
             cluster: None,
             engine_task: std::sync::Mutex::new(None),
+            tls: None,
         }
+    }
+
+    /// Serves `https://` with the config in `tls` (read at each accept).
+    pub fn with_tls(mut self, tls: Arc<RwLock<Arc<rustls::ServerConfig>>>) -> AdminState {
+        self.tls = Some(tls);
+        self
     }
 
     /// Serves the cluster routes (`/readyz`, `/v1/nodes`, `/v1/disconnect`) too.
@@ -293,11 +309,43 @@ async fn serve(
                     }
                     // Responses are written in one go; don't let Nagle hold the tail.
                     let _ = stream.set_nodelay(true);
+                    let tls_config = state.tls.as_ref().map(|tls| {
+                        Arc::clone(&tls.read().unwrap_or_else(std::sync::PoisonError::into_inner))
+                    });
                     let state = Arc::clone(&state);
                     let service = service_fn(move |request| {
                         let state = Arc::clone(&state);
                         async move { Ok::<_, Infallible>(route(&state, request).await) }
                     });
+                    if let Some(config) = tls_config {
+                        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                        let http = http.clone();
+                        let watcher = graceful.watcher();
+                        tokio::spawn(async move {
+                            let stream = match tokio::time::timeout(
+                                HEADER_READ_TIMEOUT,
+                                acceptor.accept(stream),
+                            )
+                            .await
+                            {
+                                Ok(Ok(stream)) => stream,
+                                Ok(Err(err)) => {
+                                    tracing::debug!(%peer, "admin TLS handshake failed: {err}");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%peer, "admin TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                            let connection =
+                                watcher.watch(http.serve_connection(TokioIo::new(stream), service));
+                            if let Err(err) = connection.await {
+                                tracing::debug!(%peer, "admin connection ended with an error: {err}");
+                            }
+                        });
+                        continue;
+                    }
                     let connection =
                         graceful.watch(http.serve_connection(TokioIo::new(stream), service));
                     tokio::spawn(async move {

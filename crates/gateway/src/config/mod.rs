@@ -209,6 +209,33 @@ pub struct Config {
     #[serde(deserialize_with = "LogFilter::deserialize")]
     pub log_level: String,
 
+    /// PEM certificate chain (leaf first) for the WebSocket listener: with --tls-key it
+    /// serves wss:// (TLS 1.2 and 1.3, ALPN http/1.1); SIGHUP reloads both files.
+    /// [default: none, plain ws://]
+    #[arg(long, value_name = "FILE", value_parser = FilePath::parse,
+          help_heading = "TLS")]
+    #[serde(deserialize_with = "Opt::<FilePath>::deserialize")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key (RSA, ECDSA P-256 or Ed25519) of --tls-cert. [default: none]
+    #[arg(long, value_name = "FILE", value_parser = FilePath::parse,
+          help_heading = "TLS")]
+    #[serde(deserialize_with = "Opt::<FilePath>::deserialize")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM certificate chain for the admin listener: with --admin-tls-key it serves
+    /// https://; SIGHUP reloads both files. [default: none, plain http://]
+    #[arg(long, value_name = "FILE", value_parser = FilePath::parse,
+          help_heading = "TLS")]
+    #[serde(deserialize_with = "Opt::<FilePath>::deserialize")]
+    pub admin_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --admin-tls-cert. [default: none]
+    #[arg(long, value_name = "FILE", value_parser = FilePath::parse,
+          help_heading = "TLS")]
+    #[serde(deserialize_with = "Opt::<FilePath>::deserialize")]
+    pub admin_tls_key: Option<PathBuf>,
+
     /// HS256 secret for client JWTs. Without this or --token-public-key the gateway runs
     /// in an insecure dev mode (anonymous clients, any channel). [default: none]
     #[arg(long, value_name = "SECRET", env = ENV_TOKEN_SECRET, hide_env_values = true,
@@ -539,7 +566,37 @@ impl Config {
                 .update_from_arg_matches(layer)
                 .map_err(ConfigError::Cli)?;
         }
+        config.check_pairs()?;
         Ok(config)
+    }
+
+    /// A certificate without its key (or a key without its certificate), from whichever
+    /// source (so that half a pair in the file may be completed by a flag): a
+    /// command-line error naming the missing flag.
+    fn check_pairs(&self) -> Result<(), ConfigError> {
+        let pairs = [
+            (&self.tls_cert, "--tls-cert", &self.tls_key, "--tls-key"),
+            (
+                &self.admin_tls_cert,
+                "--admin-tls-cert",
+                &self.admin_tls_key,
+                "--admin-tls-key",
+            ),
+        ];
+        for (a, a_flag, b, b_flag) in pairs {
+            let missing = match (a.is_some(), b.is_some()) {
+                (true, false) => Some((b_flag, a_flag)),
+                (false, true) => Some((a_flag, b_flag)),
+                _ => None,
+            };
+            if let Some((missing, given)) = missing {
+                return Err(ConfigError::Cli(Config::command().error(
+                    clap::error::ErrorKind::MissingRequiredArgument,
+                    format!("{given} needs {missing} <FILE> as well (the pair is required)"),
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Reads a `--config` TOML file; settings it does not name keep their defaults.

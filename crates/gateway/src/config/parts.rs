@@ -9,6 +9,7 @@ use crate::engine::history::HistoryLimits;
 use crate::engine::namespace::Namespaces;
 use crate::push::PushLimits;
 use crate::push::auth::AuthSettings;
+use crate::tls::{CertFiles, Listener};
 use crate::worker::WorkerSettings;
 
 use super::Config;
@@ -41,7 +42,28 @@ impl Config {
             conn: self.conn(),
             tick: self.tick,
             read_buffer_size: READ_BUFFER_SIZE,
+            // The loaded certificate is not a setting: `server.rs` fills this in.
+            tls: None,
         }
+    }
+
+    /// The WebSocket listener's certificate and key files, when it serves `wss://`
+    /// (loading [`Config`] guarantees both or neither).
+    pub fn tls_files(&self) -> Option<CertFiles> {
+        Some(CertFiles {
+            listener: Listener::Ws,
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+        })
+    }
+
+    /// The admin listener's certificate and key files, when it serves `https://`.
+    pub fn admin_tls_files(&self) -> Option<CertFiles> {
+        Some(CertFiles {
+            listener: Listener::Admin,
+            cert: self.admin_tls_cert.clone()?,
+            key: self.admin_tls_key.clone()?,
+        })
     }
 
     /// The push layer's abuse limits: the inbound burst equals the rate

@@ -518,7 +518,7 @@ fn missing_file_is_reported_with_its_path() {
 }
 
 /// Every key the file accepts; `FileConfig` must have exactly these fields.
-const FILE_KEYS: [&str; 32] = [
+const FILE_KEYS: [&str; 36] = [
     "listen",
     "admin_listen",
     "admin_body_timeout",
@@ -535,6 +535,10 @@ const FILE_KEYS: [&str; 32] = [
     "tick",
     "backlog",
     "log_level",
+    "tls_cert",
+    "tls_key",
+    "admin_tls_cert",
+    "admin_tls_key",
     "token_secret",
     "token_public_key",
     "api_key",
@@ -597,6 +601,10 @@ fn operations_doc_example_uses_every_key_and_the_defaults() {
             workers: defaults.workers,
             token_secret: None,
             token_public_key: None,
+            tls_cert: None,
+            tls_key: None,
+            admin_tls_cert: None,
+            admin_tls_key: None,
             api_key: None,
             allowed_origins: Vec::new(),
             node_name: None,
@@ -682,7 +690,15 @@ fn print_config_never_prints_a_secret() {
     assert!(config.print_config);
     let printed = default_toml();
     assert!(!printed.contains("hunter2"), "{printed}");
-    for key in ["token_secret", "api_key", "token_public_key"] {
+    for key in [
+        "token_secret",
+        "api_key",
+        "token_public_key",
+        "tls_cert",
+        "tls_key",
+        "admin_tls_cert",
+        "admin_tls_key",
+    ] {
         assert!(
             printed.contains(&format!("\n# {key} = \"\"\n")),
             "{key}:\n{printed}"
@@ -814,4 +830,31 @@ fn bad_history_settings_name_the_setting() {
         let err = toml_err(text);
         assert!(err.contains(want), "{text:?}: {err}");
     }
+}
+
+#[test]
+fn tls_files_come_in_pairs_and_the_error_names_the_missing_flag() {
+    let config = load(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]);
+    assert_eq!(config.tls_cert.as_deref(), Some(Path::new("c.pem")));
+    assert_eq!(config.tls_key.as_deref(), Some(Path::new("k.pem")));
+    assert_eq!(config.admin_tls_cert, None);
+    for (args, missing) in [
+        (&["--tls-cert", "c.pem"][..], "--tls-key"),
+        (&["--tls-key", "k.pem"][..], "--tls-cert"),
+        (&["--admin-tls-cert", "c.pem"][..], "--admin-tls-key"),
+        (&["--admin-tls-key", "k.pem"][..], "--admin-tls-cert"),
+    ] {
+        let mut argv = vec!["pingwheel"];
+        argv.extend_from_slice(args);
+        let err = Config::load_with_env(argv, |_| None).unwrap_err();
+        assert!(matches!(err, ConfigError::Cli(_)), "{err}");
+        assert!(err.to_string().contains(missing), "{args:?}: {err}");
+    }
+    // Half a pair in the file is refused the same way; the other half on the command
+    // line completes it.
+    let file = TempFile::new("tls_cert = \"c.pem\"\n");
+    let err = Config::load_with_env(["pingwheel", "--config", file.arg()], |_| None).unwrap_err();
+    assert!(err.to_string().contains("--tls-key"), "{err}");
+    let config = load(&["--config", file.arg(), "--tls-key", "k.pem"]);
+    assert_eq!(config.tls_key.as_deref(), Some(Path::new("k.pem")));
 }

@@ -51,6 +51,9 @@ pub enum Command {
     },
     /// The engine's answers to this worker's subscribes (positions, recovered frames).
     Answers(Vec<Answered>),
+    /// Serve new TLS connections with this config (a SIGHUP reload); open ones keep
+    /// the one they started with.
+    TlsConfig(Arc<rustls::ServerConfig>),
 }
 
 /// A worker's inbox as the other threads see it: its command channel plus its waker.

@@ -29,6 +29,21 @@
 //! The push layer's work in the loop (authentication at the upgrade, client ops,
 //! deliveries) lives in `worker/push.rs`.
 //!
+//! # TLS
+//!
+//! With `--tls-cert`/`--tls-key` every connection gets a [`TlsSession`] between its
+//! socket and its `Conn`, boxed in a table beside the slab (`Worker::tls`, same index),
+//! so the slot itself does not grow. A read lands in the shared read
+//! buffer behind the session's kept partial record; the session decrypts it there and
+//! appends the plaintext to the worker's shared plaintext buffer, which goes to
+//! `Conn::handle_input`. A flush encrypts `Conn`'s queued frames (at most
+//! [`ENCRYPT_BATCH`] at a time, and only once the previous ciphertext is written, so a
+//! shared delivery frame stays shared until it is about to go out) into the session's
+//! ciphertext queue and writes that. The slow-consumer bound counts the ciphertext queued
+//! plus the plaintext not yet encrypted. The handshake deadline is `Conn`'s own
+//! (`--open-timeout` from the accept). Before the write half is shut down (after the
+//! WebSocket closing handshake, or when the connection ends) close_notify is queued.
+//!
 //! On Linux each worker thread runs on its own private descriptor table (`worker/fdtable.rs`):
 //! its socket syscalls then take the kernel's single-owner path, and the open-files
 //! limit applies to each worker separately.
@@ -48,18 +63,21 @@ use slab::Slab;
 use tracing::{debug, error, info, warn};
 use wheel::{TimerKey, Wheel};
 
+use rustls::ServerConfig;
+
 use self::link::{Command, Inbox, WorkerLink};
 use crate::conn::clock::TickClock;
 use crate::conn::keepalive::PongOutcome;
 use crate::conn::timer;
-use crate::conn::{CloseReason, Conn, ConnConfig, ConnEvent};
+use crate::conn::{CloseReason, Conn, ConnConfig, ConnEvent, HandshakeFailure, Phase};
 use crate::engine::EngineSender;
 use crate::fanout::local::LocalFanout;
 use crate::fanout::session::Session;
 use crate::listener::{AcceptPauses, is_resource_exhaustion};
-use crate::metrics::{ApiMetrics, WorkerMetrics};
+use crate::metrics::{ApiMetrics, TlsResult, WorkerMetrics};
 use crate::push::PushLimits;
 use crate::push::auth::Authenticator;
+use crate::tls::session::{self, TlsFailure, TlsSession};
 use crate::token::{ConnId, LISTENER, WAKER};
 
 mod fdtable;
@@ -78,6 +96,10 @@ const MAX_IOV: usize = 64;
 /// per 256 KiB costs a flooding peer nothing measurable; a larger turn delays every
 /// other connection on the worker (at 4 MiB a debug build missed 1 s pings).
 const READS_PER_TURN: usize = 4;
+/// Plaintext encrypted per flush step: enough to fill a socket buffer in one
+/// `send`, small enough that a backlog of shared delivery frames is not copied into
+/// ciphertext long before the socket can take it.
+const ENCRYPT_BATCH: usize = 64 << 10;
 /// How long to pause accepting after running out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// The close code of a connection whose user the operator disconnected
@@ -96,6 +118,9 @@ pub struct WorkerSettings {
     pub tick: Duration,
     /// Size of the shared read buffer.
     pub read_buffer_size: usize,
+    /// The TLS config of the WebSocket listener, if it serves `wss://`; replaced by
+    /// [`Command::TlsConfig`] on reload.
+    pub tls: Option<Arc<ServerConfig>>,
 }
 
 /// What the push layer needs in every worker.
@@ -259,6 +284,14 @@ pub struct Worker {
     clock: TickClock,
     /// Shared by every connection: reads land here, nowhere per connection.
     read_buf: Box<[u8]>,
+    /// Shared by every TLS connection: the plaintext of one read, for `Conn`.
+    plain: Vec<u8>,
+    /// Each slot's TLS session, at the slot's index (`None` for a free index; empty on
+    /// a plain `ws://` listener). Beside the slab rather than in the [`Slot`], so that a
+    /// plain connection's slot does not grow; a TLS connection costs 8 bytes here plus
+    /// its boxed session. Invariant: set when a slot is filled, cleared when it is
+    /// removed.
+    tls: Vec<Option<Box<TlsSession>>>,
     /// Events of the connection being settled (reused, never per connection).
     events: Vec<ConnEvent>,
     /// Timers fired in the current batch (reused).
@@ -295,7 +328,9 @@ impl Worker {
             clock: TickClock::new(now, settings.tick)
                 .with_slack(settings.conn.keepalive.ping_slack()),
             wheel: Wheel::with_capacity(wheel::Tick(0), 1024),
-            read_buf: vec![0; settings.read_buffer_size.max(4096)].into_boxed_slice(),
+            read_buf: vec![0; read_buffer_size(&settings)].into_boxed_slice(),
+            plain: Vec::new(),
+            tls: Vec::new(),
             settings,
             poll,
             listener: Some(listener),
@@ -487,6 +522,16 @@ impl Worker {
             return;
         }
         let conn = Conn::new(&self.settings.conn, now);
+        let tls = match &self.settings.tls {
+            Some(config) => match TlsSession::new(Arc::clone(config), now) {
+                Ok(tls) => Some(Box::new(tls)),
+                Err(e) => {
+                    warn!(worker = self.settings.id, error = %e, "cannot start TLS");
+                    return;
+                }
+            },
+            None => None,
+        };
         entry.insert(Slot {
             sock,
             generation: id.generation,
@@ -495,6 +540,13 @@ impl Worker {
             conn,
             session: None,
         });
+        if let Some(tls) = tls {
+            let index = id.index as usize;
+            if self.tls.len() <= index {
+                self.tls.resize_with(index + 1, || None);
+            }
+            self.tls[index] = Some(tls);
+        }
         self.metrics.connections_opened.increment(1);
         self.settle(id, now);
     }
@@ -512,6 +564,11 @@ impl Worker {
                     self.position_lost(&stream, position, now);
                 }
                 Ok(Command::Answers(answers)) => self.answered(answers, now),
+                Ok(Command::TlsConfig(config)) => {
+                    if self.settings.tls.is_some() {
+                        self.settings.tls = Some(config);
+                    }
+                }
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
                     // The server is gone without saying so: shut down promptly.
@@ -616,20 +673,38 @@ impl Worker {
             if !slot.conn.wants_read() {
                 return;
             }
-            match slot.sock.read(&mut self.read_buf) {
+            // A TLS connection's incomplete record goes first; the read lands behind it.
+            let tls = self.tls.get_mut(index).and_then(Option::as_deref_mut);
+            let kept = tls
+                .as_ref()
+                .map_or(0, |tls| tls.restore_partial(&mut self.read_buf));
+            match slot.sock.read(&mut self.read_buf[kept..]) {
                 Ok(0) => {
                     slot.conn.handle_eof(&mut self.events);
                     return;
                 }
                 Ok(n) => {
                     self.metrics.bytes_received.increment(n as u64);
-                    slot.conn.handle_input(
-                        &self.settings.conn,
-                        now,
-                        &mut self.read_buf[..n],
-                        &mut self.events,
-                    );
-                    if n < self.read_buf.len() && !read_closed {
+                    let input = &mut self.read_buf[..kept + n];
+                    match tls {
+                        None => slot.conn.handle_input(
+                            &self.settings.conn,
+                            now,
+                            input,
+                            &mut self.events,
+                        ),
+                        Some(tls) => tls_input(
+                            tls,
+                            &mut slot.conn,
+                            &self.settings.conn,
+                            now,
+                            input,
+                            &mut self.plain,
+                            &mut self.events,
+                            &self.metrics,
+                        ),
+                    }
+                    if kept + n < self.read_buf.len() && !read_closed {
                         return; // drained: the caller settles
                     }
                     self.settle(id, now);
@@ -651,6 +726,9 @@ impl Worker {
         let Some(slot) = self.conns.get_mut(index) else {
             return;
         };
+        if self.tls.get(index).is_some_and(Option::is_some) {
+            return self.flush_tls(index);
+        }
         while slot.conn.wants_write() {
             let result = {
                 let mut iov = [IoSlice::new(&[]); MAX_IOV];
@@ -680,6 +758,95 @@ impl Worker {
         }
     }
 
+    /// [`Worker::flush`] for a TLS connection: writes the ciphertext queued, and when it
+    /// is all out encrypts the next batch of `Conn`'s frames, until nothing is left or
+    /// the socket would block.
+    fn flush_tls(&mut self, index: usize) {
+        let Some(slot) = self.conns.get_mut(index) else {
+            return;
+        };
+        let Slot { sock, conn, .. } = slot;
+        let Some(tls) = self.tls.get_mut(index).and_then(Option::as_deref_mut) else {
+            return;
+        };
+        loop {
+            if tls.queued_bytes() == 0 {
+                if !conn.wants_write() {
+                    return;
+                }
+                if !tls.can_encrypt() {
+                    if conn.is_done() || tls.has_failed() {
+                        // Plaintext that can never be sent (a 408 while the TLS
+                        // handshake was still running): drop it.
+                        conn.consume_output(conn.queued_bytes());
+                    }
+                    return;
+                }
+                let mut iov = [IoSlice::new(&[]); MAX_IOV];
+                let n = conn.io_slices(&mut iov);
+                let mut taken = 0;
+                let mut failed = None;
+                for slice in &iov[..n] {
+                    if taken >= ENCRYPT_BATCH {
+                        break;
+                    }
+                    if let Err(e) = tls.encrypt(slice) {
+                        failed = Some(e);
+                        break;
+                    }
+                    taken += slice.len();
+                }
+                conn.consume_output(taken);
+                if let Some(e) = failed {
+                    debug!(worker = self.settings.id, error = %e, "TLS encrypt failed");
+                    conn.handle_io_error(&io::Error::other(e.to_string()), &mut self.events);
+                    return;
+                }
+            }
+            let result =
+                socket2::SockRef::from(&*sock).send_with_flags(tls.pending(), libc::MSG_NOSIGNAL);
+            match result {
+                Ok(0) => {
+                    tls.discard_output();
+                    let e = io::Error::from(io::ErrorKind::WriteZero);
+                    conn.handle_io_error(&e, &mut self.events);
+                    return;
+                }
+                Ok(n) => {
+                    tls.consume(n);
+                    self.metrics.bytes_sent.increment(n as u64);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tls.discard_output();
+                    conn.handle_io_error(&e, &mut self.events);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The slow-consumer bound of a TLS connection, in ciphertext: the ciphertext waiting
+    /// for the socket plus the frames not yet encrypted. As for plain connections, only a
+    /// backlog counts (a single large frame still goes out whole).
+    fn check_ciphertext_bound(&mut self, index: usize, now: Instant) {
+        let Some(slot) = self.conns.get_mut(index) else {
+            return;
+        };
+        let Some(tls) = self.tls.get(index).and_then(Option::as_deref) else {
+            return;
+        };
+        let plain = slot.conn.queued_bytes();
+        if plain > 0
+            && slot.conn.is_open()
+            && tls.queued_bytes() + plain > self.settings.conn.max_queued_bytes
+        {
+            slot.conn
+                .overflowed(&self.settings.conn, now, &mut self.events);
+        }
+    }
+
     /// Brings connection `id` to rest after any state-machine call: handles its events,
     /// writes its output, closes or drops it when due, and re-files its wheel entry
     /// only if its next deadline moved.
@@ -688,6 +855,7 @@ impl Worker {
         loop {
             self.handle_events(id, now);
             self.flush(index);
+            self.check_ciphertext_bound(index, now);
             if self.events.is_empty() {
                 break;
             }
@@ -695,7 +863,26 @@ impl Worker {
         let Some(slot) = self.conns.get_mut(index) else {
             return;
         };
-        if slot.conn.wants_write_shutdown() {
+        if slot.conn.wants_write_shutdown() || slot.conn.is_done() {
+            // TLS: close_notify goes after the last frame, before the FIN.
+            if let Some(tls) = self.tls.get_mut(index).and_then(Option::as_deref_mut)
+                && !tls.close_notify_queued()
+                && !tls.is_handshaking()
+                && !tls.has_failed()
+            {
+                tls.queue_close_notify();
+                self.flush(index);
+            }
+        }
+        let Some(slot) = self.conns.get_mut(index) else {
+            return;
+        };
+        let ciphertext_out = self
+            .tls
+            .get(index)
+            .and_then(Option::as_deref)
+            .is_none_or(|tls| tls.queued_bytes() == 0);
+        if slot.conn.wants_write_shutdown() && ciphertext_out {
             // Our Close is out: send FIN and wait (bounded) for the peer's, so unread
             // input never turns our close into a reset that destroys the Close frame.
             let _ = slot.sock.shutdown(Shutdown::Write);
@@ -703,6 +890,9 @@ impl Worker {
         }
         if slot.conn.is_done() {
             let slot = self.conns.remove(index);
+            if let Some(tls) = self.tls.get_mut(index) {
+                *tls = None;
+            }
             if let Some(key) = slot.timer {
                 self.wheel.cancel(key);
             }
@@ -735,7 +925,20 @@ impl Worker {
             ConnEvent::UpgradeRequested(request) => self.upgrade(id, &request, now),
             ConnEvent::Opened => {}
             ConnEvent::HandshakeFailed(failure) => {
-                m.handshake_failures[failure.index()].increment(1)
+                m.handshake_failures[failure.index()].increment(1);
+                // A TLS handshake still running when the connection gives up.
+                if live_slot(&mut self.conns, id).is_some()
+                    && self
+                        .tls
+                        .get(id.index as usize)
+                        .and_then(Option::as_deref)
+                        .is_some_and(TlsSession::is_handshaking)
+                {
+                    m.tls_handshake(match failure {
+                        HandshakeFailure::Timeout => TlsResult::Timeout,
+                        _ => TlsResult::Failed,
+                    });
+                }
             }
             ConnEvent::Message(message) => {
                 m.messages_received.increment(1);
@@ -826,6 +1029,67 @@ fn prefetch_lines<T>(value: &T) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = value;
+}
+
+/// The shared read buffer's size: the setting, at least 4 KiB, and with TLS at least
+/// room for a kept partial record and a whole record behind it.
+fn read_buffer_size(settings: &WorkerSettings) -> usize {
+    let min = if settings.tls.is_some() {
+        session::MIN_READ_BUFFER
+    } else {
+        4096
+    };
+    settings.read_buffer_size.max(min)
+}
+
+/// Feeds one read of ciphertext (`input`, in the shared read buffer) through the
+/// connection's TLS session, and the plaintext it yields (in the shared `plain`) to
+/// `conn`; acts on a completed handshake, the peer's close_notify, or a failure.
+#[allow(clippy::too_many_arguments)]
+fn tls_input(
+    tls: &mut TlsSession,
+    conn: &mut Conn,
+    cfg: &ConnConfig,
+    now: Instant,
+    input: &mut [u8],
+    plain: &mut Vec<u8>,
+    events: &mut Vec<ConnEvent>,
+    m: &WorkerMetrics,
+) {
+    let handshaking = tls.is_handshaking();
+    let outcome = tls.read_tls(now, input, plain);
+    if let Some(done) = outcome.handshake {
+        m.tls_handshake(if done.resumed {
+            TlsResult::Resumed
+        } else {
+            TlsResult::Full
+        });
+        m.tls_handshake_seconds.record(done.took.as_secs_f64());
+    }
+    if !plain.is_empty() {
+        conn.handle_input(cfg, now, plain, events);
+        plain.clear();
+    }
+    if let Some(failure) = outcome.failure {
+        debug!(error = %failure, "TLS connection refused");
+        if handshaking {
+            m.tls_handshake(TlsResult::Failed);
+        }
+        if matches!(conn.phase(), Phase::Handshake | Phase::AwaitingDecision) {
+            // Not counted again as a failed upgrade: what is queued (the alert, or the
+            // plain-text 400) goes out, then the socket closes.
+            let reason = match failure {
+                TlsFailure::PlainHttp => CloseReason::Rejected,
+                _ => CloseReason::ProtocolError,
+            };
+            conn.close(cfg, now, reason, 1002, events);
+        } else {
+            let e = io::Error::new(io::ErrorKind::InvalidData, failure.to_string());
+            conn.handle_io_error(&e, events);
+        }
+    } else if outcome.peer_closed {
+        conn.handle_eof(events);
+    }
 }
 
 /// Counts a connection's close under its reason.
