@@ -1,6 +1,8 @@
 """What an operator deploys, tested like code (issue 16): the Grafana dashboard and the
 Prometheus alert rules against a real Prometheus scraping a live gateway under load,
-the alerts' promtool unit tests, the systemd unit, the sysctl file, and SIGHUP.
+the alerts' promtool unit tests, the systemd unit, the sysctl file, and SIGHUP. The
+live Prometheus scrapes two gateways: a plain one and one serving ``wss://`` (with a
+failed and a good certificate reload), so the TLS panels and alerts have series too.
 
 * ``deploy/grafana/pingwheel.json``: importable (variables, one data source, ids),
   every panel query filtered by ``$instance``, and every query, with the variables
@@ -23,6 +25,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -37,6 +40,7 @@ from websockets.sync.client import ClientConnection
 
 from conftest import ROOT, Gateway, Prometheus, wait_for
 from test_push import API_KEY, PUSH_ENV, StalledClient, bearer, open_ws, token, ws_url
+from tls_support import CertPair, Pki
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "pingwheel.json"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
@@ -50,8 +54,6 @@ OPERATIONS = ROOT / "docs" / "operations.md"
 RATE_INTERVAL = "10s"
 #: How long the queries may take to all return data once the load is running.
 QUERY_DEADLINE = 60.0
-#: The rows kept for metrics that come with later issues: no queries in them yet.
-PLANNED_ROWS = ("TLS",)
 
 
 def promtool() -> str:
@@ -147,18 +149,14 @@ def test_dashboard_is_importable_and_every_query_uses_the_variables():
         "Engine errors /s by op",
         "Engine publish p50 / p99",
         "Position gaps /s and broker messages /s",
+        "TLS handshakes /s by result per node",
+        "TLS handshake duration p50 / p99 per instance",
+        "Certificate days left per instance and listener",
+        "Certificate reloads by result",
     ):
         assert wanted in titles, f"dashboard lacks the panel {wanted!r}"
     heatmaps = [p for p in panels if p["type"] == "heatmap"]
     assert heatmaps and all(t["format"] == "heatmap" for p in heatmaps for t in p["targets"])
-
-    rows = {panel["title"]: panel for panel in board["panels"] if panel["type"] == "row"}
-    for title in PLANNED_ROWS:
-        assert title in rows, f"no row kept for {title}"
-        assert rows[title]["collapsed"], title
-        assert not any(p.get("targets") for p in rows[title]["panels"]), (
-            f"row {title!r} must not query metrics that do not exist yet"
-        )
 
 
 def regex_escape(value: str) -> str:
@@ -305,6 +303,13 @@ class Load:
         self.errors: list[str] = []
         #: The channel's position after the last publish, once there was one.
         self.position: tuple[int, str] | None = None
+        self.start(stack)
+        # Registered last, so it runs first: the threads stop before their sockets close.
+        stack.callback(self.finish)
+
+    def start(self, stack: contextlib.ExitStack) -> None:
+        """Connects the clients (closed by ``stack``) and starts the threads."""
+        gw = self.gw
         for n in range(self.SUBSCRIBERS):
             ws = stack.enter_context(
                 open_ws(ws_url(gw, (self.CHANNEL,), token=token(f"sub-{n}", [self.CHANNEL])))
@@ -319,7 +324,6 @@ class Load:
         assert refused.status_code == 401, refused.text
         self.spawn(self.publish)
         self.spawn(self.recover)
-        stack.callback(self.finish)
 
     def spawn(self, target, *args) -> None:
         thread = threading.Thread(target=target, args=args, daemon=True)
@@ -403,6 +407,75 @@ class Load:
         assert not self.errors, self.errors
 
 
+class TlsLoad(Load):
+    """The TLS series, on a gateway started with ``--tls-cert``/``--tls-key``: subscribers
+    over ``wss://`` (trusting the test CA), a client that reconnects all along (a full
+    handshake every RECONNECT_PERIOD seconds, so the handshake histogram has a rate), a
+    handshake that fails (garbage instead of a ClientHello), a reload that fails (a key
+    that does not match the certificate) and one that succeeds (the pair restored)."""
+
+    SUBSCRIBERS = 2
+    #: At most this many reconnects, one every RECONNECT_PERIOD seconds.
+    MAX_RECONNECTS = 480
+    RECONNECT_PERIOD = 0.25
+    #: Not a TLS record (content type 0), and not an HTTP request either.
+    GARBAGE = b"\x00\x01\x02garbage, not a ClientHello\r\n\r\n"
+
+    def __init__(self, gw: Gateway, stack: contextlib.ExitStack, pki: Pki, pair: CertPair):
+        self.pki = pki
+        self.pair = pair
+        self.context = ssl.create_default_context(cafile=str(pki.ca))
+        super().__init__(gw, stack)
+
+    def open(self, url: str, **kwargs) -> ClientConnection:
+        """``open_ws`` over TLS: ``url`` as :func:`ws_url` builds it (``wss://``, the
+        gateway was started with ``--tls-cert``)."""
+        assert url.startswith("wss://"), url
+        return open_ws(url, ssl=self.context, **kwargs)
+
+    def start(self, stack: contextlib.ExitStack) -> None:
+        for n in range(self.SUBSCRIBERS):
+            ws = stack.enter_context(self.open(
+                ws_url(self.gw, (self.CHANNEL,), token=token(f"tls-sub-{n}", [self.CHANNEL]))
+            ))
+            self.spawn(self.drain, ws)
+        self.fail_a_handshake()
+        self.reload_badly_then_well()
+        self.spawn(self.reconnect)
+
+    def fail_a_handshake(self) -> None:
+        before = self.gw.metric("pingwheel_tls_handshakes_total", result="failed")
+        with socket.create_connection((self.gw.listen.rsplit(":", 1)[0], self.gw.port), 5) as sock:
+            sock.settimeout(5)
+            sock.sendall(self.GARBAGE)
+            while sock.recv(4096):  # the gateway answers (an alert) and closes
+                pass
+        self.gw.wait_metric("pingwheel_tls_handshakes_total", before + 1, result="failed")
+
+    def reload_badly_then_well(self) -> None:
+        good_key = self.pair.key.read_bytes()
+        self.pair.key.write_bytes(self.pki.issue("other").key.read_bytes())
+        self.gw.signal(signal.SIGHUP)
+        self.gw.wait_metric("pingwheel_tls_reloads_total", 1, timeout=10, result="failed")
+        wait_for(lambda: "does not match" in self.gw.log(), timeout=5,
+                 message="the failed reload's reason in the log")
+        self.pair.key.write_bytes(good_key)
+        self.gw.signal(signal.SIGHUP)
+        self.gw.wait_metric("pingwheel_tls_reloads_total", 1, timeout=10, result="ok")
+
+    def reconnect(self) -> None:
+        tok = token("reconnecter", [self.CHANNEL])
+        for _ in range(self.MAX_RECONNECTS):
+            if self.stop.wait(self.RECONNECT_PERIOD):
+                return
+            try:
+                with self.open(ws_url(self.gw), additional_headers=bearer(tok)) as ws:
+                    ws.ping().wait(5)
+            except Exception as err:  # noqa: BLE001 - reported by finish()
+                self.errors.append(f"reconnecter: {err!r}")
+                return
+
+
 def finite_values(reply: dict) -> list[float]:
     values = []
     for series in reply["data"]["result"]:
@@ -419,27 +492,36 @@ def test_every_dashboard_and_alert_query_runs_against_a_live_gateway(
     config.write_text(Load.CONFIG)
     gw = start_gateway("--ping-interval", "1", "--ping-timeout", "1", "--workers", "2",
                        "--config", str(config), env=PUSH_ENV)
-    prometheus = start_prometheus([gw.admin], rule_files=(ALERTS,))
+    pki = Pki(tmp_path / "pki")
+    pair = pki.issue("server")  # two days left: PingwheelCertificateExpiringSoon pending
+    tls_gw = start_gateway("--tls-cert", pair.cert, "--tls-key", pair.key,
+                           "--ping-interval", "1", "--workers", "1", env=PUSH_ENV)
+    prometheus = start_prometheus([gw.admin, tls_gw.admin], rule_files=(ALERTS,))
     board = dashboard()
     rules = alert_rules()
     with contextlib.ExitStack() as stack:
         Load(gw, stack)
+        TlsLoad(tls_gw, stack, pki, pair)
         gw.wait_metric("pingwheel_ping_timeouts_total", 1, timeout=15)
         gw.wait_metric("pingwheel_deliveries_total", 1, timeout=15)
         gw.wait_metric("pingwheel_recovered_messages_total", 1, timeout=15)
+        tls_gw.wait_metric("pingwheel_tls_handshakes_total", 10, timeout=15, result="full")
 
-        # Every metric any query names is one the gateway exports.
-        exported = exported_names(gw)
+        # Every metric any query names is one the gateways export.
+        exported = exported_names(gw) | exported_names(tls_gw)
         for where, expr in panel_queries(board) + [(r["alert"], r["expr"]) for r in rules]:
             unknown = metric_names(expr) - exported
             assert not unknown, f"{where}: no such metric {sorted(unknown)} in {expr}"
 
-        # The variables, resolved the way Grafana does it, find this gateway.
+        # The variables, resolved the way Grafana does it, find both gateways (once
+        # each has been scraped).
+        instances = sorted([gw.admin, tls_gw.admin])
         values = wait_for(
-            lambda: "instance" in (found := resolve_variables(prometheus, board)) and found,
-            timeout=QUERY_DEADLINE, interval=0.5, message="the dashboard variables",
+            lambda: (found := resolve_variables(prometheus, board)).get("instance") == instances
+            and found,
+            timeout=QUERY_DEADLINE, interval=0.5, message=f"the dashboard variables: {instances}",
         )
-        assert values == {"job": ["pingwheel"], "node": ["127.0.0.1"], "instance": [gw.admin]}
+        assert values == {"job": ["pingwheel"], "node": ["127.0.0.1"], "instance": instances}
 
         # Every panel query parses and returns at least one series with a number. The
         # load keeps running, so wait until the rate windows hold enough scrapes.
@@ -480,12 +562,26 @@ def test_every_dashboard_and_alert_query_runs_against_a_live_gateway(
         assert sorted(r["name"] for r in loaded) == sorted(r["alert"] for r in rules)
         for rule in loaded:
             assert rule["health"] == "ok", f"{rule['name']}: {rule.get('lastError')}"
-        # A healthy loopback gateway: nothing is firing. (The keepalive timeout of the
-        # mute client may make PingwheelKeepaliveTimeoutsHigh pending, never firing:
-        # it needs 10 minutes.)
+
+        # The TLS alerts see the live series: the failed reload fires at once, the
+        # two-day certificate is pending (it needs 15 minutes).
+        def tls_alerts_seen() -> list[dict]:
+            loaded = evaluated()
+            state = {r["name"]: r["state"] for r in loaded}
+            return loaded if (state.get("PingwheelCertificateReloadFailed") == "firing"
+                              and state.get("PingwheelCertificateExpiringSoon") == "pending") else []
+
+        loaded = wait_for(tls_alerts_seen, timeout=30, interval=0.5,
+                          message="PingwheelCertificateReloadFailed firing and "
+                                  "PingwheelCertificateExpiringSoon pending")
+        # Otherwise healthy loopback gateways: nothing else is firing. (The keepalive
+        # timeout of the mute client may make PingwheelKeepaliveTimeoutsHigh pending,
+        # never firing: it needs 10 minutes.)
         firing = [r["name"] for r in loaded if r["state"] == "firing"]
-        assert firing == [], f"alerts firing on a healthy gateway: {firing}"
-    assert gw.alive()
+        assert firing == ["PingwheelCertificateReloadFailed"], (
+            f"alerts firing on healthy gateways: {firing}"
+        )
+    assert gw.alive() and tls_gw.alive()
 
 
 # ---- SIGHUP ----------------------------------------------------------------------------

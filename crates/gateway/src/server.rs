@@ -387,7 +387,7 @@ fn reload(
     metrics: Option<&metrics::TlsMetrics>,
 ) {
     if ws.is_none() && admin.is_none() {
-        info!("SIGHUP: no TLS certificate to reload; ignored");
+        info!("SIGHUP: nothing to reload (no TLS certificate); ignored");
         return;
     }
     let now = SystemTime::now();

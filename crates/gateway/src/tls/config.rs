@@ -188,9 +188,26 @@ impl fmt::Debug for LoadedCert {
     }
 }
 
-/// The crypto provider: rustls's default, aws-lc-rs.
+/// The crypto provider: rustls's default, aws-lc-rs, with the cipher suites whose keys
+/// are 32 bytes: AES-256-GCM and ChaCha20-Poly1305, for TLS 1.3 and 1.2 (every current
+/// client offers one of them). An established session keeps only its raw keys and
+/// rebuilds the AEAD from them per batch (`session.rs`), which rustls's public key type
+/// allows for 32-byte keys only; AES-128-GCM is left out for that reason.
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+    use rustls::CipherSuite as S;
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider.cipher_suites.retain(|suite| {
+        matches!(
+            suite.suite(),
+            S::TLS13_AES_256_GCM_SHA384
+                | S::TLS13_CHACHA20_POLY1305_SHA256
+                | S::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+                | S::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384
+                | S::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+                | S::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256
+        )
+    });
+    Arc::new(provider)
 }
 
 impl CertFiles {
@@ -334,6 +351,9 @@ pub fn server_config(
     config.ticketer = ticketer;
     config.session_storage = cache;
     config.send_tls13_tickets = TLS13_TICKETS;
+    // After the handshake the session takes the traffic keys over from rustls (and
+    // frees rustls's state): see `session.rs`.
+    config.enable_secret_extraction = true;
     Ok(Arc::new(config))
 }
 

@@ -28,12 +28,18 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rustls::crypto::cipher::{
+    AeadKey, InboundOpaqueMessage, Iv, MessageDecrypter, MessageEncrypter, OutboundChunks,
+    OutboundPlainMessage,
+};
 use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::{
-    ConnectionState, EncodeError, EncodeTlsData, EncryptError, InsufficientSizeError,
-    UnbufferedStatus, WriteTraffic,
+    ConnectionState, EncodeError, EncodeTlsData, InsufficientSizeError, UnbufferedStatus,
 };
-use rustls::{HandshakeKind, ServerConfig};
+use rustls::{
+    ConnectionTrafficSecrets, ContentType, HandshakeKind, ProtocolVersion, ServerConfig,
+    SupportedCipherSuite,
+};
 
 /// The answer to a plain-HTTP request on a TLS port (then the connection closes).
 pub const PLAIN_HTTP_REFUSAL: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
@@ -52,9 +58,9 @@ pub const MAX_PARTIAL_BYTES: usize = 20 << 10;
 /// partial record and a full record behind it.
 pub const MIN_READ_BUFFER: usize = 2 * MAX_PARTIAL_BYTES;
 
-/// Per-record overhead reserved when encrypting: header, TLS 1.2 explicit nonce, tag,
-/// TLS 1.3 content type (the exact need is asked of rustls if this is short).
-const RECORD_OVERHEAD: usize = 5 + 8 + 16 + 1;
+/// Largest ciphertext record accepted: 2^14 bytes of plaintext plus 2 KiB of expansion
+/// (RFC 5246's bound; TLS 1.3 allows only 256).
+const MAX_CIPHERTEXT: usize = (16 << 10) + 2048;
 
 /// Largest plaintext per record (TLS's limit).
 const MAX_FRAGMENT: usize = 16 << 10;
@@ -109,9 +115,98 @@ pub struct ReadOutcome {
     pub failure: Option<TlsFailure>,
 }
 
+/// One direction's record protection after the handshake: the AEAD key, the static IV
+/// and the next sequence number. The AEAD state itself (key schedule, GHASH tables) is
+/// built from these for each batch of records and dropped after it: an idle connection
+/// keeps 52 bytes per direction instead of the provider's prepared keys.
+struct Direction {
+    key: [u8; 32],
+    iv: [u8; 12],
+    seq: u64,
+}
+
+impl Direction {
+    /// From rustls's extracted secrets; `None` for a key that is not 32 bytes (the
+    /// provider offers only AES-256-GCM and ChaCha20-Poly1305, see `config::provider`).
+    fn new(seq: u64, secrets: ConnectionTrafficSecrets) -> Option<(Direction, bool)> {
+        let (key, iv, chacha) = match secrets {
+            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (key, iv, false),
+            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (key, iv, true),
+            _ => return None,
+        };
+        let key: [u8; 32] = key.as_ref().try_into().ok()?;
+        let iv: [u8; 12] = iv.as_ref().try_into().ok()?;
+        Some((Direction { key, iv, seq }, chacha))
+    }
+}
+
+/// The established session's record layer (see [`Direction`]).
+struct Keys {
+    suite: SupportedCipherSuite,
+    /// ChaCha20-Poly1305 (else AES-256-GCM): TLS 1.2 builds their nonces differently.
+    chacha: bool,
+    tx: Direction,
+    rx: Direction,
+    /// The peer's close_notify arrived: no more input is read.
+    peer_closed: bool,
+}
+
+impl Keys {
+    fn encrypter(&self) -> Box<dyn MessageEncrypter> {
+        let key = AeadKey::from(self.tx.key);
+        match self.suite {
+            SupportedCipherSuite::Tls13(suite) => {
+                suite.aead_alg.encrypter(key, Iv::from(self.tx.iv))
+            }
+            SupportedCipherSuite::Tls12(suite) if self.chacha => {
+                suite.aead_alg.encrypter(key, &self.tx.iv, &[])
+            }
+            // GCM: a 4-byte salt, and the 8 bytes the explicit nonces start from.
+            SupportedCipherSuite::Tls12(suite) => {
+                suite
+                    .aead_alg
+                    .encrypter(key, &self.tx.iv[..4], &self.tx.iv[4..])
+            }
+        }
+    }
+
+    fn decrypter(&self) -> Box<dyn MessageDecrypter> {
+        let key = AeadKey::from(self.rx.key);
+        match self.suite {
+            SupportedCipherSuite::Tls13(suite) => {
+                suite.aead_alg.decrypter(key, Iv::from(self.rx.iv))
+            }
+            SupportedCipherSuite::Tls12(suite) if self.chacha => {
+                suite.aead_alg.decrypter(key, &self.rx.iv)
+            }
+            SupportedCipherSuite::Tls12(suite) => suite.aead_alg.decrypter(key, &self.rx.iv[..4]),
+        }
+    }
+
+    /// Past the suite's confidentiality limit no more records may use these keys (we do
+    /// not rekey: the connection is closed, long after any keepalive traffic gets there).
+    fn exhausted(&self) -> bool {
+        let limit = match self.suite {
+            SupportedCipherSuite::Tls13(suite) => suite.common.confidentiality_limit,
+            SupportedCipherSuite::Tls12(suite) => suite.common.confidentiality_limit,
+        };
+        self.tx.seq >= limit || self.rx.seq >= limit
+    }
+}
+
 /// One connection's TLS state. See the module docs.
+///
+/// Two stages: during the handshake a boxed rustls `UnbufferedServerConnection`; once
+/// it completes (and its last records, the session tickets, are encoded), rustls hands
+/// over the traffic secrets (`dangerous_into_kernel_connection`, the API made for kTLS)
+/// and the whole rustls state is freed. From then on records are protected with the
+/// provider's own AEAD implementations (`MessageEncrypter`/`MessageDecrypter`), built
+/// per batch from the [`Keys`] this session keeps.
 pub struct TlsSession {
-    conn: UnbufferedServerConnection,
+    /// The handshake; `None` once it is done.
+    handshake: Option<Box<UnbufferedServerConnection>>,
+    /// The record layer once established.
+    keys: Option<Keys>,
     /// Ciphertext for the socket; `out[sent..]` is unsent. No heap when all is sent.
     out: Vec<u8>,
     sent: usize,
@@ -138,21 +233,16 @@ impl std::fmt::Debug for TlsSession {
     }
 }
 
-/// What a step of the output-only loop decided.
-enum Step<R> {
-    Continue,
-    Done(R),
-    Stop,
-}
-
 impl TlsSession {
-    /// A session for a connection accepted at `now`, served with `config`.
+    /// A session for a connection accepted at `now`, served with `config` (which must
+    /// allow secret extraction: `config::server_config` sets it).
     ///
     /// # Errors
     /// Only if rustls refuses the config (it does not for ours).
     pub fn new(config: Arc<ServerConfig>, now: Instant) -> Result<TlsSession, rustls::Error> {
         Ok(TlsSession {
-            conn: UnbufferedServerConnection::new(config)?,
+            handshake: Some(Box::new(UnbufferedServerConnection::new(config)?)),
+            keys: None,
             out: Vec::new(),
             sent: 0,
             partial: Vec::new(),
@@ -180,7 +270,7 @@ impl TlsSession {
 
     /// True while application data can be encrypted.
     pub fn can_encrypt(&self) -> bool {
-        !self.failed && !self.is_handshaking() && !self.close_notify
+        !self.failed && self.keys.is_some() && !self.close_notify
     }
 
     /// Copies the kept tail of an incomplete record to the front of `buf` (the worker's
@@ -212,11 +302,43 @@ impl TlsSession {
                 return outcome;
             }
         }
+        let used = if self.keys.is_some() {
+            self.read_records(input, plain, &mut outcome)
+        } else {
+            self.read_handshake(now, input, plain, &mut outcome)
+        };
+        if outcome.failure.is_some() {
+            return outcome;
+        }
+        let left = &input[used..];
+        if left.len() > MAX_PARTIAL_BYTES {
+            self.fail();
+            outcome.failure = Some(TlsFailure::TooLarge);
+            return outcome;
+        }
+        if left.is_empty() || self.keys.as_ref().is_some_and(|k| k.peer_closed) {
+            self.partial = Vec::new();
+        } else {
+            self.partial = left.to_vec();
+        }
+        outcome
+    }
+
+    /// The handshake stage of [`TlsSession::read_tls`]; returns the input bytes used.
+    fn read_handshake(
+        &mut self,
+        now: Instant,
+        input: &mut [u8],
+        plain: &mut Vec<u8>,
+        outcome: &mut ReadOutcome,
+    ) -> usize {
+        let Some(conn) = self.handshake.as_deref_mut() else {
+            return 0;
+        };
         let mut used = 0;
         let mut error: Option<rustls::Error> = None;
         loop {
-            let UnbufferedStatus { discard, state } =
-                self.conn.process_tls_records(&mut input[used..]);
+            let UnbufferedStatus { discard, state } = conn.process_tls_records(&mut input[used..]);
             let mut extra = 0;
             let stop = match state {
                 Ok(ConnectionState::ReadTraffic(mut traffic)) => {
@@ -271,82 +393,191 @@ impl TlsSession {
             self.queue_alert(&mut input[used..]);
             self.fail();
             outcome.failure = Some(TlsFailure::Protocol(e));
-            return outcome;
-        }
-        let left = &input[used..];
-        if left.len() > MAX_PARTIAL_BYTES {
-            self.fail();
-            outcome.failure = Some(TlsFailure::TooLarge);
-            return outcome;
-        }
-        if left.is_empty() {
-            self.partial = Vec::new();
-        } else {
-            self.partial = left.to_vec();
+            return used;
         }
         if let Some(started) = self.started
-            && !self.conn.is_handshaking()
+            && !conn.is_handshaking()
         {
             self.started = None;
             outcome.handshake = Some(Handshake {
-                resumed: self.conn.handshake_kind() == Some(HandshakeKind::Resumed),
+                resumed: conn.handshake_kind() == Some(HandshakeKind::Resumed),
                 took: now.saturating_duration_since(started),
             });
+            if let Err(failure) = self.take_over_records() {
+                self.fail();
+                outcome.failure = Some(failure);
+            }
         }
-        outcome
+        used
     }
 
-    /// Encrypts `plaintext` as application data, appending the records to the
-    /// ciphertext queue.
+    /// The handshake is over and its last records are encoded: takes the traffic
+    /// secrets from rustls and frees its state.
+    fn take_over_records(&mut self) -> Result<(), TlsFailure> {
+        let Some(conn) = self.handshake.take() else {
+            return Ok(());
+        };
+        let suite = conn
+            .negotiated_cipher_suite()
+            .ok_or_else(|| TlsFailure::Encrypt("no cipher suite".to_owned()))?;
+        let (secrets, _kernel) = (*conn)
+            .dangerous_into_kernel_connection()
+            .map_err(|e| TlsFailure::Encrypt(format!("cannot take over the keys: {e}")))?;
+        let unsupported = || TlsFailure::Encrypt(format!("unsupported suite {suite:?}"));
+        let (tx, chacha) = Direction::new(secrets.tx.0, secrets.tx.1).ok_or_else(unsupported)?;
+        let (rx, _) = Direction::new(secrets.rx.0, secrets.rx.1).ok_or_else(unsupported)?;
+        self.keys = Some(Keys {
+            suite,
+            chacha,
+            tx,
+            rx,
+            peer_closed: false,
+        });
+        Ok(())
+    }
+
+    /// The established stage of [`TlsSession::read_tls`]: decrypts every complete record
+    /// in place; returns the input bytes used.
+    fn read_records(
+        &mut self,
+        input: &mut [u8],
+        plain: &mut Vec<u8>,
+        outcome: &mut ReadOutcome,
+    ) -> usize {
+        let Some(keys) = self.keys.as_mut() else {
+            return 0;
+        };
+        if keys.peer_closed {
+            return input.len();
+        }
+        let mut decrypter: Option<Box<dyn MessageDecrypter>> = None;
+        let mut at = 0;
+        let mut alert = None;
+        while input.len() - at >= 5 {
+            let header = &input[at..at + 5];
+            let typ = ContentType::from(header[0]);
+            let version = ProtocolVersion::from(u16::from_be_bytes([header[1], header[2]]));
+            let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+            if len > MAX_CIPHERTEXT {
+                alert = Some((22, rustls::Error::PeerSentOversizedRecord)); // record_overflow
+                break;
+            }
+            if input.len() - at - 5 < len {
+                break; // the rest is an incomplete record: kept
+            }
+            if keys.exhausted() {
+                alert = Some((0, rustls::Error::EncryptError));
+                break;
+            }
+            let d = decrypter.get_or_insert_with(|| keys.decrypter());
+            let record = InboundOpaqueMessage::new(typ, version, &mut input[at + 5..at + 5 + len]);
+            let message = match d.decrypt(record, keys.rx.seq) {
+                Ok(message) => message,
+                Err(e) => {
+                    alert = Some((20, e)); // bad_record_mac
+                    break;
+                }
+            };
+            keys.rx.seq += 1;
+            at += 5 + len;
+            match message.typ {
+                ContentType::ApplicationData => plain.extend_from_slice(message.payload),
+                ContentType::Alert if message.payload.get(1) == Some(&0) => {
+                    // close_notify: what follows is not read.
+                    keys.peer_closed = true;
+                    outcome.peer_closed = true;
+                    return input.len();
+                }
+                ContentType::Alert => {
+                    alert = Some((
+                        0,
+                        rustls::Error::AlertReceived(rustls::AlertDescription::from(
+                            message.payload.get(1).copied().unwrap_or(0),
+                        )),
+                    ));
+                    break;
+                }
+                // Post-handshake handshake messages (a TLS 1.3 KeyUpdate, a TLS 1.2
+                // renegotiation) are not supported: the connection is closed.
+                _ => {
+                    alert = Some((
+                        10,
+                        rustls::Error::General(format!(
+                            "unsupported {:?} record after the handshake",
+                            message.typ
+                        )),
+                    ));
+                    break;
+                }
+            }
+        }
+        if let Some((description, error)) = alert {
+            if description != 0 {
+                let _ = self.encrypt_records(ContentType::Alert, [&[2, description][..]]);
+            }
+            self.fail();
+            outcome.failure = Some(TlsFailure::Protocol(error));
+        }
+        at
+    }
+
+    /// Encrypts `parts` as application data (one record each, split at 16 KiB),
+    /// appending the records to the ciphertext queue.
     ///
     /// # Errors
     /// When application data cannot be sent (still handshaking, failed, closed).
-    pub fn encrypt(&mut self, plaintext: &[u8]) -> Result<(), TlsFailure> {
+    pub fn encrypt<'a>(
+        &mut self,
+        parts: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<(), TlsFailure> {
         if !self.can_encrypt() {
             return Err(TlsFailure::Encrypt("not established".to_owned()));
         }
-        if plaintext.is_empty() {
-            return Ok(());
-        }
-        let result = self.with_write_traffic(|traffic, out| {
-            let records = plaintext.len().div_ceil(MAX_FRAGMENT);
-            let mut room = plaintext.len() + records * RECORD_OVERHEAD;
-            let start = out.len();
-            loop {
-                out.resize(start + room, 0);
-                match traffic.encrypt(plaintext, &mut out[start..]) {
-                    Ok(n) => {
-                        out.truncate(start + n);
-                        return Ok(());
-                    }
-                    Err(EncryptError::InsufficientSize(InsufficientSizeError {
-                        required_size,
-                    })) if required_size > room => room = required_size,
-                    Err(e) => {
-                        out.truncate(start);
-                        return Err(TlsFailure::Encrypt(e.to_string()));
-                    }
+        self.encrypt_records(ContentType::ApplicationData, parts)
+    }
+
+    fn encrypt_records<'a>(
+        &mut self,
+        typ: ContentType,
+        parts: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<(), TlsFailure> {
+        let Some(keys) = self.keys.as_mut() else {
+            return Err(TlsFailure::Encrypt("not established".to_owned()));
+        };
+        for part in parts {
+            for chunk in part.chunks(MAX_FRAGMENT) {
+                if keys.exhausted() {
+                    return Err(TlsFailure::Encrypt(
+                        "confidentiality limit reached".to_owned(),
+                    ));
                 }
+                // One sealing key per record: aws-lc's TLS sealing keys insist that the
+                // nonces one key seals with count up from its first, which a key made
+                // for a batch that starts mid-sequence does not satisfy past one record.
+                let mut e = keys.encrypter();
+                let message = OutboundPlainMessage {
+                    typ,
+                    version: ProtocolVersion::TLSv1_2,
+                    payload: OutboundChunks::Single(chunk),
+                };
+                let record = e
+                    .encrypt(message, keys.tx.seq)
+                    .map_err(|e| TlsFailure::Encrypt(e.to_string()))?;
+                keys.tx.seq += 1;
+                self.out.extend_from_slice(&record.encode());
             }
-        });
-        result.unwrap_or_else(|| Err(TlsFailure::Encrypt("no write state".to_owned())))
+        }
+        Ok(())
     }
 
     /// Queues close_notify (once), after everything queued so far. Does nothing before
     /// the handshake completed or after a failure.
     pub fn queue_close_notify(&mut self) {
-        if self.close_notify || self.failed || self.is_handshaking() {
+        if self.close_notify || self.failed || self.keys.is_none() {
             return;
         }
         self.close_notify = true;
-        let _ = self.with_write_traffic(|traffic, out| {
-            let start = out.len();
-            out.resize(start + 64, 0);
-            match traffic.queue_close_notify(&mut out[start..]) {
-                Ok(n) => out.truncate(start + n),
-                Err(_) => out.truncate(start),
-            }
-        });
+        let _ = self.encrypt_records(ContentType::Alert, [&[1u8, 0][..]]);
     }
 
     /// The ciphertext waiting for the socket.
@@ -384,7 +615,10 @@ impl TlsSession {
     /// pass only, over the input left (rustls hands out queued records before it looks
     /// at input, and a second pass would deframe, and alert, again).
     fn queue_alert(&mut self, rest: &mut [u8]) {
-        let UnbufferedStatus { state, .. } = self.conn.process_tls_records(rest);
+        let Some(conn) = self.handshake.as_deref_mut() else {
+            return;
+        };
+        let UnbufferedStatus { state, .. } = conn.process_tls_records(rest);
         let before = self.out.len();
         if let Ok(ConnectionState::EncodeTlsData(mut encode)) = state {
             encode_into(&mut encode, &mut self.out);
@@ -400,49 +634,9 @@ impl TlsSession {
     fn fail(&mut self) {
         self.failed = true;
         self.partial = Vec::new();
-    }
-
-    /// Runs the output-only states (encoding queued handshake records, such as TLS 1.3
-    /// tickets) until rustls offers `WriteTraffic`, then `f` on it. `None` if it never
-    /// does (handshaking, failed).
-    fn with_write_traffic<R>(
-        &mut self,
-        f: impl FnOnce(&mut WriteTraffic<'_, ServerConnectionData>, &mut Vec<u8>) -> R,
-    ) -> Option<R> {
-        let mut f = Some(f);
-        // The kept tail is handed back so that rustls's view of a message joined across
-        // records stays consistent; it holds no complete record, so nothing is consumed.
-        for _ in 0..16 {
-            let UnbufferedStatus { discard, state } =
-                self.conn.process_tls_records(&mut self.partial[..]);
-            let step = match state {
-                Ok(ConnectionState::EncodeTlsData(mut encode)) => {
-                    encode_into(&mut encode, &mut self.out);
-                    Step::Continue
-                }
-                Ok(ConnectionState::TransmitTlsData(transmit)) => {
-                    transmit.done();
-                    Step::Continue
-                }
-                Ok(ConnectionState::WriteTraffic(mut traffic)) => match f.take() {
-                    Some(f) => Step::Done(f(&mut traffic, &mut self.out)),
-                    None => Step::Stop,
-                },
-                _ => Step::Stop,
-            };
-            if discard > 0 {
-                self.partial.drain(..discard.min(self.partial.len()));
-                if self.partial.is_empty() {
-                    self.partial = Vec::new();
-                }
-            }
-            match step {
-                Step::Continue => {}
-                Step::Done(r) => return Some(r),
-                Step::Stop => return None,
-            }
-        }
-        None
+        // Nothing more will be read or encrypted: free the handshake state at once.
+        self.handshake = None;
+        self.keys = None;
     }
 }
 

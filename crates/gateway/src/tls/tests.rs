@@ -231,9 +231,9 @@ fn handshake_and_data_both_ways_over_tls13_and_tls12() {
         assert_eq!(outcome, ReadOutcome::default());
         assert_eq!(pair.plain, b"GET /ws HTTP/1.1\r\n\r\n");
         pair.server
-            .encrypt(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+            .encrypt([&b"HTTP/1.1 101 Switching Protocols\r\n\r\n"[..]])
             .unwrap();
-        pair.server.encrypt(b"\x89\x00").unwrap();
+        pair.server.encrypt([&b"\x89\x00"[..]]).unwrap();
         pair.deliver_to_client();
         assert_eq!(
             pair.client_reads(),
@@ -325,7 +325,7 @@ fn close_notify_both_ways() {
     let (_dir, tls) = server_tls(&leaf);
     let mut pair = Pair::new(&tls, client_config(&leaf, TLS13));
     pair.handshake();
-    pair.server.encrypt(b"bye").unwrap();
+    pair.server.encrypt([&b"bye"[..]]).unwrap();
     pair.server.queue_close_notify();
     assert!(pair.server.close_notify_queued());
     assert!(!pair.server.can_encrypt());
@@ -427,7 +427,7 @@ fn sessions_resume_with_tickets_over_tls13_and_tls12() {
         let mut first = Pair::new(&tls, Arc::clone(&config));
         assert!(!first.handshake().resumed);
         // TLS 1.3 tickets come after the handshake: deliver them.
-        first.server.encrypt(b"x").unwrap();
+        first.server.encrypt([&b"x"[..]]).unwrap();
         first.deliver_to_client();
         let mut second = Pair::new(&tls, Arc::clone(&config));
         let done = second.handshake();
@@ -450,7 +450,7 @@ fn a_reload_serves_the_new_certificate_to_new_sessions_and_tickets_survive() {
     let config = client_config(&old, TLS13);
     let mut first = Pair::new(&tls, Arc::clone(&config));
     first.handshake();
-    first.server.encrypt(b"x").unwrap();
+    first.server.encrypt([&b"x"[..]]).unwrap();
     first.deliver_to_client();
     let before = tls.loaded().serial.clone();
 
@@ -471,7 +471,7 @@ fn a_reload_serves_the_new_certificate_to_new_sessions_and_tickets_survive() {
     let served = fresh.client.peer_certificates().unwrap()[0].clone();
     assert_eq!(served, new.der);
     // The session opened before the reload still works.
-    first.server.encrypt(b"still here").unwrap();
+    first.server.encrypt([&b"still here"[..]]).unwrap();
     first.deliver_to_client();
     assert!(first.client_reads().ends_with(b"still here"));
 }
@@ -560,7 +560,7 @@ fn encrypting_before_the_handshake_is_refused() {
     let leaf = leaf();
     let (_dir, tls) = server_tls(&leaf);
     let mut session = TlsSession::new(tls.config(), Instant::now()).unwrap();
-    assert!(session.encrypt(b"x").is_err());
+    assert!(session.encrypt([&b"x"[..]]).is_err());
     session.queue_close_notify();
     assert!(session.pending().is_empty());
 }
@@ -572,9 +572,145 @@ fn a_large_frame_is_split_into_records() {
     let mut pair = Pair::new(&tls, client_config(&leaf, TLS12));
     pair.handshake();
     let big = vec![7u8; 100_000];
-    pair.server.encrypt(&big).unwrap();
+    pair.server.encrypt([&big[..]]).unwrap();
     assert!(pair.server.queued_bytes() > big.len());
     pair.deliver_to_client();
     assert_eq!(pair.client_reads(), big);
     assert_eq!(pair.server.buffered_bytes(), 0);
+}
+
+/// Heap bytes allocated and not yet freed by the current thread (the tests run on
+/// many threads; each counts its own).
+mod heap {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    thread_local! {
+        static LIVE: Cell<isize> = const { Cell::new(0) };
+    }
+
+    /// Counts every allocation of the thread that makes it.
+    pub struct Counting;
+
+    // SAFETY: forwards to the system allocator; the count is a thread-local integer.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            let _ = LIVE.try_with(|l| l.set(l.get() + layout.size() as isize));
+            // SAFETY: the caller's layout is passed on unchanged.
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            let _ = LIVE.try_with(|l| l.set(l.get() - layout.size() as isize));
+            // SAFETY: `ptr` came from `alloc` with this layout.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new: usize) -> *mut u8 {
+            let _ = LIVE.try_with(|l| l.set(l.get() + new as isize - layout.size() as isize));
+            // SAFETY: as for `alloc` and `dealloc`.
+            unsafe { System.realloc(ptr, layout, new) }
+        }
+    }
+
+    #[global_allocator]
+    static COUNTING: Counting = Counting;
+
+    /// The thread's live heap bytes.
+    pub fn live() -> isize {
+        LIVE.with(Cell::get)
+    }
+}
+
+#[test]
+fn an_idle_tls_session_is_small() {
+    let leaf = leaf();
+    let (_dir, tls) = server_tls(&leaf);
+    for versions in [TLS13, TLS12] {
+        let config = client_config(&leaf, versions);
+        let mut sessions = Vec::new();
+        let before = heap::live();
+        for _ in 0..50 {
+            let mut pair = Pair::new(&tls, Arc::clone(&config));
+            pair.handshake();
+            let bytes = pair.client_sends(b"GET / HTTP/1.1\r\n\r\n");
+            pair.feed(&bytes);
+            pair.server
+                .encrypt([&b"HTTP/1.1 101 Switching Protocols\r\n\r\n"[..]])
+                .unwrap();
+            pair.deliver_to_client();
+            sessions.push(Box::new(pair.server));
+        }
+        let per_session = (heap::live() - before) / 50;
+        println!(
+            "{versions:?}: {per_session} B of heap per idle session (TlsSession itself {} B)",
+            std::mem::size_of::<TlsSession>()
+        );
+        assert!(per_session < 512, "{per_session} B per idle session");
+    }
+}
+
+#[test]
+fn every_offered_suite_carries_data_after_the_takeover() {
+    use rustls::CipherSuite as S;
+    let leaf = leaf();
+    let (_dir, tls) = server_tls(&leaf);
+    for (suite, versions) in [
+        (S::TLS13_AES_256_GCM_SHA384, TLS13),
+        (S::TLS13_CHACHA20_POLY1305_SHA256, TLS13),
+        (S::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, TLS12),
+        (S::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, TLS12),
+    ] {
+        let mut provider = (*super::config::provider()).clone();
+        provider.cipher_suites.retain(|s| s.suite() == suite);
+        let mut roots = RootCertStore::empty();
+        roots.add(leaf.der.clone()).unwrap();
+        let config = ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut pair = Pair::new(&tls, Arc::new(config));
+        pair.handshake();
+        assert_eq!(
+            pair.client.negotiated_cipher_suite().map(|s| s.suite()),
+            Some(suite)
+        );
+        // Several records each way, in one batch and one read.
+        let mut bytes = Vec::new();
+        for i in 0..5u8 {
+            bytes.extend(pair.client_sends(&[i; 100]));
+        }
+        assert_eq!(pair.feed(&bytes).failure, None, "{suite:?}");
+        assert_eq!(pair.plain.len(), 500);
+        let frames: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 20_000]).collect();
+        pair.server
+            .encrypt(frames.iter().map(Vec::as_slice))
+            .unwrap();
+        pair.deliver_to_client();
+        assert_eq!(pair.client_reads(), frames.concat(), "{suite:?}");
+        // A record tampered with is refused with an alert.
+        let mut bad = pair.client_sends(b"tampered");
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        let outcome = pair.feed(&bad);
+        assert!(
+            matches!(outcome.failure, Some(TlsFailure::Protocol(_))),
+            "{outcome:?}"
+        );
+        assert!(!pair.server.pending().is_empty(), "an alert is queued");
+    }
+}
+
+#[test]
+fn a_key_update_from_the_peer_closes_the_connection() {
+    let leaf = leaf();
+    let (_dir, tls) = server_tls(&leaf);
+    let mut pair = Pair::new(&tls, client_config(&leaf, TLS13));
+    pair.handshake();
+    pair.client.refresh_traffic_keys().unwrap();
+    let bytes = pair.client_bytes();
+    let outcome = pair.feed(&bytes);
+    assert!(
+        matches!(outcome.failure, Some(TlsFailure::Protocol(_))),
+        "{outcome:?}"
+    );
 }

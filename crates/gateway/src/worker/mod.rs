@@ -784,20 +784,19 @@ impl Worker {
                 }
                 let mut iov = [IoSlice::new(&[]); MAX_IOV];
                 let n = conn.io_slices(&mut iov);
+                // Whole frames, up to the batch (at least one).
                 let mut taken = 0;
-                let mut failed = None;
+                let mut count = 0;
                 for slice in &iov[..n] {
                     if taken >= ENCRYPT_BATCH {
                         break;
                     }
-                    if let Err(e) = tls.encrypt(slice) {
-                        failed = Some(e);
-                        break;
-                    }
                     taken += slice.len();
+                    count += 1;
                 }
+                let result = tls.encrypt(iov[..count].iter().map(|s| &**s));
                 conn.consume_output(taken);
-                if let Some(e) = failed {
+                if let Err(e) = result {
                     debug!(worker = self.settings.id, error = %e, "TLS encrypt failed");
                     conn.handle_io_error(&io::Error::other(e.to_string()), &mut self.events);
                     return;
