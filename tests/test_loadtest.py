@@ -23,6 +23,8 @@ from typing import Callable, Iterator, Optional
 
 import pytest
 
+from tls_support import Pki
+
 ROOT = Path(__file__).resolve().parent.parent
 SERVERS = Path(__file__).resolve().parent / "servers"
 TOKEN_SECRET = "loadtest-token-secret"
@@ -247,7 +249,7 @@ def test_gates_and_failures_set_the_exit_status(loadtest_bin, baseline_bin, star
     )
     assert code == 1, output
     assert report["connections"]["failed_by_cause"] == {"refused": 10}, output
-    code, report, output = run(loadtest_bin, tmp_path, "idle", "wss://127.0.0.1:1/")
+    code, report, output = run(loadtest_bin, tmp_path, "idle", "https://127.0.0.1:1/")
     assert code == 2 and report is None, output
 
 
@@ -305,6 +307,55 @@ def test_gateway_echo_and_churn(loadtest_bin, start_gateway, tmp_path):
     )
     report = assert_passed(code, report, output)
     assert report["churn"]["completed"] >= 150
+
+
+def test_gateway_over_wss_idle_echo_and_resumed_churn(loadtest_bin, start_gateway, tmp_path):
+    """The harness's wss:// client against the gateway's TLS listener: pings over TLS,
+    echo payloads intact, reconnects resumed by default and never with --no-tls-resume,
+    and a CA it does not trust refused by cause."""
+    pki = Pki(tmp_path / "pki")
+    pair = pki.issue("server")
+    gateway = start_gateway("--ping-interval", "1s", "--echo", "--tls-cert", pair.cert, "--tls-key", pair.key)
+    url = f"wss://{gateway.listen}/"
+    code, report, output = run(
+        loadtest_bin, tmp_path, "idle", url, "--ca-file", pki.ca,
+        "-c", 200, "-d", "3.5s", "--settle", "500ms",
+        "--expect-ping-interval", "1s", "--server-pid", gateway.pid, "--max-lost", 0,
+    )
+    report = assert_passed(code, report, output)
+    check_idle_pings(report, 1000.0, 200)
+    assert report["tls"]["handshakes"] == 200, output
+    assert report["tls"]["handshake_ms"]["p50"] > 0
+
+    code, report, output = run(
+        loadtest_bin, tmp_path, "echo", url, "--ca-file", pki.ca,
+        "-c", 20, "-d", "2s", "--settle", "200ms", "--message-rate", "10/s", "--message-size", "20KiB",
+        "--max-lost", 0,
+    )
+    report = assert_passed(code, report, output)
+    assert report["echo"]["received"] >= 300 and report["echo"]["mismatches"] == 0, output
+
+    for resume in (True, False):
+        code, report, output = run(
+            loadtest_bin, tmp_path, "churn", url, "--ca-file", pki.ca,
+            "-c", 20, "-d", "2s", "--settle", "0s", "--churn-rate", "100/s", "--max-lost", 0,
+            *([] if resume else ["--no-tls-resume"]),
+        )
+        report = assert_passed(code, report, output)
+        tls = report["tls"]
+        assert report["churn"]["completed"] >= 150, output
+        if resume:
+            assert tls["resumed"] > tls["full"], output
+        else:
+            assert tls["resumed"] == 0 and tls["full"] >= 150, output
+
+    other = Pki(tmp_path / "other-pki", name="another CA")
+    code, report, output = run(
+        loadtest_bin, tmp_path, "idle", url, "--ca-file", other.ca, "-c", 5, "-d", "300ms",
+        "--settle", "0s", "--ramp-timeout", "5s",
+    )
+    assert code == 1, output
+    assert report["connections"]["failed_by_cause"] == {"tls_unknown_issuer": 5}, output
 
 
 def test_gateway_push_delivers_everything_in_order(loadtest_bin, start_gateway, tmp_path):

@@ -160,6 +160,32 @@ pub struct Args {
     #[arg(long, value_name = "BYTES", default_value = "1MiB", value_parser = size_arg)]
     pub max_message_size: u64,
 
+    /// `wss://` only: trust the CA certificates in this PEM file (instead of the system
+    /// bundle).
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with = "insecure",
+        help_heading = "TLS"
+    )]
+    pub ca_file: Option<PathBuf>,
+
+    /// `wss://` only: accept any server certificate (handshake signatures are still
+    /// checked).
+    #[arg(long, help_heading = "TLS")]
+    pub insecure: bool,
+
+    /// `wss://` only: do not resume TLS sessions; every connection does a full
+    /// handshake (by default a reconnecting client resumes with a ticket the server
+    /// gave an earlier connection).
+    #[arg(long, help_heading = "TLS")]
+    pub no_tls_resume: bool,
+
+    /// `wss://` only: the key-exchange groups to offer, in order, comma-separated
+    /// (`x25519`, `secp256r1`, `secp384r1`, `x25519mlkem768`; default: rustls's).
+    #[arg(long, value_name = "LIST", value_delimiter = ',', help_heading = "TLS")]
+    pub tls_groups: Vec<String>,
+
     /// Assertion (any scenario): every connection held at least two intervals received
     /// at least floor(held ÷ interval) − 1 server pings, and every observed interval
     /// between consecutive pings lies within the tolerance.

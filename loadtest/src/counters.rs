@@ -40,6 +40,8 @@ pub struct ProcessReport {
     pub echo: Option<EchoCounters>,
     /// Churn scenario counters.
     pub churn: Option<ChurnCounters>,
+    /// TLS handshakes (`wss://` targets only).
+    pub tls: Option<TlsCounters>,
     /// The scenario's main latency over time since the run started.
     pub timeline: Timeline,
     /// This process's RSS before it opened any connection.
@@ -82,6 +84,7 @@ impl ProcessReport {
         merge_option(&mut self.push, &other.push, PushCounters::merge);
         merge_option(&mut self.echo, &other.echo, EchoCounters::merge);
         merge_option(&mut self.churn, &other.churn, ChurnCounters::merge);
+        merge_option(&mut self.tls, &other.tls, TlsCounters::merge);
         self.timeline.merge(&other.timeline);
         self.rss_start += other.rss_start;
         self.rss_hold += other.rss_hold;
@@ -118,6 +121,47 @@ fn merge_max(into: &mut Option<u64>, from: Option<u64>) {
         (Some(a), Some(b)) => Some(a.max(b)),
         (a, b) => a.or(b),
     };
+}
+
+/// TLS: how the handshakes of a `wss://` run went. Failed handshakes are in
+/// [`ProcessReport::failed_by_cause`] under `tls_*` causes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TlsCounters {
+    /// Handshakes completed in full (certificate sent and checked).
+    pub full: u64,
+    /// Handshakes that resumed a session (ticket or session id).
+    pub resumed: u64,
+    /// TCP connected → TLS handshake complete, every completed handshake.
+    pub handshake: LatencyHistogram,
+    /// The same, full handshakes only.
+    pub handshake_full: LatencyHistogram,
+    /// The same, resumed handshakes only.
+    pub handshake_resumed: LatencyHistogram,
+}
+
+impl TlsCounters {
+    /// Counts one completed handshake that took `us` microseconds.
+    pub fn record(&mut self, kind: crate::tls::Handshake, us: u64) {
+        self.handshake.record_us(us);
+        match kind {
+            crate::tls::Handshake::Full => {
+                self.full += 1;
+                self.handshake_full.record_us(us);
+            }
+            crate::tls::Handshake::Resumed => {
+                self.resumed += 1;
+                self.handshake_resumed.record_us(us);
+            }
+        }
+    }
+
+    fn merge(&mut self, other: &Self) {
+        self.full += other.full;
+        self.resumed += other.resumed;
+        self.handshake.merge(&other.handshake);
+        self.handshake_full.merge(&other.handshake_full);
+        self.handshake_resumed.merge(&other.handshake_resumed);
+    }
 }
 
 /// Keepalive: pings the server sent and pings the client sent.

@@ -10,7 +10,7 @@
 //! # Memory per connection
 //!
 //! A connection is a `Slot` of under 200 bytes (socket, generation, armed deadline,
-//! unsent output, the `Client`) plus the kernel's socket. Reads go into the engine's
+//! unsent output, the TLS box of a `wss://` connection, the `Client`) plus the kernel's socket. Reads go into the engine's
 //! shared buffer and output into its shared outbox; a connection keeps heap bytes
 //! only for a partial frame, a fragmented message or output the socket refused, and
 //! frees them as soon as they are complete. Nothing per connection is kept in
@@ -23,6 +23,18 @@
 //! behind; a popped entry whose time is not the slot's current `armed_ns` (or whose
 //! slot now holds a newer generation) is stale and skipped. So the heap never needs a
 //! removal.
+//!
+//! # TLS (`wss://`)
+//!
+//! With a TLS target a slot also holds a [`TlsConn`] (boxed, created when the TCP
+//! connect completes). The client stays `Connecting` until the TLS handshake is done
+//! (its connect deadline covers TCP and TLS; a handshake still running when it passes
+//! fails as `tls_handshake_timeout`), then gets [`Client::handle_connected`] as on a
+//! plain socket. Ciphertext is read into the shared read buffer and decrypted into a
+//! second shared buffer, `plain`; what the client queues is encrypted into a shared
+//! `cipher` buffer and written from there, so the backlog holds ciphertext. The
+//! handshake's duration (TCP connected → TLS done) and whether it resumed go into the
+//! report's `tls` counters.
 //!
 //! # Writes
 //!
@@ -57,6 +69,7 @@ use crate::pace::{NEVER, due_count, duration_ns, rate_due_ns};
 use crate::procfs::{self, Pid};
 use crate::settings::EngineConfig;
 use crate::socket::{self, Sources, io_cause};
+use crate::tls::{TlsConn, TlsTarget};
 
 const _: () = assert!(usize::BITS == 64, "ConnId packs two u32s into a Token");
 
@@ -159,7 +172,20 @@ struct Slot {
     armed_ns: u64,
     /// Output the socket did not take yet; empty (unallocated) otherwise.
     backlog: Vec<u8>,
+    /// The TLS layer of a `wss://` connection, once its TCP connect completed.
+    tls: Option<Box<TlsConn>>,
     client: Client,
+}
+
+/// The loop's shared byte buffers.
+#[derive(Debug)]
+struct Buffers {
+    /// What a read from a socket lands in.
+    read: Box<[u8]>,
+    /// Decrypted bytes on their way to a client (TLS only; empty otherwise).
+    plain: Box<[u8]>,
+    /// Encrypted bytes on their way to a socket (TLS only); cleared after each use.
+    cipher: Vec<u8>,
 }
 
 /// Engine phase.
@@ -185,7 +211,9 @@ pub struct Engine {
     slots: Slab<Slot>,
     /// `(deadline ns, token)`; may hold stale entries (see the module docs).
     timers: BinaryHeap<Reverse<(u64, usize)>>,
-    read_buf: Box<[u8]>,
+    bufs: Buffers,
+    /// TLS for a `wss://` target.
+    tls: Option<TlsTarget>,
     out: Outbox,
     commands: Receiver<Command>,
     shared: Shared,
@@ -218,7 +246,13 @@ impl Engine {
             poll,
             slots: Slab::with_capacity(capacity),
             timers: BinaryHeap::new(),
-            read_buf: vec![0; READ_BUFFER].into_boxed_slice(),
+            bufs: Buffers {
+                read: vec![0; READ_BUFFER].into_boxed_slice(),
+                plain: vec![0; if config.tls.is_some() { READ_BUFFER } else { 0 }]
+                    .into_boxed_slice(),
+                cipher: Vec::new(),
+            },
+            tls: config.tls.clone(),
             out,
             commands,
             shared: Shared::new(config, rng),
@@ -418,6 +452,7 @@ impl Engine {
             generation: self.generation,
             armed_ns: NEVER,
             backlog: Vec::new(),
+            tls: None,
             client: Client::new(local_index, self.now, shared),
         });
         rearm(&mut self.timers, key, slot);
@@ -432,15 +467,14 @@ impl Engine {
             _ => return,
         };
         let (now, shared, out) = (self.now, &mut self.shared, &mut self.out);
-        match drive(
-            slot,
+        let io = Io {
             now,
-            shared,
+            cx: shared,
             out,
-            &mut self.read_buf,
-            readable,
-            writable,
-        ) {
+            bufs: &mut self.bufs,
+            tls: self.tls.as_ref(),
+        };
+        match drive(slot, io, readable, writable) {
             Ok(()) => rearm(&mut self.timers, key, slot),
             Err(end) => self.close(key, end),
         }
@@ -459,10 +493,15 @@ impl Engine {
                 _ => continue,
             };
             slot.armed_ns = NEVER;
-            let result = slot
+            let mut result = slot
                 .client
                 .handle_timeout(self.now, &mut self.shared, &mut self.out);
-            match send(slot, &mut self.out, result) {
+            if slot.tls.as_ref().is_some_and(|tls| tls.is_handshaking())
+                && result == Err(End::fault("timeout"))
+            {
+                result = Err(End::fault("tls_handshake_timeout"));
+            }
+            match send(slot, &mut self.out, &mut self.bufs.cipher, result) {
                 Ok(()) => rearm(&mut self.timers, key, slot),
                 Err(end) => self.close(key, end),
             }
@@ -492,9 +531,21 @@ impl Engine {
                 not_established += 1;
             }
             // Best effort: one write, no waiting, nothing behind unsent output.
-            if slot.backlog.is_empty() && !self.out.is_empty() {
-                let _ = slot.socket.write(self.out.bytes());
+            let cipher = &mut self.bufs.cipher;
+            let bytes = match slot.tls.as_mut() {
+                Some(tls) if !tls.is_handshaking() => {
+                    tls.encrypt(self.out.bytes());
+                    tls.close();
+                    tls.take_ciphertext(cipher);
+                    &cipher[..]
+                }
+                Some(_) => &[][..],
+                None => self.out.bytes(),
+            };
+            if slot.backlog.is_empty() && !bytes.is_empty() {
+                let _ = slot.socket.write(bytes);
             }
+            cipher.clear();
             self.out.clear();
         }
         let clients = self.slots.len() as u64;
@@ -504,37 +555,54 @@ impl Engine {
     }
 }
 
-/// Handles readiness for one connection: completes the connect, flushes the backlog,
-/// reads until the socket is drained and hands every chunk to the client.
-fn drive(
-    slot: &mut Slot,
+/// What [`drive`] works with besides the slot.
+struct Io<'a> {
     now: Now,
-    shared: &mut Shared,
-    out: &mut Outbox,
-    read_buf: &mut [u8],
-    readable: bool,
-    writable: bool,
-) -> Result<(), End> {
-    if slot.client.is_connecting() {
+    cx: &'a mut Shared,
+    out: &'a mut Outbox,
+    bufs: &'a mut Buffers,
+    tls: Option<&'a TlsTarget>,
+}
+
+/// Handles readiness for one connection: completes the connect (and starts TLS),
+/// flushes the backlog, reads until the socket is drained and hands every chunk to the
+/// client (through the TLS layer for `wss://`).
+fn drive(slot: &mut Slot, io: Io<'_>, readable: bool, writable: bool) -> Result<(), End> {
+    let Io {
+        now,
+        cx,
+        out,
+        bufs,
+        tls,
+    } = io;
+    if slot.client.is_connecting() && slot.tls.is_none() {
         match socket::connect_outcome(&slot.socket) {
             Ok(true) => {}
             // Not connected yet: a spurious wake-up.
             Ok(false) => return Ok(()),
             Err(e) => return Err(End::Fault(io_cause(&e))),
         }
-        slot.client.handle_connected(now, shared, out);
-        send(slot, out, Ok(()))?;
+        match tls {
+            None => slot.client.handle_connected(now, cx, out),
+            // The ClientHello goes out with the send below.
+            Some(target) => slot.tls = Some(Box::new(TlsConn::new(target, now.ns)?)),
+        }
+        send(slot, out, &mut bufs.cipher, Ok(()))?;
     } else if writable && !slot.backlog.is_empty() {
         flush(slot)?;
     }
     if readable {
         loop {
-            match slot.socket.read(read_buf) {
+            match slot.socket.read(&mut bufs.read) {
                 Ok(0) => return Err(End::fault("eof")),
                 Ok(n) => {
-                    let result = slot.client.handle_input(now, &read_buf[..n], shared, out);
-                    send(slot, out, result)?;
-                    if n < read_buf.len() {
+                    if slot.tls.is_some() {
+                        tls_input(slot, now, cx, out, bufs, n)?;
+                    } else {
+                        let result = slot.client.handle_input(now, &bufs.read[..n], cx, out);
+                        send(slot, out, &mut bufs.cipher, result)?;
+                    }
+                    if n < bufs.read.len() {
                         // A short read drained the socket; the next data raises a new edge.
                         return Ok(());
                     }
@@ -544,6 +612,46 @@ fn drive(
                 Err(e) => return Err(End::Fault(io_cause(&e))),
             }
         }
+    }
+    Ok(())
+}
+
+/// Puts `bufs.read[..n]` (ciphertext) through the slot's TLS layer: reports a handshake
+/// that completed (and lets the client start its upgrade), hands the plaintext to the
+/// client chunk by chunk, and sends what the TLS layer and the client queued. A TLS
+/// error still sends the alert rustls queued, best effort.
+fn tls_input(
+    slot: &mut Slot,
+    now: Now,
+    cx: &mut Shared,
+    out: &mut Outbox,
+    bufs: &mut Buffers,
+    n: usize,
+) -> Result<(), End> {
+    let mut input = &bufs.read[..n];
+    while !input.is_empty() {
+        let tls = slot.tls.as_deref_mut().expect("a TLS slot");
+        if let Err(end) = tls.read_tls(&mut input) {
+            return send(slot, out, &mut bufs.cipher, Err(end));
+        }
+        if let Some((kind, ns)) = tls.handshake_done(now.ns) {
+            if let Some(counters) = cx.report.tls.as_mut() {
+                counters.record(kind, ns / 1000);
+            }
+            slot.client.handle_connected(now, cx, out);
+        }
+        loop {
+            let tls = slot.tls.as_deref_mut().expect("a TLS slot");
+            let got = tls.read_plaintext(&mut bufs.plain);
+            let got = match got {
+                Ok(0) => break,
+                Ok(got) => got,
+                Err(end) => return send(slot, out, &mut bufs.cipher, Err(end)),
+            };
+            let result = slot.client.handle_input(now, &bufs.plain[..got], cx, out);
+            send(slot, out, &mut bufs.cipher, result)?;
+        }
+        send(slot, out, &mut bufs.cipher, Ok(()))?;
     }
     Ok(())
 }
@@ -565,9 +673,28 @@ fn rearm(timers: &mut BinaryHeap<Reverse<(u64, usize)>>, key: usize, slot: &mut 
 
 /// Writes what a client call queued — also when the call ended the client, so a close
 /// echo still goes out — and passes the call's verdict on; a failed write ends the
-/// client only when the call did not.
-fn send(slot: &mut Slot, out: &mut Outbox, result: Result<(), End>) -> Result<(), End> {
-    let written = if out.is_empty() {
+/// client only when the call did not. On a TLS slot the output is encrypted first (in
+/// `cipher`, cleared again) and whatever the TLS layer queued itself (handshake
+/// messages, alerts) goes out too.
+fn send(
+    slot: &mut Slot,
+    out: &mut Outbox,
+    cipher: &mut Vec<u8>,
+    result: Result<(), End>,
+) -> Result<(), End> {
+    let written = if let Some(tls) = slot.tls.as_deref_mut() {
+        if !out.is_empty() {
+            tls.encrypt(out.bytes());
+        }
+        tls.take_ciphertext(cipher);
+        let written = if cipher.is_empty() {
+            Ok(())
+        } else {
+            write_out(slot, cipher)
+        };
+        cipher.clear();
+        written
+    } else if out.is_empty() {
         Ok(())
     } else {
         write_out(slot, out.bytes())
@@ -657,10 +784,10 @@ mod tests {
 
     #[test]
     fn slot_stays_small() {
-        // Release builds: 176 bytes (a 4-byte socket); debug builds add mio's 8-byte
-        // selector id to the socket.
+        // Release builds: 184 bytes (a 4-byte socket, 8 for the TLS box); debug builds
+        // add mio's 8-byte selector id to the socket, and padding.
         let (slot, client) = (std::mem::size_of::<Slot>(), std::mem::size_of::<Client>());
         assert!(client <= 136, "Client grew to {client} bytes");
-        assert!(slot <= 192, "Slot grew to {slot} bytes");
+        assert!(slot <= 200, "Slot grew to {slot} bytes");
     }
 }

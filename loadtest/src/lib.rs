@@ -4,7 +4,8 @@
 //!
 //! * [`engine`]: one `mio` event loop per process, connections in a slab, a few hundred
 //!   bytes per idle connection; the only code that touches client sockets, which it
-//!   sets up with [`socket`].
+//!   sets up with [`socket`]; for `wss://` it puts the bytes through [`tls`], one
+//!   sans-IO rustls layer per connection.
 //! * [`client`]: the sans-IO client state machine the loop feeds (bytes and `now` in;
 //!   frames to send, measurements, the next deadline and how it ended out); speaks the
 //!   client side of RFC 6455 ([`codec`], [`handshake`]).
@@ -42,4 +43,5 @@ pub mod settings;
 pub mod socket;
 pub mod sources;
 pub mod target;
+pub mod tls;
 pub mod units;

@@ -14,6 +14,7 @@ use crate::settings::{
 };
 use crate::sources;
 use crate::target::Endpoint;
+use crate::tls::{self, TlsOptions, TlsTarget};
 
 /// File descriptors each process keeps for itself (pipes, stdio, the poll, publishers).
 pub const RESERVED_FDS: u64 = 100;
@@ -38,6 +39,8 @@ pub struct Plan {
     pub endpoint: Endpoint,
     /// Where `--url` resolved to.
     pub target: SocketAddr,
+    /// TLS for a `wss://` URL (each process builds the same from the same flags).
+    pub tls: Option<TlsTarget>,
     /// Source addresses over all processes.
     pub sources: Vec<IpAddr>,
     /// Processes holding connections (1: in this process).
@@ -62,6 +65,27 @@ impl Plan {
     pub fn new(args: Args) -> Result<Self, String> {
         let endpoint = Endpoint::parse(&args.url, "ws").map_err(|e| e.to_string())?;
         let target = endpoint.resolve().map_err(|e| e.to_string())?;
+        let tls = if endpoint.tls {
+            let options = TlsOptions {
+                ca_file: args.ca_file.as_deref(),
+                insecure: args.insecure,
+                resume: !args.no_tls_resume,
+                groups: &args.tls_groups,
+            };
+            Some(tls::client_config(&endpoint.host, &options)?)
+        } else {
+            if args.ca_file.is_some()
+                || args.insecure
+                || args.no_tls_resume
+                || !args.tls_groups.is_empty()
+            {
+                return Err(
+                    "--ca-file, --insecure, --no-tls-resume and --tls-groups need a wss:// --url"
+                        .into(),
+                );
+            }
+            None
+        };
         if args.connections == 0 {
             return Err("--connections must be at least 1".into());
         }
@@ -177,6 +201,7 @@ impl Plan {
         Ok(Self {
             endpoint,
             target,
+            tls,
             sources,
             processes,
             per_process_limit,
@@ -243,6 +268,7 @@ impl Plan {
             ramp_rate: args.ramp_rate / count_f,
             connect_timeout: args.connect_timeout,
             sources: sources::share(&self.sources, index, count),
+            tls: self.tls.clone(),
             max_message_size: args.max_message_size,
             client_ping_interval: args.client_ping_interval,
             expect_ping_interval: args.expect_ping_interval,
@@ -369,7 +395,54 @@ mod tests {
         assert!(err.contains("--message-size"), "{err}");
         assert!(plan(&[&["churn"][..], &base, &["--churn-rate", "0"]].concat()).is_err());
         assert!(plan(&[&["idle"][..], &base, &["--ramp-rate", "0"]].concat()).is_err());
-        assert!(plan(&["idle", "--url", "wss://127.0.0.1:9/"]).is_err());
+        let wss = plan(&["idle", "--url", "wss://127.0.0.1:9/", "--insecure"]).unwrap();
+        assert!(wss.tls.is_some() && wss.engine_config(0, 1).tls.is_some());
+        assert!(
+            plan(&["idle", "--url", "ws://127.0.0.1:9/"])
+                .unwrap()
+                .tls
+                .is_none()
+        );
+        let err = plan(&[&["idle"][..], &base, &["--insecure"]].concat()).unwrap_err();
+        assert!(err.contains("wss://"), "{err}");
+        let err = plan(&[
+            "idle",
+            "--url",
+            "wss://127.0.0.1:9/",
+            "--ca-file",
+            "/nonexistent.pem",
+        ])
+        .unwrap_err();
+        assert!(
+            err.contains("cannot read") && err.contains("/nonexistent.pem"),
+            "{err}"
+        );
+        let err = plan(&[
+            "idle",
+            "--url",
+            "wss://127.0.0.1:9/",
+            "--insecure",
+            "--tls-groups",
+            "x448",
+        ])
+        .unwrap_err();
+        assert!(
+            err.contains("unknown group `x448`") && err.contains("x25519"),
+            "{err}"
+        );
+        let both = [
+            "pingwheel-loadtest",
+            "idle",
+            "--url",
+            "wss://h:9/",
+            "--ca-file",
+            "a",
+            "--insecure",
+        ];
+        assert!(
+            Args::try_parse_from(both).is_err(),
+            "--ca-file conflicts with --insecure"
+        );
         let push = [
             &["push"][..],
             &base,

@@ -291,6 +291,28 @@ pub struct ChurnSection {
     pub cycle_ms: Summary,
 }
 
+/// TLS results (`wss://` only).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TlsSection {
+    /// Whether sessions were resumed when the server allowed it (`--no-tls-resume`
+    /// turns it off).
+    pub resume: bool,
+    /// Handshakes completed, full and resumed together.
+    pub handshakes: u64,
+    /// Full handshakes (certificate sent and checked).
+    pub full: u64,
+    /// Resumed handshakes (ticket or session id accepted).
+    pub resumed: u64,
+    /// Handshakes that failed, by `tls_*` cause (also in `connections.failed_by_cause`).
+    pub failed_by_cause: BTreeMap<String, u64>,
+    /// Per connection: TCP connected → TLS handshake complete.
+    pub handshake_ms: Summary,
+    /// The same, full handshakes only.
+    pub handshake_full_ms: Summary,
+    /// The same, resumed handshakes only.
+    pub handshake_resumed_ms: Summary,
+}
+
 /// Server cost (`--server-pid`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ServerSection {
@@ -393,6 +415,8 @@ pub struct Report {
     pub echo: Option<EchoSection>,
     /// Churn results (churn only).
     pub churn: Option<ChurnSection>,
+    /// TLS handshakes (`wss://` only).
+    pub tls: Option<TlsSection>,
     /// Server cost (with `--server-pid`).
     pub server: Option<ServerSection>,
     /// Harness cost.
@@ -641,6 +665,22 @@ impl Report {
             push,
             echo,
             churn,
+            tls: total.tls.as_ref().map(|t| TlsSection {
+                resume: !args.no_tls_resume,
+                handshakes: t.full + t.resumed,
+                full: t.full,
+                resumed: t.resumed,
+                failed_by_cause: total
+                    .failed_by_cause
+                    .iter()
+                    .chain(&total.lost_by_cause)
+                    .filter(|(cause, _)| cause.starts_with("tls_"))
+                    .map(|(cause, n)| (cause.clone(), *n))
+                    .collect(),
+                handshake_ms: t.handshake.summary(),
+                handshake_full_ms: t.handshake_full.summary(),
+                handshake_resumed_ms: t.handshake_resumed.summary(),
+            }),
             server,
             harness,
             timeline,
@@ -688,6 +728,19 @@ impl Report {
         );
         row("lost", format!("{}{}", c.lost, causes(&c.lost_by_cause)));
         row("connect latency", latency(&self.connect_latency_ms));
+        if let Some(tls) = &self.tls {
+            row(
+                "tls handshakes",
+                format!(
+                    "{} full, {} resumed{}{}",
+                    tls.full,
+                    tls.resumed,
+                    if tls.resume { "" } else { " (resumption off)" },
+                    causes(&tls.failed_by_cause)
+                ),
+            );
+            row("tls handshake time", latency(&tls.handshake_ms));
+        }
         let p = &self.pings;
         row(
             "server pings",

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::tls::TlsTarget;
+
 /// Which latency the scenario is judged by (`--max-p99`, the plot, the timeline).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -136,6 +138,8 @@ pub struct EngineConfig {
     pub connect_timeout: Duration,
     /// Local addresses to bind, round-robin (empty: the kernel chooses).
     pub sources: Vec<IpAddr>,
+    /// TLS for a `wss://` target; `None`: clear-text `ws://`.
+    pub tls: Option<TlsTarget>,
     /// Largest server message accepted.
     pub max_message_size: u64,
     /// Send client pings at this interval.

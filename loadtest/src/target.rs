@@ -1,8 +1,6 @@
-//! The servers a run talks to: the WebSocket URL (`ws://HOST:PORT/PATH?QUERY`) and the
-//! publish API base URL (`http://HOST:PORT`).
-//!
-//! Only clear-text `ws://` and `http://` are supported: the harness measures the
-//! server's WebSocket cost, and TLS would be measured by whatever terminates it.
+//! The servers a run talks to: the WebSocket URL (`ws://HOST:PORT/PATH?QUERY` or
+//! `wss://...`, which the engine speaks through [`crate::tls`]) and the publish API
+//! base URL (`http://HOST:PORT`; the publish API is reached in clear text only).
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -25,26 +23,40 @@ pub struct Endpoint {
     /// The host as written (a name, an IPv4 address or a bracketed IPv6 address
     /// without its brackets).
     pub host: String,
-    /// The port, or the scheme's default (80).
+    /// The port, or the scheme's default (80; 443 for `wss://`).
     pub port: u16,
+    /// Whether the scheme was `wss://`.
+    pub tls: bool,
     /// Path and query exactly as written, starting with `/` (`/` when absent).
     pub path_and_query: String,
 }
 
 impl Endpoint {
-    /// Parses a URL whose scheme must be `scheme` (`"ws"` or `"http"`).
+    /// Parses a URL whose scheme must be `scheme` (`"ws"`, which also accepts
+    /// `"wss"`, or `"http"`).
     pub fn parse(url: &str, scheme: &str) -> Result<Self, UrlError> {
-        let rest = url
-            .strip_prefix(scheme)
-            .and_then(|rest| rest.strip_prefix("://"))
-            .ok_or_else(|| {
-                let hint = if url.starts_with("wss://") || url.starts_with("https://") {
-                    " (TLS is not supported: point the harness at the clear-text listener)"
-                } else {
-                    ""
-                };
-                UrlError(format!("`{url}`: expected a {scheme}:// URL{hint}"))
-            })?;
+        let secure = format!("{scheme}s://");
+        let (rest, tls) = match url.strip_prefix(&secure) {
+            Some(rest) if scheme == "ws" => (Some(rest), true),
+            _ => (
+                url.strip_prefix(scheme)
+                    .and_then(|rest| rest.strip_prefix("://")),
+                false,
+            ),
+        };
+        let rest = rest.ok_or_else(|| {
+            let hint = if url.starts_with("https://") {
+                " (the publish API is reached in clear text: give its http:// listener)"
+            } else {
+                ""
+            };
+            let schemes = if scheme == "ws" {
+                "ws:// or wss://".to_owned()
+            } else {
+                format!("{scheme}://")
+            };
+            UrlError(format!("`{url}`: expected a {schemes} URL{hint}"))
+        })?;
         let (authority, path_and_query) = match rest.find(['/', '?']) {
             Some(at) if rest.as_bytes()[at] == b'?' => (&rest[..at], format!("/{}", &rest[at..])),
             Some(at) => (&rest[..at], rest[at..].to_owned()),
@@ -73,11 +85,13 @@ impl Endpoint {
             Some(port) => port
                 .parse::<u16>()
                 .map_err(|_| UrlError(format!("`{url}`: bad port `{port}`")))?,
+            None if tls => 443,
             None => 80,
         };
         Ok(Self {
             host: host.to_owned(),
             port,
+            tls,
             path_and_query,
         })
     }
@@ -145,6 +159,20 @@ mod tests {
     }
 
     #[test]
+    fn wss_urls_are_tls_with_port_443_by_default() {
+        let e = ws("wss://example.com/ws");
+        assert!(e.tls);
+        assert_eq!((e.port, e.path_and_query.as_str()), (443, "/ws"));
+        let e = ws("wss://127.0.0.1:8443");
+        assert_eq!((e.tls, e.port), (true, 8443));
+        assert!(!ws("ws://h/").tls);
+        let error = Endpoint::parse("https://h/", "http")
+            .expect_err("https")
+            .to_string();
+        assert!(error.contains("clear text"), "{error}");
+    }
+
+    #[test]
     fn ipv6_hosts_are_bracketed() {
         let e = ws("ws://[::1]:9000/");
         assert_eq!(e.host, "::1");
@@ -155,7 +183,7 @@ mod tests {
     #[test]
     fn bad_urls_say_what_is_wrong() {
         for (url, needle) in [
-            ("wss://h:1/", "TLS"),
+            ("https://h:1/", "ws:// or wss://"),
             ("http://h:1/", "ws://"),
             ("ws://:80/", "missing host"),
             ("ws://h:99999/", "bad port"),

@@ -285,7 +285,15 @@ fn plot_is_an_svg() {
 #[test]
 fn usage_errors_exit_2() {
     for args in [
-        &["idle", "--url", "wss://127.0.0.1:1/"][..],
+        &["idle", "--url", "https://127.0.0.1:1/"][..],
+        &["idle", "--url", "ws://127.0.0.1:1/", "--insecure"],
+        &[
+            "idle",
+            "--url",
+            "wss://127.0.0.1:1/",
+            "--ca-file",
+            "/nonexistent/ca.pem",
+        ],
         &["idle", "--url", "ws://127.0.0.1:1/", "--duration", "soon"],
         &["push", "--url", "ws://127.0.0.1:1/"],
         &["bogus"],
@@ -354,5 +362,164 @@ fn baseline_closes_unanswered_pings_with_1011() {
         received.windows(close.len()).any(|w| w == close),
         "no 1011 close in {:?}",
         String::from_utf8_lossy(&received)
+    );
+}
+
+/// A CA named `ca_name` and a leaf for localhost/127.0.0.1 signed by it (ECDSA P-256),
+/// written as PEM files: `(ca, leaf chain, leaf key)`.
+fn test_pki(ca_name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, ca_name);
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let paths = (
+        temp_path("ca.pem"),
+        temp_path("cert.pem"),
+        temp_path("key.pem"),
+    );
+    std::fs::write(&paths.0, ca.pem()).unwrap();
+    std::fs::write(&paths.1, leaf.pem() + &ca.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
+}
+
+#[test]
+fn every_scenario_runs_over_wss_and_reports_its_handshakes() {
+    let (ca, cert, key) = test_pki("loadtest test CA");
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let server = Server::start(&[
+        "--echo",
+        "--ping-interval",
+        "300ms",
+        "--tls-cert",
+        cert,
+        "--tls-key",
+        key,
+    ]);
+    let url = format!("wss://{}/", server.listen);
+    let ca = ca.to_str().unwrap();
+
+    // Idle over two processes: every connection pinged through TLS.
+    let (output, report) = loadtest(&[
+        "idle",
+        "--url",
+        &url,
+        "--ca-file",
+        ca,
+        "-c",
+        "100",
+        "-d",
+        "1.2s",
+        "--settle",
+        "100ms",
+        "--processes",
+        "2",
+        "--expect-ping-interval",
+        "300ms",
+        "--ping-tolerance",
+        "1",
+        "--max-lost",
+        "0",
+    ]);
+    assert_ok(&output, &report);
+    assert_eq!(u64_at(&report, "/connections/established"), 100);
+    assert_eq!(u64_at(&report, "/tls/handshakes"), 100);
+    assert!(
+        u64_at(&report, "/pings/per_connection_min") >= 2,
+        "{report:#}"
+    );
+    assert!(f64_at(&report, "/tls/handshake_ms/p50") > 0.0);
+    assert_eq!(report["tls"]["resume"], true);
+
+    // Echo: payloads intact through TLS, also messages larger than one read.
+    let (output, report) = loadtest(&[
+        "echo",
+        "--url",
+        &url,
+        "--insecure",
+        "-c",
+        "10",
+        "-d",
+        "1s",
+        "--settle",
+        "100ms",
+        "--message-size",
+        "100KiB",
+        "--message-rate",
+        "5/s",
+        "--max-lost",
+        "0",
+    ]);
+    assert_ok(&output, &report);
+    assert!(u64_at(&report, "/echo/received") > 20, "{report:#}");
+    assert_eq!(u64_at(&report, "/echo/mismatches"), 0);
+
+    // Churn: reconnects resume with tickets by default, never with --no-tls-resume.
+    for resume in [true, false] {
+        let mut args = vec![
+            "churn",
+            "--url",
+            &url,
+            "--ca-file",
+            ca,
+            "-c",
+            "10",
+            "-d",
+            "1s",
+            "--settle",
+            "0s",
+            "--churn-rate",
+            "60/s",
+            "--max-lost",
+            "0",
+        ];
+        if !resume {
+            args.push("--no-tls-resume");
+        }
+        let (output, report) = loadtest(&args);
+        assert_ok(&output, &report);
+        let (full, resumed) = (
+            u64_at(&report, "/tls/full"),
+            u64_at(&report, "/tls/resumed"),
+        );
+        assert!(u64_at(&report, "/churn/completed") >= 30, "{report:#}");
+        if resume {
+            assert!(resumed > full, "resume on: {full} full, {resumed} resumed");
+        } else {
+            assert_eq!(resumed, 0, "resume off");
+        }
+    }
+
+    // Trusting another CA: every attempt fails, by a TLS cause, and the run fails.
+    let (other_ca, _, _) = test_pki("another CA");
+    let (output, report) = loadtest(&[
+        "idle",
+        "--url",
+        &url,
+        "--ca-file",
+        other_ca.to_str().unwrap(),
+        "-c",
+        "5",
+        "-d",
+        "0.5s",
+        "--ramp-timeout",
+        "3s",
+    ]);
+    assert_eq!(output.status.code(), Some(1), "{report:#}");
+    assert_eq!(
+        u64_at(&report, "/connections/failed_by_cause/tls_unknown_issuer"),
+        5
+    );
+    assert_eq!(
+        u64_at(&report, "/tls/failed_by_cause/tls_unknown_issuer"),
+        5
     );
 }

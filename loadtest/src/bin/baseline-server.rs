@@ -4,21 +4,30 @@
 //! tokio's multi-thread runtime, `tokio_tungstenite::accept_async` with default
 //! settings, one task per connection and one `tokio::time::interval` per connection for
 //! keepalive pings. A ping not answered within `--ping-timeout` closes the connection
-//! with 1011. `--echo` sends every text and binary message back. Prints
-//! `ready listen=ADDR` on stdout once it accepts connections.
+//! with 1011. `--echo` sends every text and binary message back. With `--tls-cert` and
+//! `--tls-key` it speaks `wss://` through `tokio-rustls` (rustls's default provider,
+//! TLS 1.2 and 1.3, ALPN `http/1.1`, tickets on). Prints `ready listen=ADDR` on stdout
+//! once it accepts connections.
 
 #![deny(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::time::{Instant, interval_at, sleep, sleep_until};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::{self, ServerConfig};
 use tokio_tungstenite::accept_async;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -57,6 +66,35 @@ struct Args {
     /// Runtime worker threads [default: one per core].
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
+
+    /// Serve `wss://` with this PEM certificate chain (needs `--tls-key`).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of `--tls-cert`.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+/// The TLS acceptor of `--tls-cert`/`--tls-key`, if given.
+fn tls_acceptor(args: &Args) -> Result<Option<TlsAcceptor>, String> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("--tls-cert {}: {e}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("--tls-key {}: {e}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key))
+        .map_err(|e| format!("--tls-cert/--tls-key: {e}"))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.ticketer =
+        rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| format!("tickets: {e}"))?;
+    Ok(Some(TlsAcceptor::from(Arc::new(config))))
 }
 
 /// Per-connection settings.
@@ -106,6 +144,7 @@ fn listen(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
 }
 
 async fn serve(args: Args) -> std::io::Result<()> {
+    let tls = tls_acceptor(&args).map_err(std::io::Error::other)?;
     let listener = listen(args.listen, args.reuse_port)?;
     let mut stdout = std::io::stdout();
     writeln!(stdout, "ready listen={}", listener.local_addr()?)?;
@@ -117,9 +156,19 @@ async fn serve(args: Args) -> std::io::Result<()> {
     };
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(connection(stream, keepalive));
-            }
+            Ok((stream, _)) => match &tls {
+                None => {
+                    tokio::spawn(connection(stream, keepalive));
+                }
+                Some(acceptor) => {
+                    let accept = acceptor.accept(stream);
+                    tokio::spawn(async move {
+                        if let Ok(stream) = accept.await {
+                            connection(stream, keepalive).await;
+                        }
+                    });
+                }
+            },
             // Out of file descriptors or a connection reset before accept: keep serving.
             Err(e) => {
                 eprintln!("pingwheel-baseline: accept: {e}");
@@ -129,7 +178,7 @@ async fn serve(args: Args) -> std::io::Result<()> {
     }
 }
 
-async fn connection(stream: TcpStream, keepalive: Keepalive) {
+async fn connection<S: AsyncRead + AsyncWrite + Unpin>(stream: S, keepalive: Keepalive) {
     let Ok(mut ws) = accept_async(stream).await else {
         return;
     };

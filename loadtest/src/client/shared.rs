@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 
 use super::Now;
-use crate::counters::{ChurnCounters, EchoCounters, ProcessReport, PushCounters};
+use crate::counters::{ChurnCounters, EchoCounters, ProcessReport, PushCounters, TlsCounters};
 use crate::hist::Timeline;
 use crate::settings::{EngineConfig, MainLatency};
 
@@ -61,6 +61,9 @@ impl Shared {
         }
         if config.churn.is_some() {
             report.churn = Some(ChurnCounters::default());
+        }
+        if config.tls.is_some() {
+            report.tls = Some(TlsCounters::default());
         }
         Self {
             config,

@@ -27,6 +27,7 @@ fn config() -> EngineConfig {
         ramp_rate: 1000.0,
         connect_timeout: Duration::from_secs(10),
         sources: Vec::new(),
+        tls: None,
         max_message_size: 1 << 20,
         client_ping_interval: None,
         expect_ping_interval: None,
