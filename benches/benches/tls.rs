@@ -60,9 +60,11 @@ fn handshake(
 ) -> (TlsSession, ClientConnection) {
     let now = Instant::now();
     let mut server = TlsSession::new(tls.config(), now).unwrap();
-    let mut client =
-        ClientConnection::new(Arc::clone(client), ServerName::try_from("localhost").unwrap())
-            .unwrap();
+    let mut client = ClientConnection::new(
+        Arc::clone(client),
+        ServerName::try_from("localhost").unwrap(),
+    )
+    .unwrap();
     let mut wire = Vec::new();
     for _ in 0..4 {
         wire.clear();
@@ -107,7 +109,10 @@ fn handshakes(c: &mut Criterion) {
         handshake(&tls, &config, &mut read_buf, &mut plain);
         b.iter(|| {
             let (server, client) = handshake(&tls, &config, &mut read_buf, &mut plain);
-            assert_eq!(client.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+            assert_eq!(
+                client.handshake_kind(),
+                Some(rustls::HandshakeKind::Resumed)
+            );
             black_box(server)
         });
     });

@@ -13,6 +13,7 @@
 //! | [`fanout`] | [`fanout::local`] is each worker's side (index with watermarks, sessions, subscribes awaiting the engine, queueing deliveries) | no (channels only) |
 //! | [`push`] | pure push rules: JWT auth, channel rules, the client protocol, publish and history API parsing | no |
 //! | [`admin`] | the hyper admin listener: routing (`mod.rs`), [`admin::http`] helpers, the `/v1/*` routes in [`admin::publish`] | yes (its own thread) |
+//! | [`tls`] | built-in TLS: one connection's sans-IO session ([`tls::session`]), certificate files, the rustls config and reload ([`tls::config`]) | no (files at startup and SIGHUP) |
 //! | [`listener`] | `SO_REUSEPORT` listening sockets | yes (setup only) |
 //! | [`metrics`] | metric names, histogram buckets, per-worker handles | no |
 //! | [`token`] | [`token::ConnId`]: slab index + generation, packed in a mio `Token` | no |

@@ -99,7 +99,8 @@ const COMMAND_LINE_ONLY: [&str; 2] = ["config_file", "print_config"];
                   Durations: 20 (seconds), 20s, 1.5s, 500ms, 250us, 2m, 1h.\n\
                   Sizes: 1048576 (bytes), 64KiB, 1MiB, 1GiB; KB/MB/GB are powers of 1000.\n\
                   Signals: SIGTERM or SIGINT drains (Close 1001 to every client, up to \
-                  --drain-timeout) and exits 0; a second one exits at once with status 1.\n\
+                  --drain-timeout) and exits 0; a second one exits at once with status 1. \
+                  SIGHUP reloads the TLS certificate and key files.\n\
                   Details: docs/operations.md; every setting: pingwheel --print-config."
 )]
 #[serde(deny_unknown_fields, default)]
