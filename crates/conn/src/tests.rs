@@ -585,6 +585,25 @@ fn a_peer_that_stops_reading_is_closed_at_the_queue_limit() {
 }
 
 #[test]
+fn overflowed_closes_an_open_connection_as_a_slow_consumer_and_nothing_else() {
+    let cfg = ConnConfig {
+        echo: true,
+        ..ConnConfig::default()
+    };
+    let mut h = Harness::open(cfg.clone());
+    h.feed(&client_frame(0x2, true, &[1; 100]));
+    h.take_events();
+    let mut events = Vec::new();
+    h.conn.overflowed(&cfg, h.now, &mut events);
+    assert_eq!(events, vec![ConnEvent::Closed(CloseReason::SlowConsumer)]);
+    let frames = h.frames();
+    assert_eq!(frames.last().unwrap().close_code(), Some(1013));
+    // Once closing, it does nothing more.
+    h.conn.overflowed(&cfg, h.now, &mut events);
+    assert_eq!(events.len(), 1);
+}
+
+#[test]
 fn a_ping_flooder_that_never_reads_is_evicted_and_dropped_after_the_grace() {
     let cfg = ConnConfig {
         max_queued_bytes: 4096,
