@@ -190,20 +190,35 @@ class Gateway:
         self.log_path = log_path
         self._stdout_lines = stdout_lines
         self._session = requests.Session()
+        #: The CA file :meth:`trust` set for an https admin listener, if any.
+        self._verify: Optional[str] = None
 
     @property
     def pid(self) -> int:
         return self.process.pid
 
+    def _has_flag(self, flag: str) -> bool:
+        return any(arg == flag or arg.startswith(flag + "=") for arg in self.args)
+
     @property
     def ws_url(self) -> str:
-        """``ws://HOST:PORT/``: connect WebSocket clients here."""
-        return f"ws://{self.listen}/"
+        """``ws://HOST:PORT/`` (``wss://`` when started with ``--tls-cert``): connect
+        WebSocket clients here."""
+        scheme = "wss" if self._has_flag("--tls-cert") else "ws"
+        return f"{scheme}://{self.listen}/"
 
     @property
     def admin_url(self) -> str:
-        """``http://HOST:PORT`` of the admin listener (no trailing slash)."""
-        return f"http://{self.admin}"
+        """``http://HOST:PORT`` (``https://`` when started with ``--admin-tls-cert``) of
+        the admin listener (no trailing slash)."""
+        scheme = "https" if self._has_flag("--admin-tls-cert") else "http"
+        return f"{scheme}://{self.admin}"
+
+    def trust(self, ca: Path) -> None:
+        """Makes :meth:`get`/:meth:`post` (and so the metric helpers) verify an https
+        admin listener against the CA certificate ``ca`` (a PEM file). Passed with each
+        request: a session-wide ``verify`` would lose to ``REQUESTS_CA_BUNDLE``."""
+        self._verify = str(ca)
 
     @property
     def port(self) -> int:
@@ -219,11 +234,15 @@ class Gateway:
     def get(self, path: str, **kwargs) -> requests.Response:
         """``GET admin_url + path`` on a kept-alive session (5 s timeout by default)."""
         kwargs.setdefault("timeout", 5)
+        if self._verify is not None:
+            kwargs.setdefault("verify", self._verify)
         return self._session.get(self.admin_url + path, **kwargs)
 
     def post(self, path: str, **kwargs) -> requests.Response:
         """``POST admin_url + path`` on a kept-alive session (5 s timeout by default)."""
         kwargs.setdefault("timeout", 5)
+        if self._verify is not None:
+            kwargs.setdefault("verify", self._verify)
         return self._session.post(self.admin_url + path, **kwargs)
 
     def metrics_text(self) -> str:

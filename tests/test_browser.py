@@ -150,12 +150,14 @@ class PageServer:
 
 
 @contextlib.contextmanager
-def chromium(url: str, profile: Path, log_name: str) -> Iterator[subprocess.Popen]:
-    """Headless Chromium showing ``url``, ended (by PID) on exit."""
+def chromium(url: str, profile: Path, log_name: str,
+             extra_args: tuple[str, ...] = ()) -> Iterator[subprocess.Popen]:
+    """Headless Chromium showing ``url`` (with ``extra_args`` on its command line),
+    ended (by PID) on exit."""
     args = [
         chromium_binary(), "--headless", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--disable-dev-shm-usage", f"--user-data-dir={profile}",
+        "--disable-dev-shm-usage", f"--user-data-dir={profile}", *extra_args,
     ]
     if os.geteuid() == 0:
         args.append("--no-sandbox")  # Chromium refuses to run its sandbox as root

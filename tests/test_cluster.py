@@ -8,7 +8,9 @@ one process.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import time
 
 import pytest
@@ -392,3 +394,62 @@ def test_a_partitioned_node_notices_answers_503_and_recovers(
         assert (reply["seq"], reply["epoch"]) == (2, epoch)
         assert read_seqs(ws, 1, "chat:p") == [2]
         print(f"partition noticed after {noticed:.2f}s; healed within {time.monotonic() - cut:.1f}s")
+
+
+#: Clients that come back while the broker hangs.
+HUNG_STORM = 200
+
+
+def test_a_hung_redis_during_a_recovery_storm_is_loud_then_everyone_recovers(
+    start_redis, start_nodes, tmp_path
+):
+    # A hung broker (SIGSTOP: the connections stay open, nothing answers) while a storm of
+    # clients recovers: every subscribe gets an engine_unavailable error (never a silent
+    # wait), the connection stays up, publishes answer 503 with a JSON error, the node
+    # counts the failures and warns with their count; when Redis answers again everyone
+    # recovers without a gap.
+    redis = start_redis()
+    (gw,) = nodes_on(start_nodes, tmp_path, 1, [redis.url])
+    batch = {"messages": [{"channel": "chat:storm", "data": i} for i in range(20)]}
+    epoch = publish_ok(gw, batch, "/v1/batch")["results"][-1]["epoch"]
+    clients = []
+    with contextlib.ExitStack() as stack:
+        redis.signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            for _ in range(HUNG_STORM):
+                since = f"chat:storm:0:{epoch}"
+                clients.append(stack.enter_context(connect(gw, channel="chat:storm", since=since)))
+            for ws in clients:
+                reply = recv_json(ws, timeout=5)
+                assert reply["op"] == "error" and reply["code"] == "engine_unavailable", reply
+            answered = time.monotonic() - started
+            assert answered < 5, answered
+            refused = post(gw, "/v1/publish", {"channel": "chat:storm", "data": "x"})
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["error"] == "engine_unavailable", refused.text
+            assert refused.elapsed.total_seconds() < 1, refused.elapsed
+            # The connections are up: a ping is answered.
+            ping = request_reply(clients[0], {"op": "ping", "id": "p"})
+            assert ping == {"op": "pong", "id": "p"}, ping
+            assert gw.metric("pingwheel_engine_subscribe_failures_total") == HUNG_STORM
+
+            # Logged at warn with a count: the first at once, the rest within the interval.
+            def warned() -> int:
+                lines = [ln for ln in gw.log().splitlines()
+                         if " WARN " in ln and "subscribes answered with an error" in ln]
+                return sum(int(m) for ln in lines for m in re.findall(r"failed=(\d+)", ln))
+
+            wait_for(lambda: warned() == HUNG_STORM, timeout=10,
+                     message=f"warnings counting {HUNG_STORM} failed subscribes")
+            assert re.search(r" WARN .*publishes answered 503 engine_unavailable", gw.log())
+        finally:
+            redis.signal(signal.SIGCONT)
+        wait_ready(gw, True, 15)
+        # Everyone subscribes again with its position and recovers all 20, in order.
+        for i, ws in enumerate(clients):
+            reply = subscribe(ws, "chat:storm", since=(0, epoch), id=i)
+            assert reply["op"] == "subscribed" and reply["recovered"] is True, reply
+            assert reply["seq"] == 20, reply
+        for ws in clients:
+            assert read_seqs(ws, 20, "chat:storm", timeout=10) == list(range(1, 21))

@@ -428,9 +428,10 @@ class TlsLoad(Load):
         super().__init__(gw, stack)
 
     def open(self, url: str, **kwargs) -> ClientConnection:
-        """``open_ws`` over TLS: ``url`` as :func:`ws_url` builds it, made ``wss://``."""
-        assert url.startswith("ws://"), url
-        return open_ws("wss://" + url.removeprefix("ws://"), ssl=self.context, **kwargs)
+        """``open_ws`` over TLS: ``url`` as :func:`ws_url` builds it (``wss://``, the
+        gateway was started with ``--tls-cert``)."""
+        assert url.startswith("wss://"), url
+        return open_ws(url, ssl=self.context, **kwargs)
 
     def start(self, stack: contextlib.ExitStack) -> None:
         for n in range(self.SUBSCRIBERS):

@@ -128,6 +128,9 @@ pub mod names {
     /// Counter: resubscribes of everything after a broker reconnect (one per instance
     /// per reconnect).
     pub const ENGINE_RESUBSCRIBES: &str = "pingwheel_engine_resubscribes_total";
+    /// Counter: client subscribes the engine answered with an error (their position
+    /// could not be read: the broker is down or did not answer in time).
+    pub const ENGINE_SUBSCRIBE_FAILURES: &str = "pingwheel_engine_subscribe_failures_total";
     /// Counter: gaps in a stream's seq seen by this node, per `result`.
     pub const POSITION_GAPS: &str = "pingwheel_position_gaps_total";
     /// Counter: messages received from the broker's pub/sub.
@@ -145,7 +148,7 @@ pub mod names {
     pub const TLS_CERT_EXPIRY: &str = "pingwheel_tls_certificate_expiry_timestamp_seconds";
 
     /// Every metric name, for tests and documentation checks.
-    pub const ALL: [&str; 38] = [
+    pub const ALL: [&str; 39] = [
         CONNECTIONS,
         CONNECTIONS_OPENED,
         CONNECTIONS_CLOSED,
@@ -178,6 +181,7 @@ pub mod names {
         ENGINE_ERRORS,
         ENGINE_PUBLISH,
         ENGINE_RESUBSCRIBES,
+        ENGINE_SUBSCRIBE_FAILURES,
         POSITION_GAPS,
         BROKER_MESSAGES,
         TLS_HANDSHAKES,
@@ -521,6 +525,11 @@ pub fn describe() {
         "Resubscribes of every channel after a broker reconnect (one per instance per reconnect)."
     );
     describe_counter!(
+        names::ENGINE_SUBSCRIBE_FAILURES,
+        Unit::Count,
+        "Client subscribes answered with an error because the engine could not read their position."
+    );
+    describe_counter!(
         names::POSITION_GAPS,
         Unit::Count,
         "Gaps in a stream's seq seen by this node, by result: refilled from history, or lost (position_lost sent)."
@@ -558,6 +567,8 @@ pub struct EngineMetrics {
     pub publish_seconds: Histogram,
     /// `pingwheel_engine_resubscribes_total`.
     pub resubscribes: Counter,
+    /// `pingwheel_engine_subscribe_failures_total`.
+    pub subscribe_failures: Counter,
     /// `pingwheel_position_gaps_total{result="refilled"}`.
     pub gaps_refilled: Counter,
     /// `pingwheel_position_gaps_total{result="lost"}`.
@@ -613,6 +624,7 @@ impl EngineMetrics {
             errors: EngineOp::ALL.map(|op| counter!(names::ENGINE_ERRORS, "op" => op.as_label())),
             publish_seconds: histogram!(names::ENGINE_PUBLISH),
             resubscribes: counter!(names::ENGINE_RESUBSCRIBES),
+            subscribe_failures: counter!(names::ENGINE_SUBSCRIBE_FAILURES),
             gaps_refilled: counter!(names::POSITION_GAPS, "result" => "refilled"),
             gaps_lost: counter!(names::POSITION_GAPS, "result" => "lost"),
             broker_messages: counter!(names::BROKER_MESSAGES),

@@ -246,29 +246,27 @@ impl RedisEngine {
     }
 
     /// Answers a drained set of recovery requests (their streams were flushed).
+    ///
+    /// Identical requests (same stream, same `since`: a fleet that was live on a
+    /// channel up to the same message when its node went away) share one read and one
+    /// answer, whose frames are shared `Bytes`. The reads go out paced
+    /// ([`RedisNode::read_paced`]: chunks per instance, one after the other), and each
+    /// chunk's subscribes are answered as soon as it is read, so a storm of thousands of
+    /// recoveries never becomes one pipeline that misses `--redis-timeout` as a whole.
+    /// Every request is answered exactly once; the ones that fail are answered
+    /// `engine_unavailable`, counted and warned about ([`RedisNode::subscribes_failed`]).
     async fn recover(&self, requests: Vec<crate::engine::RecoverRequest>, failed: &[usize]) {
         let count = self.node.instances().len();
-        let mut answers: HashMap<usize, Vec<Answered>> = HashMap::new();
-        let mut reads = Vec::new();
-        let mut asking = Vec::new();
-        let fresh: Vec<String> = requests
-            .iter()
-            .map(|_| node::epoch_str(&node::random_epoch()).to_owned())
-            .collect();
-        let since_epochs: Vec<String> = requests
-            .iter()
-            .map(|r| {
-                r.since
-                    .and_then(|s| s.epoch)
-                    .map(|e| e.as_str().to_owned())
-                    .unwrap_or_default()
-            })
-            .collect();
+        let mut unanswerable: HashMap<usize, Vec<Answered>> = HashMap::new();
+        // One read per distinct (stream, since); `askers[n]`: the requests read `n` answers.
+        let mut distinct: HashMap<(StreamId, Option<(u64, String)>), usize> = HashMap::new();
+        let mut keys: Vec<(StreamId, u64, String)> = Vec::new();
+        let mut askers: Vec<Vec<usize>> = Vec::new();
         for (i, r) in requests.iter().enumerate() {
             let id = stream_id(&r.stream);
             let shard = super::keys::shard_of(id.kind, &id.name, count);
             if failed.contains(&shard) || !self.node.stream_up(&id) {
-                answers.entry(r.worker).or_default().push(Answered {
+                unanswerable.entry(r.worker).or_default().push(Answered {
                     conn: r.conn,
                     ticket: r.ticket,
                     stream: r.stream.clone(),
@@ -276,39 +274,79 @@ impl RedisEngine {
                 });
                 continue;
             }
-            let after = r.since.map_or(0, |s| s.seq);
-            reads.push((
-                id,
-                ReadArgs {
-                    epoch: &since_epochs[i],
-                    after,
-                    last: after.saturating_add(self.recovery_max),
-                    mode: ReadMode::Recover,
-                    create: &fresh[i],
-                    meta_ttl: self.meta_ttl.as_secs().max(1),
-                },
-            ));
-            asking.push(i);
-        }
-        if !reads.is_empty() {
-            let result = self.node.read_many(&reads).await;
-            for (n, &i) in asking.iter().enumerate() {
-                let r = &requests[i];
-                let answer = match &result {
-                    Err(e) => Err(unavailable(e)),
-                    Ok(list) => self.answer(r, &reads[n].0, list[n].clone()),
-                };
-                answers.entry(r.worker).or_default().push(Answered {
-                    conn: r.conn,
-                    ticket: r.ticket,
-                    stream: r.stream.clone(),
-                    answer,
+            let since = r.since.map(|s| {
+                let epoch = s.epoch.map(|e| e.as_str().to_owned()).unwrap_or_default();
+                (s.seq, epoch)
+            });
+            let n = *distinct
+                .entry((id.clone(), since.clone()))
+                .or_insert_with(|| {
+                    let (after, epoch) = since.unwrap_or_default();
+                    keys.push((id, after, epoch));
+                    askers.push(Vec::new());
+                    keys.len() - 1
                 });
-            }
+            askers[n].push(i);
         }
-        for (worker, list) in answers {
+        let down: usize = unanswerable.values().map(Vec::len).sum();
+        self.node.subscribes_failed(down, "redis unavailable");
+        for (worker, list) in unanswerable {
             self.sink.outbox.answer(worker, list);
         }
+        if keys.is_empty() {
+            return;
+        }
+        let fresh: Vec<String> = keys
+            .iter()
+            .map(|_| node::epoch_str(&node::random_epoch()).to_owned())
+            .collect();
+        let reads: Vec<_> = keys
+            .iter()
+            .zip(&fresh)
+            .map(|((id, after, epoch), fresh)| {
+                let args = ReadArgs {
+                    epoch,
+                    after: *after,
+                    last: after.saturating_add(self.recovery_max),
+                    mode: ReadMode::Recover,
+                    create: fresh,
+                    meta_ttl: self.meta_ttl.as_secs().max(1),
+                };
+                (id.clone(), args)
+            })
+            .collect();
+        let answer_chunk = |covered: &[usize], result: Result<Vec<super::script::Read>, _>| {
+            let mut answers: HashMap<usize, Vec<Answered>> = HashMap::new();
+            let mut failures = 0;
+            let mut error = None;
+            let result: Result<Vec<_>, node::NodeError> = result;
+            for (k, &n) in covered.iter().enumerate() {
+                let first = &requests[askers[n][0]];
+                let answer = match &result {
+                    Err(e) => Err(unavailable(e)),
+                    Ok(list) => self.answer(first, &reads[n].0, list[k].clone()),
+                };
+                if let Err(e) = &answer {
+                    failures += askers[n].len();
+                    error.get_or_insert_with(|| e.to_string());
+                }
+                for &i in &askers[n] {
+                    let r = &requests[i];
+                    answers.entry(r.worker).or_default().push(Answered {
+                        conn: r.conn,
+                        ticket: r.ticket,
+                        stream: r.stream.clone(),
+                        answer: answer.clone(),
+                    });
+                }
+            }
+            self.node
+                .subscribes_failed(failures, error.as_deref().unwrap_or_default());
+            for (worker, list) in answers {
+                self.sink.outbox.answer(worker, list);
+            }
+        };
+        self.node.read_paced(&reads, &answer_chunk).await;
     }
 
     fn answer(

@@ -262,15 +262,45 @@ impl Instance {
     /// # Errors
     /// Down, timed out, or the connection failed.
     pub async fn pipeline(&self, pipe: &redis::Pipeline) -> Result<Vec<Value>, InstanceError> {
+        self.pipeline_within(pipe, self.timing.command).await
+    }
+
+    /// How long background work may take (recovery reads, heartbeats): what a
+    /// `SUBSCRIBE` may, the longer of [`Timing::command`] and [`Timing::probe_timeout`].
+    /// A dead broker is the liveness probe's to notice; on a loaded machine a read that
+    /// waits a little is better than a subscribe refused.
+    pub fn background_limit(&self) -> Duration {
+        self.timing.command.max(self.timing.probe_timeout)
+    }
+
+    /// [`Instance::pipeline`] bounded by `limit` instead.
+    ///
+    /// # Errors
+    /// Down, timed out, or the connection failed.
+    pub async fn pipeline_within(
+        &self,
+        pipe: &redis::Pipeline,
+        limit: Duration,
+    ) -> Result<Vec<Value>, InstanceError> {
         let (mut conn, generation) = self.live()?;
-        match tokio::time::timeout(self.timing.command, pipe.query_async(&mut conn)).await {
+        // The connection's own response timeout is `Timing::command`; this call's is
+        // `limit` (the clone shares the connection, not the setting).
+        conn.set_response_timeout(limit);
+        match tokio::time::timeout(limit, pipe.query_async(&mut conn)).await {
             Ok(Ok(values)) => Ok(values),
+            Ok(Err(error)) if error.is_timeout() => {
+                self.suspect.notify_one();
+                Err(InstanceError::Timeout {
+                    addr: self.addr.clone(),
+                    after: limit,
+                })
+            }
             Ok(Err(error)) => Err(self.failed(generation, error)),
             Err(_) => {
                 self.suspect.notify_one();
                 Err(InstanceError::Timeout {
                     addr: self.addr.clone(),
-                    after: self.timing.command,
+                    after: limit,
                 })
             }
         }
@@ -288,12 +318,26 @@ impl Instance {
         script: &redis::Script,
         calls: &[redis::ScriptInvocation<'_>],
     ) -> Result<Vec<Value>, InstanceError> {
+        self.scripts_within(script, calls, self.timing.command)
+            .await
+    }
+
+    /// [`Instance::scripts`] with each round trip bounded by `limit`.
+    ///
+    /// # Errors
+    /// As [`Instance::pipeline`].
+    pub async fn scripts_within(
+        &self,
+        script: &redis::Script,
+        calls: &[redis::ScriptInvocation<'_>],
+        limit: Duration,
+    ) -> Result<Vec<Value>, InstanceError> {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         for call in calls {
             pipe.invoke_script(call);
         }
-        let mut replies = self.pipeline(&pipe).await?;
+        let mut replies = self.pipeline_within(&pipe, limit).await?;
         let refused: Vec<usize> = replies
             .iter()
             .enumerate()
@@ -312,7 +356,7 @@ impl Instance {
         for &i in &refused {
             retry.invoke_script(&calls[i]);
         }
-        let again = self.pipeline(&retry).await?;
+        let again = self.pipeline_within(&retry, limit).await?;
         if again.len() != refused.len() {
             return Err(InstanceError::Reply {
                 addr: self.addr.clone(),

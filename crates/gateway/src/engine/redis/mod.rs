@@ -10,6 +10,7 @@
 //! | [`message`] | the live message format (`<seq>:<epoch>:<µs>:<data>`) | yes |
 //! | [`gaps`] | per-stream order on a node: duplicates, gaps to refill, lost positions | yes |
 //! | [`nodes`] | heartbeats for `GET /v1/nodes`, control messages for `/v1/disconnect` | yes |
+//! | [`pace`] | chunk sizes of bulk reads (recovery storms), failure tallies for warnings | yes |
 //! | [`instance`] | one instance's connections, batched (un)subscribes, the liveness probe, reconnects | broker runtime |
 pub mod broker;
 pub mod engine;
@@ -19,4 +20,5 @@ pub mod keys;
 pub mod message;
 pub mod node;
 pub mod nodes;
+pub mod pace;
 pub mod script;

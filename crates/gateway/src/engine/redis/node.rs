@@ -29,7 +29,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use redis::Value;
@@ -40,6 +40,7 @@ use super::instance::{Events, Instance, InstanceError, Timing};
 use super::keys::{self, Kind};
 use super::message::LiveMessage;
 use super::nodes::{self, Control, NodeInfo};
+use super::pace::{self, Pacer, Tally};
 use super::script::{self, BadReply, Read, ReadArgs, ReadMode};
 use crate::metrics::{EngineMetrics, EngineOp};
 
@@ -207,6 +208,10 @@ struct Streams {
     dirty: Vec<StreamId>,
 }
 
+/// What [`RedisNode::read_paced`] calls once per chunk: the indices of the reads it
+/// covers, and their results in the same order (or the chunk's failure).
+pub type ChunkDone<'a> = dyn Fn(&[usize], Result<Vec<Read>, NodeError>) + Sync + 'a;
+
 /// A node. See the module docs.
 #[derive(Debug)]
 pub struct RedisNode {
@@ -219,7 +224,17 @@ pub struct RedisNode {
     up: AtomicBool,
     /// Instances that have been up before (their next `up` is a resubscribe).
     seen_up: Mutex<Vec<bool>>,
+    /// Per instance: the chunk size of bulk reads ([`RedisNode::read_paced`]).
+    pacers: Mutex<Vec<Pacer>>,
+    /// Failed publishes (503s), between warnings.
+    publish_failures: Mutex<Tally>,
+    /// Subscribes answered with an error (the engine could not read the position),
+    /// between warnings.
+    subscribe_failures: Mutex<Tally>,
 }
+
+/// At most one warning per this, per kind of failure, with the count since the last.
+const WARN_EVERY: Duration = Duration::from_secs(5);
 
 impl std::fmt::Debug for dyn NodeSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -266,6 +281,7 @@ impl RedisNode {
         instances[0].want([keys::CONTROL_CHANNEL.to_owned()]);
         metrics.up.set(0.0);
         let count = instances.len();
+        let pace_target = settings.timing.command / 4;
         let node = Arc::new_cyclic(|me| RedisNode {
             me: me.clone(),
             instances,
@@ -275,6 +291,9 @@ impl RedisNode {
             metrics,
             up: AtomicBool::new(false),
             seen_up: Mutex::new(vec![false; count]),
+            pacers: Mutex::new(vec![Pacer::new(pace_target); count]),
+            publish_failures: Mutex::new(Tally::new(WARN_EVERY)),
+            subscribe_failures: Mutex::new(Tally::new(WARN_EVERY)),
         });
         for instance in &node.instances {
             instance.spawn(Arc::clone(&node) as Arc<dyn Events>);
@@ -393,6 +412,62 @@ impl RedisNode {
         results
     }
 
+    /// `n` subscribes were answered with an error (their position could not be read:
+    /// `error`): counted in `pingwheel_engine_subscribe_failures_total` and warned about
+    /// with a count, at most once per [`WARN_EVERY`].
+    pub fn subscribes_failed(&self, n: usize, error: &str) {
+        if n == 0 {
+            return;
+        }
+        self.metrics.subscribe_failures.increment(n as u64);
+        if let Some(n) = lock(&self.subscribe_failures).add(n as u64, Instant::now()) {
+            warn!(
+                node = %self.settings.name, failed = n,
+                "subscribes answered with an error (engine_unavailable): {error}"
+            );
+        }
+    }
+
+    /// Writes this node's heartbeat for `GET /v1/nodes` (if the first instance is up).
+    async fn heartbeat(&self) {
+        let first = &self.instances[0];
+        if !first.is_up() {
+            return;
+        }
+        let (connections, subscriptions) = self.sink.local_counts();
+        let info = NodeInfo {
+            name: self.settings.name.clone(),
+            connections,
+            subscriptions,
+            heartbeat_ms: nodes::unix_ms(),
+        };
+        let mut pipe = redis::pipe();
+        pipe.cmd("HSET")
+            .arg(keys::NODES_KEY)
+            .arg(&info.name)
+            .arg(serde_json::to_string(&info).unwrap_or_default())
+            .ignore();
+        if let Err(e) = first.pipeline_within(&pipe, first.background_limit()).await {
+            self.metrics.error(EngineOp::Heartbeat).increment(1);
+            debug!("heartbeat failed: {e}");
+        }
+    }
+
+    /// Warns about failures counted but not yet reported (called every heartbeat, so
+    /// the end of a burst is reported too).
+    fn report_failures(&self) {
+        let now = Instant::now();
+        if let Some(n) = lock(&self.publish_failures).due(now) {
+            warn!(node = %self.settings.name, failed = n, "publishes answered 503 engine_unavailable");
+        }
+        if let Some(n) = lock(&self.subscribe_failures).due(now) {
+            warn!(
+                node = %self.settings.name, failed = n,
+                "subscribes answered with an error (engine_unavailable)"
+            );
+        }
+    }
+
     /// Starts `stream`'s order check at a position read from Redis, if nothing was
     /// received for it yet.
     pub fn observe_position(&self, stream: &StreamId, epoch: Epoch, seq: u64) {
@@ -411,8 +486,14 @@ impl RedisNode {
     /// spanning instances is not atomic; documented in docs/operations.md).
     pub async fn publish(&self, items: &[PublishItem<'_>]) -> Result<Vec<(u64, Epoch)>, NodeError> {
         let result = self.publish_inner(items).await;
-        if result.is_err() {
+        if let Err(e) = &result {
             self.metrics.error(EngineOp::Publish).increment(1);
+            if let Some(n) = lock(&self.publish_failures).add(1, Instant::now()) {
+                warn!(
+                    node = %self.settings.name, failed = n,
+                    "publishes answered 503 engine_unavailable: {e}"
+                );
+            }
         }
         result
     }
@@ -421,63 +502,106 @@ impl RedisNode {
         &self,
         items: &[PublishItem<'_>],
     ) -> Result<Vec<(u64, Epoch)>, NodeError> {
-        let count = self.instances.len();
-        let mut by_shard: Vec<Vec<usize>> = vec![Vec::new(); count];
-        for (i, item) in items.iter().enumerate() {
-            by_shard[keys::shard_of(item.kind, item.name, count)].push(i);
-        }
-        for (shard, list) in by_shard.iter().enumerate() {
-            if !list.is_empty() && !self.instances[shard].is_up() {
+        let shards: Vec<usize> = items
+            .iter()
+            .map(|item| keys::shard_of(item.kind, item.name, self.instances.len()))
+            .collect();
+        for &shard in &shards {
+            if !self.instances[shard].is_up() {
                 return Err(NodeError::down(self.instances[shard].addr()));
             }
         }
         let meta_ttl = self.settings.meta_ttl.as_secs().max(1);
+        let replies = self
+            .per_instance(
+                &script::PUBLISH,
+                &shards,
+                self.settings.timing.command,
+                |i| {
+                    let item = &items[i];
+                    let mut call = script::PUBLISH.prepare_invoke();
+                    call.key(keys::meta_key(item.kind, item.name))
+                        .key(keys::history_key(item.kind, item.name))
+                        .arg(keys::pubsub_channel(item.kind, item.name))
+                        .arg(item.data)
+                        .arg(item.keep.size)
+                        .arg(item.keep.ttl_secs())
+                        .arg(meta_ttl)
+                        .arg(&random_epoch()[..]);
+                    call
+                },
+            )
+            .await?;
+        replies
+            .iter()
+            .map(|reply| {
+                let (seq, epoch) = script::parse_published(reply)?;
+                let epoch = parse_epoch(&epoch).ok_or(BadReply("publish: epoch"))?;
+                Ok((seq, epoch))
+            })
+            .collect()
+    }
+
+    /// The shared per-instance runner: item `i` goes to instance `shards[i]` as the
+    /// call `call(i)`; one pipeline of `script` per instance involved, the instances in
+    /// parallel, each round trip bounded by `limit`. Returns one reply per item, in
+    /// item order, or the first failure (an instance's error, a server error in a
+    /// reply, a missing reply): all or nothing.
+    async fn per_instance<'a>(
+        &self,
+        script: &redis::Script,
+        shards: &[usize],
+        limit: Duration,
+        call: impl Fn(usize) -> redis::ScriptInvocation<'a>,
+    ) -> Result<Vec<Value>, NodeError> {
+        let mut by_shard: Vec<Vec<usize>> = vec![Vec::new(); self.instances.len()];
+        for (i, &shard) in shards.iter().enumerate() {
+            by_shard[shard].push(i);
+        }
         let calls = by_shard
             .iter()
             .enumerate()
-            .filter(|(_, l)| !l.is_empty())
+            .filter(|(_, list)| !list.is_empty())
             .map(|(shard, list)| {
-                let invocations: Vec<_> = list
-                    .iter()
-                    .map(|&i| {
-                        let item = &items[i];
-                        let mut call = script::PUBLISH.prepare_invoke();
-                        call.key(keys::meta_key(item.kind, item.name))
-                            .key(keys::history_key(item.kind, item.name))
-                            .arg(keys::pubsub_channel(item.kind, item.name))
-                            .arg(item.data)
-                            .arg(item.keep.size)
-                            .arg(item.keep.ttl_secs())
-                            .arg(meta_ttl)
-                            .arg(&random_epoch()[..]);
-                        call
-                    })
-                    .collect();
+                let invocations: Vec<_> = list.iter().map(|&i| call(i)).collect();
                 let instance = &self.instances[shard];
                 async move {
-                    let replies = instance.scripts(&script::PUBLISH, &invocations).await?;
-                    Ok::<_, NodeError>((shard, replies))
+                    (
+                        shard,
+                        instance.scripts_within(script, &invocations, limit).await,
+                    )
                 }
             });
-        let mut out = vec![(0u64, [0u8; EPOCH_LEN]); items.len()];
-        for result in futures_util::future::join_all(calls).await {
-            let (shard, replies) = result?;
-            if replies.len() != by_shard[shard].len() {
-                return Err(BadReply("publish: reply count").into());
-            }
-            for (&i, reply) in by_shard[shard].iter().zip(&replies) {
-                if let Value::ServerError(e) = reply {
-                    return Err(NodeError::Instance(InstanceError::Redis {
+        let mut out: Vec<Option<Value>> = vec![None; shards.len()];
+        let mut failure = None;
+        for (shard, result) in futures_util::future::join_all(calls).await {
+            let replies = match result {
+                Ok(replies) if replies.len() == by_shard[shard].len() => replies,
+                Ok(_) => {
+                    failure.get_or_insert(BadReply("pipeline: reply count").into());
+                    continue;
+                }
+                Err(e) => {
+                    failure.get_or_insert(e.into());
+                    continue;
+                }
+            };
+            for (&i, reply) in by_shard[shard].iter().zip(replies) {
+                if let Value::ServerError(e) = &reply {
+                    failure.get_or_insert(NodeError::Instance(InstanceError::Redis {
                         addr: self.instances[shard].addr().to_owned(),
                         source: redis::RedisError::from(e.clone()),
                     }));
                 }
-                let (seq, epoch) = script::parse_published(reply)?;
-                let epoch = parse_epoch(&epoch).ok_or(BadReply("publish: epoch"))?;
-                out[i] = (seq, epoch);
+                out[i] = Some(reply);
             }
         }
-        Ok(out)
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        out.into_iter()
+            .map(|r| r.ok_or(BadReply("pipeline: missing reply").into()))
+            .collect()
     }
 
     /// Runs the read script for `stream` with `args` on its instance.
@@ -489,8 +613,9 @@ impl RedisNode {
         result.and_then(|mut v| v.pop().ok_or(BadReply("read: no reply").into()))
     }
 
-    /// Runs several reads of streams on one instance... or many: grouped per instance,
-    /// one pipeline each, in parallel; results in order.
+    /// Runs several reads, grouped per instance, one pipeline each, in parallel;
+    /// results in order. For many reads at once (a recovery storm) use
+    /// [`RedisNode::read_paced`].
     ///
     /// # Errors
     /// The first failure (all or nothing).
@@ -498,59 +623,99 @@ impl RedisNode {
         &self,
         reads: &[(StreamId, ReadArgs<'_>)],
     ) -> Result<Vec<Read>, NodeError> {
+        self.read_within(reads, self.settings.timing.command).await
+    }
+
+    /// [`RedisNode::read_many`], each round trip bounded by `limit`.
+    async fn read_within(
+        &self,
+        reads: &[(StreamId, ReadArgs<'_>)],
+        limit: Duration,
+    ) -> Result<Vec<Read>, NodeError> {
+        let count = self.instances.len();
+        let shards: Vec<usize> = reads
+            .iter()
+            .map(|(stream, _)| keys::shard_of(stream.kind, &stream.name, count))
+            .collect();
+        let result = self
+            .per_instance(&script::READ, &shards, limit, |i| {
+                read_call(&reads[i].0, &reads[i].1)
+            })
+            .await
+            .and_then(|replies| {
+                replies
+                    .into_iter()
+                    .map(|reply| script::parse_read(reply).map_err(NodeError::from))
+                    .collect()
+            });
+        if result.is_err() {
+            self.metrics.error(EngineOp::Read).increment(1);
+        }
+        result
+    }
+
+    /// Runs many reads (a recovery storm) in paced chunks: per instance, chunks sized
+    /// by that instance's [`Pacer`] (about a quarter of `--redis-timeout` each), one
+    /// after the other, so publishes and the liveness probe never queue behind more
+    /// than one chunk; the instances in parallel. Each chunk may take up to
+    /// [`Instance::background_limit`] (a subscribe's bound, not a publish's); one that
+    /// times out is sent again, smaller, up to [`pace::MAX_ATTEMPTS`] times. `done` is called once per chunk as
+    /// soon as it is read (or failed), with the indices into `reads` it covers and
+    /// their reads in the same order; every index is covered exactly once.
+    pub async fn read_paced(&self, reads: &[(StreamId, ReadArgs<'_>)], done: &ChunkDone<'_>) {
         let count = self.instances.len();
         let mut by_shard: Vec<Vec<usize>> = vec![Vec::new(); count];
         for (i, (stream, _)) in reads.iter().enumerate() {
             by_shard[keys::shard_of(stream.kind, &stream.name, count)].push(i);
         }
-        let calls = by_shard
+        let runs = by_shard
             .iter()
             .enumerate()
-            .filter(|(_, l)| !l.is_empty())
-            .map(|(shard, list)| {
-                let invocations: Vec<_> = list
-                    .iter()
-                    .map(|&i| read_call(&reads[i].0, &reads[i].1))
-                    .collect();
-                let instance = &self.instances[shard];
-                async move {
-                    let replies = instance.scripts(&script::READ, &invocations).await?;
-                    Ok::<_, NodeError>((shard, replies))
-                }
-            });
-        let mut out: Vec<Option<Read>> = vec![None; reads.len()];
-        let mut failure = None;
-        for result in futures_util::future::join_all(calls).await {
+            .filter(|(_, list)| !list.is_empty())
+            .map(|(shard, list)| self.read_paced_on(shard, list, reads, done));
+        futures_util::future::join_all(runs).await;
+    }
+
+    async fn read_paced_on(
+        &self,
+        shard: usize,
+        mut rest: &[usize],
+        reads: &[(StreamId, ReadArgs<'_>)],
+        done: &ChunkDone<'_>,
+    ) {
+        let mut attempts = 0;
+        while !rest.is_empty() {
+            let size = lock(&self.pacers)[shard].size().min(rest.len());
+            let (chunk, after) = rest.split_at(size);
+            let batch: Vec<_> = chunk.iter().map(|&i| reads[i].clone()).collect();
+            let started = Instant::now();
+            let limit = self.instances[shard].background_limit();
+            let result = self.read_within(&batch, limit).await;
+            let took = started.elapsed();
+            attempts += 1;
             match result {
-                Ok((shard, replies)) => {
-                    for (&i, reply) in by_shard[shard].iter().zip(replies) {
-                        if let Value::ServerError(e) = &reply {
-                            failure.get_or_insert(NodeError::Instance(InstanceError::Redis {
-                                addr: self.instances[shard].addr().to_owned(),
-                                source: redis::RedisError::from(e.clone()),
-                            }));
-                            continue;
-                        }
-                        match script::parse_read(reply) {
-                            Ok(read) => out[i] = Some(read),
-                            Err(e) => {
-                                failure.get_or_insert(e.into());
-                            }
-                        }
-                    }
+                Err(NodeError::Instance(InstanceError::Timeout { after: limit, .. }))
+                    if attempts < pace::MAX_ATTEMPTS =>
+                {
+                    let mut pacers = lock(&self.pacers);
+                    pacers[shard].timed_out(size, limit);
+                    debug!(
+                        redis = %self.instances[shard].addr(), reads = size, attempts,
+                        next = pacers[shard].size(), "recovery reads timed out; again, smaller"
+                    );
+                    continue;
                 }
-                Err(e) => {
-                    failure.get_or_insert(e);
-                }
+                Ok(_) => lock(&self.pacers)[shard].answered(size, took),
+                Err(_) => {}
             }
+            debug!(
+                redis = %self.instances[shard].addr(), reads = size, ?took,
+                ok = result.is_ok(), "recovery chunk"
+            );
+            done(chunk, result);
+            rest = after;
+            attempts = 0;
         }
-        if let Some(e) = failure {
-            self.metrics.error(EngineOp::Read).increment(1);
-            return Err(e);
-        }
-        out.into_iter()
-            .map(|r| r.ok_or(BadReply("read: missing reply").into()))
-            .collect()
     }
 
     /// The live nodes, from the heartbeats (deleting expired ones).
@@ -816,6 +981,11 @@ impl Events for RedisNode {
         }
         self.update_up();
         if let Some(me) = self.me.upgrade() {
+            // The node is listed in `/v1/nodes` as soon as it is up, not a tick later.
+            if instance == 0 {
+                let node = Arc::clone(&me);
+                tokio::spawn(async move { node.heartbeat().await });
+            }
             tokio::spawn(async move { me.check_positions(instance).await });
         }
     }
@@ -835,26 +1005,7 @@ async fn heartbeats(node: Weak<RedisNode>) {
         let Some(node) = node.upgrade() else {
             return;
         };
-        let first = &node.instances[0];
-        if !first.is_up() {
-            continue;
-        }
-        let (connections, subscriptions) = node.sink.local_counts();
-        let info = NodeInfo {
-            name: node.settings.name.clone(),
-            connections,
-            subscriptions,
-            heartbeat_ms: nodes::unix_ms(),
-        };
-        let mut pipe = redis::pipe();
-        pipe.cmd("HSET")
-            .arg(keys::NODES_KEY)
-            .arg(&info.name)
-            .arg(serde_json::to_string(&info).unwrap_or_default())
-            .ignore();
-        if let Err(e) = first.pipeline(&pipe).await {
-            node.metrics.error(EngineOp::Heartbeat).increment(1);
-            debug!("heartbeat failed: {e}");
-        }
+        node.report_failures();
+        node.heartbeat().await;
     }
 }

