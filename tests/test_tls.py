@@ -339,6 +339,17 @@ def test_s_client_sees_tls13_alpn_http11_and_tls12_when_forced(start_gateway, pk
     assert gw.alive()
 
 
+@pytest.mark.parametrize("suite", ["TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384",
+                                   "TLS_CHACHA20_POLY1305_SHA256"])
+def test_every_tls13_cipher_suite_is_served(start_gateway, pki, suite):
+    """RFC 8446 section 9.1: a TLS 1.3 server MUST implement TLS_AES_128_GCM_SHA256 (and
+    SHOULD TLS_AES_256_GCM_SHA384 and TLS_CHACHA20_POLY1305_SHA256); a client that offers
+    only one of them must still connect."""
+    gw = start_tls(start_gateway, pki.issue(f"suite-{suite}"))
+    out = s_client(gw, pki, "-ciphersuites", suite)
+    assert re.search(rf"^New, TLSv1\.3, Cipher is {suite}$", out, re.M), out
+
+
 # ---- files at startup ------------------------------------------------------------------
 
 
@@ -491,7 +502,8 @@ def put(source: Path, target: Path) -> None:
 
 def test_sighup_serves_the_new_certificate_and_a_failed_reload_keeps_the_old(
         start_gateway, pki, tmp_path):
-    first, second = pki.issue("reload-first"), pki.issue("reload-second")
+    # Different notAfter, so the expiry gauge shows which pair is served.
+    first, second = pki.issue("reload-first"), pki.issue("reload-second", days=3)
     cert, key = tmp_path / "live.pem", tmp_path / "live.key"
     put(first.cert, cert)
     put(first.key, key)
@@ -499,12 +511,14 @@ def test_sighup_serves_the_new_certificate_and_a_failed_reload_keeps_the_old(
     gw = start_gateway("--tls-cert", str(cert), "--tls-key", str(key), *FAST_KEEPALIVE)
     with open_wss(gw, context) as old:
         assert serial(old.socket.getpeercert()) == int(first.serial, 16)
+        assert gw.metric(EXPIRY, listener="ws") == not_after(first)
         put(second.key, key)
         put(second.cert, cert)
         gw.signal(signal.SIGHUP)
         gw.wait_metric(RELOADS, 1, result="ok")
         assert serial(served_certificate(gw, context)) == int(second.serial, 16), \
             "a new connection after SIGHUP is not served the new certificate"
+        assert gw.metric(EXPIRY, listener="ws") == not_after(second)
         # The open connection stays up and keeps answering the server's pings.
         rtt = gw.metric(RTT_COUNT)
         hold(old, 2.5)
@@ -522,6 +536,7 @@ def test_sighup_serves_the_new_certificate_and_a_failed_reload_keeps_the_old(
         assert any("no certificate" in line for line in warned), warned
         assert serial(served_certificate(gw, context)) == int(second.serial, 16), \
             "after a failed reload the gateway must keep serving the last good pair"
+        assert gw.metric(EXPIRY, listener="ws") == not_after(second)
         assert old.ping().wait(IO_TIMEOUT), "the old connection died with the failed reload"
         assert gw.alive()
 
