@@ -722,13 +722,17 @@ impl Worker {
     }
 
     /// Writes queued output until it is gone or the socket would block.
-    fn flush(&mut self, index: usize) {
+    fn flush(&mut self, index: usize, now: Instant) {
+        if self.tls.get(index).is_some_and(Option::is_some) {
+            self.flush_tls(index);
+            // The bound counts ciphertext, so only TLS connections check it here; a plain
+            // connection's queue is bounded by `Conn` itself.
+            self.check_ciphertext_bound(index, now);
+            return;
+        }
         let Some(slot) = self.conns.get_mut(index) else {
             return;
         };
-        if self.tls.get(index).is_some_and(Option::is_some) {
-            return self.flush_tls(index);
-        }
         while slot.conn.wants_write() {
             let result = {
                 let mut iov = [IoSlice::new(&[]); MAX_IOV];
@@ -853,8 +857,7 @@ impl Worker {
         let index = id.index as usize;
         loop {
             self.handle_events(id, now);
-            self.flush(index);
-            self.check_ciphertext_bound(index, now);
+            self.flush(index, now);
             if self.events.is_empty() {
                 break;
             }
@@ -870,7 +873,7 @@ impl Worker {
                 && !tls.has_failed()
             {
                 tls.queue_close_notify();
-                self.flush(index);
+                self.flush(index, now);
             }
         }
         let Some(slot) = self.conns.get_mut(index) else {
