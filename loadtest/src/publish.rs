@@ -542,10 +542,14 @@ mod tests {
 
     #[test]
     fn refused_publish_is_counted_by_cause() {
-        // Port 1 on loopback is closed: every publish fails with `refused`.
+        // A loopback port that was just free (bound, then released) refuses: every
+        // publish fails with `refused`. (Not a fixed port: anything may listen there.)
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap();
         let config = PublishConfig {
-            addr: "127.0.0.1:1".parse().unwrap(),
-            host_header: "127.0.0.1:1".into(),
+            addr,
+            host_header: addr.to_string(),
             path: "/v1/publish".into(),
             api_key: None,
             channels: 2,

@@ -30,7 +30,8 @@ fn main() -> ExitCode {
     match pingwheel::server::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            tracing::error!("{err}");
+            // One line, in the CLI's own style (like clap's errors), not a second copy
+            // through the log: both would go to stderr.
             eprintln!("pingwheel: {err}");
             ExitCode::FAILURE
         }

@@ -316,3 +316,29 @@ fn at_the_open_files_limit_accept_pauses_log_once_per_episode_and_are_counted() 
     fresh.write_all(&[0x88, 0x80, 0, 0, 0, 0]).unwrap(); // a masked empty Close
     let _ = std::fs::remove_file(&log);
 }
+
+#[test]
+fn a_startup_error_is_one_line_naming_the_flag_and_exits_1() {
+    let missing = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("no-such-cert.pem");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pingwheel"))
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .arg("--tls-cert")
+        .arg(&missing)
+        .arg("--tls-key")
+        .arg(&missing)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run pingwheel");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "one line, not the log's copy as well: {stderr}"
+    );
+    assert!(
+        lines[0].starts_with("pingwheel: --tls-cert ") && lines[0].contains("cannot read the file"),
+        "{stderr}"
+    );
+}
