@@ -214,6 +214,7 @@ pub fn prefill_recovery(plan: &mut Plan) -> Result<(), String> {
         payload_size: plan.args.payload_size,
         publishers: 1,
         duration: plan.args.duration,
+        delay: Duration::ZERO,
     };
     plan.recover_positions = Some(crate::publish::prefill(&config, back)?);
     Ok(())
@@ -280,6 +281,7 @@ pub fn execute(plan: &Plan) -> Result<(Report, LatencyHistogram), String> {
                 args.publishers
             },
             duration: args.duration,
+            delay: args.publish_delay,
         })
     });
     tracker.pump(&fleet, &mut line, hold_started + args.duration, |_| false);
