@@ -169,10 +169,7 @@ fn publish_loop(
     let step = config.publishers.max(1) as u64;
     let mut index = k as u64;
     let mut body = String::new();
-    loop {
-        let Some(due) = due_at(index, config.rate, config.delay, config.duration) else {
-            break;
-        };
+    while let Some(due) = due_at(index, config.rate, config.delay, config.duration) {
         if stop.load(Ordering::Relaxed) {
             break;
         }
