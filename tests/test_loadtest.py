@@ -376,6 +376,28 @@ def test_gateway_push_delivers_everything_in_order(loadtest_bin, start_gateway, 
     assert report["server"]["cpu_per_delivery_us"] is not None
 
 
+def test_gateway_broadcast_after_a_publish_delay(loadtest_bin, start_gateway, tmp_path):
+    # The shape of scripts/bench million, small: every client on one channel, one
+    # publish 1.5 s into a 2.5 s hold; the ping intervals after it are reported apart.
+    gateway = start_gateway("--token-secret", TOKEN_SECRET, "--api-key", API_KEY,
+                            "--ping-interval", "300ms", "--ping-timeout", "300ms")
+    code, report, output = run(
+        loadtest_bin, tmp_path, "push", gateway.ws_url,
+        "-c", 50, "--fanout-burst", "-d", "2.5s", "--settle", "0s", "--publish-delay", "1.5s",
+        "--publish-rate", "1/1s", "--publish-url", gateway.admin_url, "--token-secret", TOKEN_SECRET,
+        "--api-key", API_KEY, "--max-lost", 0, "--expect-ping-interval", "300ms",
+        "--ping-tolerance", "0.5",
+    )
+    report = assert_passed(code, report, output)
+    push, pings = report["push"], report["pings"]
+    assert push["published"] == 1, push
+    assert push["delivered"] == push["expected"] == 50, push
+    assert pings["interval_ms"]["count"] > 0, pings
+    assert pings["interval_after_publish_ms"]["count"] > 0, pings
+    # The hold still lasted its whole duration.
+    assert report["timing"]["hold_s"] >= 2.5, report["timing"]
+
+
 @pytest.mark.parametrize("subscribe", ["url", "op"])
 def test_gateway_recovery_storm_recovers_every_client(loadtest_bin, start_gateway, tmp_path,
                                                       subscribe):

@@ -245,6 +245,12 @@ pub struct Args {
     #[arg(long, value_name = "N/s", default_value = "100/s", value_parser = rate_arg, help_heading = "Push")]
     pub publish_rate: f64,
 
+    /// push: the first publish goes out this long into the hold (publishing still ends
+    /// with the hold): e.g. `-d 330s --publish-delay 300s --publish-rate 1/30s` sends one
+    /// publish after five minutes of holding.
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = duration_arg, help_heading = "Push")]
+    pub publish_delay: Duration,
+
     /// push: size of each publish's `data` JSON object in bytes (padded with `pad`).
     #[arg(
         long,

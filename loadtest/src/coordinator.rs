@@ -23,8 +23,12 @@ use crate::procfs::{self, Pid};
 use crate::publish::{PublishConfig, Publisher};
 use crate::report::{GroupSample, Report, RunOutcome, ServerSamples, main_histogram};
 
-/// How long engines get to deliver their reports after `finish`.
-const FINISH_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long engines get to deliver their reports after `finish`: 30 s, plus 1 s per
+/// 10,000 connections (each engine writes a close frame to every connection first; at a
+/// million connections on two cores that alone takes tens of seconds).
+fn finish_timeout(connections: u64) -> Duration {
+    Duration::from_secs(30 + connections / 10_000)
+}
 /// A push drain also ends when no delivery arrived for this long.
 const DRAIN_QUIET: Duration = Duration::from_secs(1);
 
@@ -214,6 +218,7 @@ pub fn prefill_recovery(plan: &mut Plan) -> Result<(), String> {
         payload_size: plan.args.payload_size,
         publishers: 1,
         duration: plan.args.duration,
+        delay: Duration::ZERO,
     };
     plan.recover_positions = Some(crate::publish::prefill(&config, back)?);
     Ok(())
@@ -280,6 +285,7 @@ pub fn execute(plan: &Plan) -> Result<(Report, LatencyHistogram), String> {
                 args.publishers
             },
             duration: args.duration,
+            delay: args.publish_delay,
         })
     });
     tracker.pump(&fleet, &mut line, hold_started + args.duration, |_| false);
@@ -323,7 +329,7 @@ pub fn execute(plan: &Plan) -> Result<(Report, LatencyHistogram), String> {
     tracker.pump(
         &fleet,
         &mut line,
-        Instant::now() + FINISH_TIMEOUT,
+        Instant::now() + finish_timeout(args.connections),
         Tracker::all_reported_or_gone,
     );
     if !tracker.all_reported_or_gone() {
@@ -390,4 +396,16 @@ pub fn execute(plan: &Plan) -> Result<(Report, LatencyHistogram), String> {
     let report = Report::build(plan, &outcome);
     let histogram = main_histogram(&outcome.total, plan.main_latency());
     Ok((report, histogram))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finish_timeout_grows_with_the_connections() {
+        assert_eq!(finish_timeout(0), Duration::from_secs(30));
+        assert_eq!(finish_timeout(19_000), Duration::from_secs(31));
+        assert_eq!(finish_timeout(1_000_000), Duration::from_secs(130));
+    }
 }

@@ -171,8 +171,13 @@ pub struct PingCounters {
     pub received: u64,
     /// Server pings received during the hold phase.
     pub received_hold: u64,
-    /// Time between consecutive server pings on the same connection.
+    /// Time between consecutive server pings on the same connection (with
+    /// `--publish-delay`: those that ended before the first publish was due).
     pub interval: LatencyHistogram,
+    /// With `--publish-delay`: intervals that ended once the first publish was due (the
+    /// fan-out shares the machine with keepalive); not part of the ping check.
+    #[serde(default)]
+    pub interval_after_publish: LatencyHistogram,
     /// Fewest pings any connection open at the end received.
     pub per_connection_min: Option<u64>,
     /// Most pings any connection open at the end received.
@@ -193,6 +198,8 @@ impl PingCounters {
         self.received += other.received;
         self.received_hold += other.received_hold;
         self.interval.merge(&other.interval);
+        self.interval_after_publish
+            .merge(&other.interval_after_publish);
         merge_min(&mut self.per_connection_min, other.per_connection_min);
         merge_max(&mut self.per_connection_max, other.per_connection_max);
         self.connections_checked += other.connections_checked;

@@ -280,6 +280,7 @@ impl Plan {
                     back,
                     positions: self.recover_positions.clone().unwrap_or_default(),
                 }),
+                publish_delay: args.publish_delay,
             }),
             echo: (args.scenario == Scenario::Echo).then_some(EchoLoad {
                 message_size: args.message_size,

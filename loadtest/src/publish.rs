@@ -2,7 +2,8 @@
 //! `POST /v1/publish` at a fixed total rate, each body stamped with its send time.
 //!
 //! Publisher `k` of `K` sends publishes `k, k + K, k + 2K, …`; publish `i` is due at
-//! `start + i / rate` and goes to channel `lt-{i mod M}`. A publisher that falls behind
+//! `start + delay + i / rate` ([`due_at`]; nothing is due at or after the duration) and
+//! goes to channel `lt-{i mod M}`. A publisher that falls behind
 //! (the server answers slower than its share of the rate) sends back to back; the
 //! achieved rate is reported, nothing is dropped silently.
 
@@ -44,8 +45,17 @@ pub struct PublishConfig {
     pub payload_size: usize,
     /// Keep-alive connections.
     pub publishers: usize,
-    /// How long to publish.
+    /// How long to publish, counted from the start (the delay included).
     pub duration: Duration,
+    /// The first publish is due this long after the start (`--publish-delay`).
+    pub delay: Duration,
+}
+
+/// When publish `index` is due, counted from the publishers' start: `delay + index ÷
+/// rate`, or `None` when that is at or past `duration` (the publish is not sent).
+pub fn due_at(index: u64, rate: f64, delay: Duration, duration: Duration) -> Option<Duration> {
+    let due = delay + Duration::try_from_secs_f64(index as f64 / rate).ok()?;
+    (due < duration).then_some(due)
 }
 
 /// What the publishers did.
@@ -159,9 +169,8 @@ fn publish_loop(
     let step = config.publishers.max(1) as u64;
     let mut index = k as u64;
     let mut body = String::new();
-    loop {
-        let due = Duration::from_secs_f64(index as f64 / config.rate);
-        if due >= config.duration || stop.load(Ordering::Relaxed) {
+    while let Some(due) = due_at(index, config.rate, config.delay, config.duration) {
+        if stop.load(Ordering::Relaxed) {
             break;
         }
         let now = start.elapsed();
@@ -472,6 +481,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn publishes_are_due_after_the_delay_and_before_the_duration() {
+        let (d, s) = (Duration::from_secs, Duration::from_secs_f64);
+        // 2/s for 10 s: 0, 0.5, …, 9.5 s; nothing at 10 s.
+        assert_eq!(due_at(0, 2.0, d(0), d(10)), Some(d(0)));
+        assert_eq!(due_at(19, 2.0, d(0), d(10)), Some(s(9.5)));
+        assert_eq!(due_at(20, 2.0, d(0), d(10)), None);
+        // One publish 300 s into a 330 s hold: --publish-delay 300s --publish-rate 1/30s.
+        assert_eq!(due_at(0, 1.0 / 30.0, d(300), d(330)), Some(d(300)));
+        assert_eq!(due_at(1, 1.0 / 30.0, d(300), d(330)), None);
+        // A delay at or past the duration publishes nothing, nor does a zero rate (no
+        // index has a finite due time).
+        assert_eq!(due_at(0, 1.0, d(30), d(30)), None);
+        assert_eq!(due_at(0, 0.0, d(0), d(30)), None);
+        assert_eq!(due_at(1, 0.0, d(0), d(30)), None);
+    }
+
+    #[test]
     fn bodies_are_json_padded_to_the_payload_size() {
         let mut body = String::new();
         write_body(&mut body, 3, 1_700_000_000_123_456_789, 42, 100);
@@ -531,6 +557,7 @@ mod tests {
             payload_size: 0,
             publishers: 1,
             duration: Duration::from_secs(1),
+            delay: Duration::ZERO,
         };
         let mut out = Vec::new();
         write_request(&mut out, &config, "{}");
@@ -557,6 +584,7 @@ mod tests {
             payload_size: 10,
             publishers: 2,
             duration: Duration::from_millis(50),
+            delay: Duration::ZERO,
         };
         let stats = Publisher::start(config).join();
         assert!(stats.attempted >= 4, "{stats:?}");

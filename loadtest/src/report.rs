@@ -174,8 +174,11 @@ pub struct Pings {
     pub connections_checked: u64,
     /// Checked connections with fewer than floor(held ÷ interval) − 1 pings.
     pub connections_below_expected: u64,
-    /// Observed time between consecutive pings on a connection.
+    /// Observed time between consecutive pings on a connection (with `--publish-delay`:
+    /// the intervals that ended before the first publish was due).
     pub interval_ms: Summary,
+    /// With `--publish-delay`: the intervals that ended after it (not checked).
+    pub interval_after_publish_ms: Summary,
     /// Client pings sent.
     pub client_sent: u64,
     /// Client ping round-trip times.
@@ -492,6 +495,7 @@ impl Report {
             connections_checked: total.pings.connections_checked,
             connections_below_expected: total.pings.connections_below_expected,
             interval_ms: total.pings.interval.summary(),
+            interval_after_publish_ms: total.pings.interval_after_publish.summary(),
             client_sent: total.pings.client_sent,
             client_rtt_ms: total.pings.client_rtt.summary(),
         };
@@ -754,6 +758,12 @@ impl Report {
         );
         if p.interval_ms.count > 0 {
             row("ping interval", latency(&p.interval_ms));
+        }
+        if p.interval_after_publish_ms.count > 0 {
+            row(
+                "ping interval after publish",
+                latency(&p.interval_after_publish_ms),
+            );
         }
         if p.client_sent > 0 {
             row(

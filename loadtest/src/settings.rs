@@ -50,6 +50,9 @@ pub struct PushClients {
     pub subscribe: SubscribeMode,
     /// `--recover-back`: subscribe with `since` this far back and check the recovery.
     pub recover: Option<RecoverPlan>,
+    /// `--publish-delay`: when positive, ping intervals that end this long or more into
+    /// the hold are kept apart from the ones before the first publish.
+    pub publish_delay: Duration,
 }
 
 /// The recovery storm of `--recover-back`.

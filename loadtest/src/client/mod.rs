@@ -458,10 +458,15 @@ impl Client {
                 self.pings = self.pings.saturating_add(1);
                 cx.report.pings.received += 1;
                 if self.last_ping_ns != 0 {
-                    cx.report
-                        .pings
-                        .interval
-                        .record_us((now.ns - self.last_ping_ns) / 1000);
+                    let interval_us = (now.ns - self.last_ping_ns) / 1000;
+                    if cx.publishing(now.ns) {
+                        cx.report
+                            .pings
+                            .interval_after_publish
+                            .record_us(interval_us);
+                    } else {
+                        cx.report.pings.interval.record_us(interval_us);
+                    }
                 }
                 self.last_ping_ns = now.ns;
                 out.frame(OpCode::Control(Control::Pong), frame.payload);

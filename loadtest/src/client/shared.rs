@@ -90,6 +90,18 @@ impl Shared {
         self.open
     }
 
+    /// Whether the first publish is due (push with a positive `--publish-delay`, that
+    /// long into the hold): from then on ping intervals are recorded apart.
+    pub fn publishing(&self, now_ns: u64) -> bool {
+        match &self.config.push {
+            Some(push) if self.holding && !push.publish_delay.is_zero() => {
+                let delay = u64::try_from(push.publish_delay.as_nanos()).unwrap_or(u64::MAX);
+                now_ns >= self.hold_start_ns.saturating_add(delay)
+            }
+            _ => false,
+        }
+    }
+
     /// When the hold began (engine nanoseconds; 0 before).
     pub fn hold_start_ns(&self) -> u64 {
         self.hold_start_ns

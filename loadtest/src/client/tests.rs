@@ -51,6 +51,7 @@ fn push_config(subscribe: SubscribeMode) -> EngineConfig {
             token_secret: b"secret".to_vec(),
             subscribe,
             recover: None,
+            publish_delay: Duration::ZERO,
         }),
         main_latency: MainLatency::Push,
         ..config()
@@ -257,6 +258,39 @@ fn idle_client_upgrades_and_answers_every_ping() {
     assert_eq!(h.client().pings(), 2);
     assert_eq!(h.cx.report.pings.received, 2);
     assert_one_sample_near(&h.cx.report.pings.interval, 2_000_000);
+}
+
+#[test]
+fn ping_intervals_after_the_publish_delay_are_kept_apart() {
+    let mut config = push_config(SubscribeMode::Url);
+    if let Some(push) = config.push.as_mut() {
+        push.publish_delay = Duration::from_secs(10);
+    }
+    let mut h = Harness::new(config);
+    h.upgrade();
+    let ping = server_frame(OpCode::Control(Control::Ping), true, b"");
+    h.feed(&ping).unwrap();
+    h.advance(2 * SEC);
+    h.feed(&ping).unwrap();
+    assert_one_sample_near(&h.cx.report.pings.interval, 2_000_000);
+    h.cx.start_hold(h.now);
+    assert!(!h.cx.publishing(h.now.ns + 10 * SEC - 1));
+    assert!(h.cx.publishing(h.now.ns + 10 * SEC));
+    h.advance(3 * SEC);
+    h.feed(&ping).unwrap();
+    assert_eq!(h.cx.report.pings.interval.len(), 2, "3 s into the hold");
+    h.advance(9 * SEC);
+    h.feed(&ping).unwrap();
+    assert_eq!(h.cx.report.pings.interval.len(), 2);
+    assert_one_sample_near(&h.cx.report.pings.interval_after_publish, 9_000_000);
+    assert_eq!(h.cx.report.pings.received, 4);
+
+    let mut h = Harness::new(push_config(SubscribeMode::Url));
+    h.cx.start_hold(h.now);
+    assert!(
+        !h.cx.publishing(h.now.ns + 3600 * SEC),
+        "no delay: nothing kept apart"
+    );
 }
 
 #[test]
