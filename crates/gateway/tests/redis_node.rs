@@ -340,3 +340,61 @@ fn two_instances_shard_streams_and_each_works() {
         assert!(x >= 8 && y >= 8, "spread {x}/{y}");
     });
 }
+
+#[test]
+fn a_batch_bigger_than_one_call_keeps_item_order_per_stream() {
+    let server = RedisServer::start();
+    runtime().block_on(async {
+        let urls = vec![server.url()];
+        let (a, sa) = node(&urls, "a").await;
+        let (b, sb) = node(&urls, "b").await;
+        let names = ["x", "y", "x", "z", "x"];
+        for n in [&a, &b] {
+            for name in ["x", "y", "z"] {
+                n.subscribe(StreamId::channel(name));
+            }
+            assert!(n.flush().await.iter().all(|(_, r)| r.is_ok()));
+        }
+        // 5 × 50 = 250 messages: three script calls (PUBLISH_CHUNK = 100) in one pipeline.
+        let data: Vec<String> = (0..250).map(|i| format!("{{\"i\":{i}}}")).collect();
+        let items: Vec<_> = data
+            .iter()
+            .enumerate()
+            .map(|(i, d)| item(names[i % names.len()], d))
+            .collect();
+        let positions = a.publish(&items).await.unwrap();
+        for name in ["x", "y", "z"] {
+            let seqs: Vec<u64> = positions
+                .iter()
+                .zip(&items)
+                .filter(|(_, it)| it.name == name)
+                .map(|(p, _)| p.0)
+                .collect();
+            let n = seqs.len() as u64;
+            assert_eq!(
+                seqs,
+                (1..=n).collect::<Vec<_>>(),
+                "{name}: contiguous, in item order"
+            );
+            for sink in [&sa, &sb] {
+                until("deliveries", Duration::from_secs(5), || {
+                    sink.seqs(name).len() as u64 >= n
+                })
+                .await;
+                assert_eq!(sink.seqs(name), seqs, "{name}: delivered in seq order");
+            }
+        }
+        // Each delivery carries its own item's data.
+        let delivered = sb.delivered.lock().unwrap().clone();
+        for (name, seq, _, d) in &delivered {
+            let i = positions
+                .iter()
+                .zip(&items)
+                .position(|(p, it)| it.name == name && p.0 == *seq)
+                .unwrap();
+            assert_eq!(d, &data[i]);
+        }
+        assert_eq!(server.cli(&["XLEN", "pw:h:c:x"]), "150");
+        assert!(sa.lost.lock().unwrap().is_empty());
+    });
+}

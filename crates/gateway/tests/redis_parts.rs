@@ -99,7 +99,7 @@ async fn connected(server: &RedisServer) -> (Arc<Instance>, Arc<Recorder>) {
     (instance, recorder)
 }
 
-/// A publish call as the engine makes it.
+/// A publish call of one message, as the engine makes them (meta TTL 3600 s).
 fn publish_call<'a>(
     kind: Kind,
     name: &str,
@@ -107,16 +107,24 @@ fn publish_call<'a>(
     history: (u32, u64),
     epoch: &str,
 ) -> redis::ScriptInvocation<'a> {
-    let mut call = script::PUBLISH.prepare_invoke();
-    call.key(keys::meta_key(kind, name))
-        .key(keys::history_key(kind, name))
-        .arg(keys::pubsub_channel(kind, name))
-        .arg(data)
-        .arg(history.0)
-        .arg(history.1)
-        .arg(3600)
-        .arg(epoch);
+    let mut call = script::publish_call(3600);
+    let target = script::Target {
+        kind,
+        name,
+        data: data.as_bytes(),
+        size: history.0,
+        ttl_secs: history.1,
+        epoch,
+    };
+    script::add_target(&mut call, &target, 3600);
     call
+}
+
+/// The one position a one-message call's reply holds.
+fn published(reply: &redis::Value) -> (u64, String) {
+    let mut positions = script::parse_published(reply, 1).unwrap();
+    assert_eq!(positions.len(), 1);
+    positions.pop().unwrap()
 }
 
 fn read_call<'a>(kind: Kind, name: &str, args: &ReadArgs<'_>) -> redis::ScriptInvocation<'a> {
@@ -147,10 +155,7 @@ fn the_publish_script_numbers_keeps_and_publishes_in_one_step() {
             })
             .collect();
         let replies = instance.scripts(&script::PUBLISH, &calls).await.unwrap();
-        let positions: Vec<_> = replies
-            .iter()
-            .map(|r| script::parse_published(r).unwrap())
-            .collect();
+        let positions: Vec<_> = replies.iter().map(published).collect();
         assert_eq!(
             positions,
             (1..=5)
@@ -171,10 +176,7 @@ fn the_publish_script_numbers_keeps_and_publishes_in_one_step() {
             )
             .await
             .unwrap();
-        assert_eq!(
-            script::parse_published(&more[0]).unwrap(),
-            (6, "EpochAAA".into())
-        );
+        assert_eq!(published(&more[0]), (6, "EpochAAA".into()));
 
         recorder
             .wait("six messages", Duration::from_secs(5), |e| e.len() >= 6)
@@ -202,15 +204,131 @@ fn the_publish_script_numbers_keeps_and_publishes_in_one_step() {
                 .starts_with("4-0")
         );
         let ttl: i64 = server.cli(&["TTL", "pw:h:c:scores"]).parse().unwrap();
-        assert!((1..=60).contains(&ttl), "{ttl}");
+        // The history TTL plus the renewal interval (a tenth of it).
+        assert!((1..=66).contains(&ttl), "{ttl}");
         let meta_ttl: i64 = server.cli(&["TTL", "pw:m:c:scores"]).parse().unwrap();
         assert!(meta_ttl > 60, "{meta_ttl}");
 
         // No history: positions still count, nothing is kept.
         let calls = [publish_call(Kind::User, "42", "{}", (0, 0), "EpochUUU")];
         let r = instance.scripts(&script::PUBLISH, &calls).await.unwrap();
-        assert_eq!(script::parse_published(&r[0]).unwrap().0, 1);
+        assert_eq!(published(&r[0]).0, 1);
         assert_eq!(server.cli(&["EXISTS", "pw:h:u:42"]), "0");
+    });
+}
+
+#[test]
+fn one_call_publishes_a_batch_in_order_with_contiguous_seqs_per_stream() {
+    let server = RedisServer::start();
+    runtime().block_on(async {
+        let (instance, recorder) = connected(&server).await;
+        let names = ["a", "b", "a", "nohist", "a", "b"];
+        let channels: Vec<String> = ["a", "b", "nohist"]
+            .iter()
+            .map(|n| keys::pubsub_channel(Kind::Channel, n))
+            .collect();
+        instance.subscribe(channels.clone()).await.unwrap();
+        let batch = |round: usize| {
+            let mut call = script::publish_call(3600);
+            for (i, name) in names.iter().enumerate() {
+                let data = format!("{{\"r\":{round},\"i\":{i}}}");
+                let target = script::Target {
+                    kind: Kind::Channel,
+                    name,
+                    data: data.as_bytes(),
+                    size: if *name == "nohist" { 0 } else { 100 },
+                    ttl_secs: 60,
+                    epoch: if round == 0 { "EpochAAA" } else { "EpochBBB" },
+                };
+                script::add_target(&mut call, &target, 3600);
+            }
+            call
+        };
+        let replies = instance
+            .scripts(&script::PUBLISH, &[batch(0), batch(1)])
+            .await
+            .unwrap();
+        let positions: Vec<Vec<(u64, String)>> = replies
+            .iter()
+            .map(|r| script::parse_published(r, names.len()).unwrap())
+            .collect();
+        let seqs = |p: &[(u64, String)]| p.iter().map(|p| p.0).collect::<Vec<_>>();
+        assert_eq!(seqs(&positions[0]), [1, 1, 2, 1, 3, 2]);
+        assert_eq!(
+            seqs(&positions[1]),
+            [4, 3, 5, 2, 6, 4],
+            "the next call continues"
+        );
+        assert!(
+            positions.iter().flatten().all(|p| p.1 == "EpochAAA"),
+            "every stream keeps the epoch it started with"
+        );
+
+        // Delivered in the order published: per stream, seqs 1, 2, 3, … with their data.
+        recorder
+            .wait("twelve messages", Duration::from_secs(5), |e| e.len() >= 12)
+            .await;
+        let mut got: Vec<(String, u64, String)> = Vec::new();
+        for event in recorder.take() {
+            let Event::Message(channel, payload) = event else {
+                panic!("{event:?}");
+            };
+            let m = LiveMessage::parse(&payload).unwrap();
+            assert_eq!(m.epoch, "EpochAAA");
+            let data = String::from_utf8(m.data.to_vec()).unwrap();
+            got.push((channel, m.seq, data));
+        }
+        let expected: Vec<(String, u64, String)> = (0..2)
+            .flat_map(|round| {
+                names
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, name)| (round, i, *name))
+            })
+            .zip(positions.iter().flatten())
+            .map(|((round, i, name), (seq, _))| {
+                (
+                    keys::pubsub_channel(Kind::Channel, name),
+                    *seq,
+                    format!("{{\"r\":{round},\"i\":{i}}}"),
+                )
+            })
+            .collect();
+        assert_eq!(got, expected);
+
+        // History: every kept message, id = seq, in order; none for the namespace
+        // without history, whose positions still count.
+        let ids = |name: &str| {
+            server
+                .cli(&["XRANGE", &keys::history_key(Kind::Channel, name), "-", "+"])
+                .lines()
+                .filter(|l| l.ends_with("-0"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids("a"), ["1-0", "2-0", "3-0", "4-0", "5-0", "6-0"]);
+        assert_eq!(ids("b"), ["1-0", "2-0", "3-0", "4-0"]);
+        assert_eq!(server.cli(&["EXISTS", "pw:h:c:nohist"]), "0");
+        assert_eq!(server.cli(&["HGET", "pw:m:c:nohist", "s"]), "2");
+        for key in ["pw:m:c:a", "pw:h:c:a", "pw:m:c:nohist"] {
+            let ttl: i64 = server.cli(&["TTL", key]).parse().unwrap();
+            assert!(ttl > 0, "{key} has a TTL: {ttl}");
+        }
+
+        // A history that went away (expired, evicted) while its position stayed is
+        // recreated with a TTL by the next publish.
+        server.cli(&["DEL", "pw:h:c:b"]);
+        let r = instance
+            .scripts(&script::PUBLISH, &[batch(2)])
+            .await
+            .unwrap();
+        assert_eq!(
+            seqs(&script::parse_published(&r[0], names.len()).unwrap()),
+            [7, 5, 8, 3, 9, 6]
+        );
+        assert_eq!(ids("b"), ["5-0", "6-0"]);
+        let ttl: i64 = server.cli(&["TTL", "pw:h:c:b"]).parse().unwrap();
+        assert!((1..=66).contains(&ttl), "{ttl}");
     });
 }
 
@@ -229,10 +347,7 @@ fn a_flushed_script_cache_is_reloaded_and_only_refused_calls_rerun() {
             .scripts(&script::PUBLISH, &[call("2"), call("3")])
             .await
             .unwrap();
-        let seqs: Vec<u64> = replies
-            .iter()
-            .map(|r| script::parse_published(r).unwrap().0)
-            .collect();
+        let seqs: Vec<u64> = replies.iter().map(|r| published(r).0).collect();
         assert_eq!(seqs, [2, 3], "each message once");
         assert_eq!(server.cli(&["XLEN", "pw:h:c:c"]), "3");
     });
@@ -324,10 +439,7 @@ fn the_read_script_recovers_fills_and_creates_positions() {
             )
             .await
             .unwrap();
-        assert_eq!(
-            script::parse_published(&r[0]).unwrap(),
-            (1, "EpochNEW".into())
-        );
+        assert_eq!(published(&r[0]), (1, "EpochNEW".into()));
     });
 }
 

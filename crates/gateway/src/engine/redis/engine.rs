@@ -2,7 +2,7 @@
 //!
 //! | seam | Redis |
 //! |---|---|
-//! | [`Engine::publish`] | the publish script per message, one pipeline per instance ([`RedisNode::publish`]); deliveries come back to every node, this one included, over pub/sub |
+//! | [`Engine::publish`] | the publish script, one call per instance for up to 100 messages (more: several calls in one pipeline) ([`RedisNode::publish`]); deliveries come back to every node, this one included, over pub/sub |
 //! | [`Request::Subscribe`] / [`Request::Unsubscribe`] | counted per stream; the 0↔1 transitions become batched `SUBSCRIBE` / `UNSUBSCRIBE` ([`RedisNode::flush`]) |
 //! | [`Request::Recover`] | after the node's subscription is confirmed: the read script (position + entries after `since`, atomically), then [`decide`]; answered through the [`Outbox`] |
 //! | [`Engine::history`] | the read script |

@@ -71,6 +71,11 @@ pub fn epoch_str(e: &Epoch) -> &str {
     std::str::from_utf8(e).unwrap_or_default()
 }
 
+/// Messages per publish-script call at most: a bigger batch for one instance becomes
+/// several calls in one pipeline, so one call never holds Redis (which runs one script
+/// at a time) for more than about a millisecond.
+pub const PUBLISH_CHUNK: usize = 100;
+
 /// Streams whose top is read per pipeline in a position check.
 const CHECK_BATCH: usize = 1000;
 
@@ -476,9 +481,10 @@ impl RedisNode {
         }
     }
 
-    /// Publishes `items`, each through the publish script on its stream's instance
-    /// (one pipeline per instance, the instances in parallel), and returns each one's
-    /// position, in order.
+    /// Publishes `items` through the publish script on their streams' instances (per
+    /// instance one pipeline of calls of up to [`PUBLISH_CHUNK`] messages each, in
+    /// item order; the instances in parallel), and returns each one's position, in
+    /// order. Items of one stream get increasing seqs in item order.
     ///
     /// # Errors
     /// When an instance involved is down nothing is published. When one fails during
@@ -502,43 +508,96 @@ impl RedisNode {
         &self,
         items: &[PublishItem<'_>],
     ) -> Result<Vec<(u64, Epoch)>, NodeError> {
-        let shards: Vec<usize> = items
-            .iter()
-            .map(|item| keys::shard_of(item.kind, item.name, self.instances.len()))
-            .collect();
-        for &shard in &shards {
-            if !self.instances[shard].is_up() {
+        let count = self.instances.len();
+        let mut by_shard: Vec<Vec<usize>> = vec![Vec::new(); count];
+        for (i, item) in items.iter().enumerate() {
+            by_shard[keys::shard_of(item.kind, item.name, count)].push(i);
+        }
+        for (shard, list) in by_shard.iter().enumerate() {
+            if !list.is_empty() && !self.instances[shard].is_up() {
                 return Err(NodeError::down(self.instances[shard].addr()));
             }
         }
         let meta_ttl = self.settings.meta_ttl.as_secs().max(1);
-        let replies = self
-            .per_instance(
-                &script::PUBLISH,
-                &shards,
-                self.settings.timing.command,
-                |i| {
-                    let item = &items[i];
-                    let mut call = script::PUBLISH.prepare_invoke();
-                    call.key(keys::meta_key(item.kind, item.name))
-                        .key(keys::history_key(item.kind, item.name))
-                        .arg(keys::pubsub_channel(item.kind, item.name))
-                        .arg(item.data)
-                        .arg(item.keep.size)
-                        .arg(item.keep.ttl_secs())
-                        .arg(meta_ttl)
-                        .arg(&random_epoch()[..]);
-                    call
-                },
-            )
-            .await?;
-        replies
+        let limit = self.settings.timing.command;
+        let calls = by_shard
             .iter()
-            .map(|reply| {
-                let (seq, epoch) = script::parse_published(reply)?;
-                let epoch = parse_epoch(&epoch).ok_or(BadReply("publish: epoch"))?;
-                Ok((seq, epoch))
-            })
+            .enumerate()
+            .filter(|(_, list)| !list.is_empty())
+            .map(|(shard, list)| {
+                let invocations: Vec<_> = list
+                    .chunks(PUBLISH_CHUNK)
+                    .map(|chunk| {
+                        let mut call = script::publish_call(meta_ttl);
+                        for &i in chunk {
+                            let item = &items[i];
+                            let epoch = random_epoch();
+                            let target = script::Target {
+                                kind: item.kind,
+                                name: item.name,
+                                data: item.data,
+                                size: item.keep.size,
+                                ttl_secs: item.keep.ttl_secs(),
+                                epoch: epoch_str(&epoch),
+                            };
+                            script::add_target(&mut call, &target, meta_ttl);
+                        }
+                        call
+                    })
+                    .collect();
+                let instance = &self.instances[shard];
+                async move {
+                    let result = instance
+                        .scripts_within(&script::PUBLISH, &invocations, limit)
+                        .await;
+                    (shard, result)
+                }
+            });
+        let mut out: Vec<Option<(u64, Epoch)>> = vec![None; items.len()];
+        let mut failure: Option<NodeError> = None;
+        for (shard, result) in futures_util::future::join_all(calls).await {
+            let replies = match result {
+                Ok(replies) => replies,
+                Err(e) => {
+                    failure.get_or_insert(e.into());
+                    continue;
+                }
+            };
+            let chunks = by_shard[shard].chunks(PUBLISH_CHUNK);
+            if replies.len() != chunks.len() {
+                failure.get_or_insert(BadReply("pipeline: reply count").into());
+                continue;
+            }
+            for (chunk, reply) in chunks.zip(replies) {
+                if let Value::ServerError(e) = &reply {
+                    failure.get_or_insert(NodeError::Instance(InstanceError::Redis {
+                        addr: self.instances[shard].addr().to_owned(),
+                        source: redis::RedisError::from(e.clone()),
+                    }));
+                    continue;
+                }
+                let positions = match script::parse_published(&reply, chunk.len()) {
+                    Ok(positions) => positions,
+                    Err(e) => {
+                        failure.get_or_insert(e.into());
+                        continue;
+                    }
+                };
+                for (&i, (seq, epoch)) in chunk.iter().zip(positions) {
+                    match parse_epoch(&epoch) {
+                        Some(epoch) => out[i] = Some((seq, epoch)),
+                        None => {
+                            failure.get_or_insert(BadReply("publish: epoch").into());
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        out.into_iter()
+            .map(|r| r.ok_or(BadReply("pipeline: missing reply").into()))
             .collect()
     }
 

@@ -1,21 +1,32 @@
 //! The two Lua scripts the Redis engine runs, and their replies.
 //!
-//! **Publish** ([`PUBLISH`], one call per message; a batch pipelines its calls): in
-//! one atomic step on the stream's instance,
+//! **Publish** ([`PUBLISH`]): one call carries a batch of *targets* (one message
+//! each, up to [`super::node::PUBLISH_CHUNK`]; a bigger batch pipelines several calls)
+//! and returns every target's position. For each target, in order, in one atomic step
+//! on the stream's instance:
 //!
-//! 1. read the stream's epoch from its meta hash, creating one (from `ARGV`, drawn
-//!    by the node: scripts have no randomness) when there is none — a fresh epoch
-//!    deletes any history left from an older one;
-//! 2. `HINCRBY meta s 1`: the message's seq;
-//! 3. `EXPIRE meta <meta_ttl>` (longer than any history TTL), so a position outlives
-//!    quiet periods and node restarts;
-//! 4. when the namespace keeps history: `XADD history MAXLEN <size> <seq> d <data> t <µs>`
-//!    (entry id = `<seq>-0`, exact trimming) and `EXPIRE history <history_ttl>`;
+//! 1. `HMGET meta e s x`: the stream's epoch, top seq and when its TTLs were last set;
+//!    with no epoch, a new position (epoch from the call, drawn by the node: scripts
+//!    have no randomness) — a fresh epoch deletes any history left from an older one;
+//! 2. `HSET meta s <seq>` (the top + 1), and `x <now>` when the TTLs are renewed;
+//! 3. TTLs, renewed only when `x` is at least `refresh` seconds from Redis's clock
+//!    (either way: a clock that jumped renews too): `EXPIRE meta <meta_ttl + refresh>`
+//!    and `EXPIRE history <history_ttl + refresh>`. Between renewals every publish
+//!    comes less than `refresh` after the last one, so each key still outlives the
+//!    stream's last publish by at least its TTL; it may outlive it by up to `refresh`
+//!    more ([`refresh_secs`]: a tenth of the shorter TTL, 1 to 60 s). The meta TTL is
+//!    longer than any history TTL, so a position outlives quiet periods and restarts;
+//! 4. when the namespace keeps history: `XADD history NOMKSTREAM MAXLEN <size> <seq> d
+//!    <data> t <µs>` (entry id = `<seq>-0`, exact trimming); a history that is not there
+//!    (expired, evicted, new) is created by a plain `XADD` and given its TTL at once;
 //! 5. `PUBLISH` the message with its position inline ([`super::message`]).
 //!
-//! One script doing all three makes seq order delivery order on every node: Redis runs
-//! scripts one at a time, and a node's pub/sub connection receives `PUBLISH`es in the
-//! order they ran. The reply is `{seq, epoch}`.
+//! A stream named twice in one call is looked up once (its epoch and top are carried
+//! in the script), and its seqs in the call are contiguous. Redis runs scripts one at a
+//! time, and a node's pub/sub connection receives `PUBLISH`es in the order they ran, so
+//! seq order is delivery order on every node. A target whose `HSET` ran is numbered for
+//! good: a call that fails half-way (a wrong-typed key) keeps what it did, and never
+//! hands out a seq twice. The reply is `{seq₁, epoch₁, seq₂, epoch₂, …}`.
 //!
 //! **Read** ([`READ`]): the stream's position and, in the same atomic step, the kept
 //! entries after a given seq when the epoch matches — for a recovery, a gap refill and
@@ -33,25 +44,71 @@ use std::sync::LazyLock;
 
 use redis::Value;
 
+use super::keys::{self, Kind};
+
 /// The publish script. See the module docs.
+///
+/// `KEYS`: meta₁, history₁, meta₂, history₂, … `ARGV`: the meta TTL, then six per
+/// target: pub/sub channel, data, history size, history TTL, refresh, new epoch.
 pub const PUBLISH_LUA: &str = r#"
-local epoch = redis.call("hget", KEYS[1], "e")
-if not epoch then
-  epoch = ARGV[6]
-  redis.call("hset", KEYS[1], "e", epoch, "s", 0)
-  redis.call("del", KEYS[2])
-end
-local seq = redis.call("hincrby", KEYS[1], "s", 1)
-redis.call("expire", KEYS[1], ARGV[5])
 local now = redis.call("time")
+local secs = tonumber(now[1])
 local micros = now[1] .. string.format("%06d", tonumber(now[2]))
-local s = string.format("%d", seq)
-if tonumber(ARGV[3]) > 0 then
-  redis.call("xadd", KEYS[2], "MAXLEN", ARGV[3], s, "d", ARGV[2], "t", micros)
-  redis.call("expire", KEYS[2], ARGV[4])
+local meta_ttl = tonumber(ARGV[1])
+local seen = {}
+local out = {}
+for i = 1, #KEYS / 2 do
+  local meta, history = KEYS[2 * i - 1], KEYS[2 * i]
+  local a = 6 * i - 4
+  local data, size, refresh = ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 4])
+  local known = seen[meta]
+  local epoch, seq, s
+  local renew, created = false, false
+  if known then
+    epoch, seq = known[1], known[2] + 1
+    s = string.format("%d", seq)
+    redis.call("hset", meta, "s", s)
+  else
+    local m = redis.call("hmget", meta, "e", "s", "x")
+    epoch = m[1]
+    if not epoch then
+      epoch, seq, renew, created = ARGV[a + 5], 1, true, true
+      s = "1"
+      redis.call("del", history)
+      redis.call("hset", meta, "e", epoch, "s", s, "x", now[1])
+    else
+      seq = tonumber(m[2] or "0") + 1
+      s = string.format("%d", seq)
+      renew = math.abs(secs - tonumber(m[3] or "0")) >= refresh
+      if renew then
+        redis.call("hset", meta, "s", s, "x", now[1])
+      else
+        redis.call("hset", meta, "s", s)
+      end
+    end
+    if renew then
+      redis.call("expire", meta, meta_ttl + refresh)
+    end
+  end
+  seen[meta] = {epoch, seq}
+  if size ~= "0" then
+    local kept = false
+    if not created then
+      kept = redis.call("xadd", history, "NOMKSTREAM", "MAXLEN", size, s, "d", data, "t", micros)
+    end
+    if not kept then
+      redis.call("xadd", history, "MAXLEN", size, s, "d", data, "t", micros)
+      renew = true
+    end
+    if renew then
+      redis.call("expire", history, ARGV[a + 3] + refresh)
+    end
+  end
+  redis.call("publish", ARGV[a], s .. ":" .. epoch .. ":" .. micros .. ":" .. data)
+  out[2 * i - 1] = seq
+  out[2 * i] = epoch
 end
-redis.call("publish", ARGV[1], s .. ":" .. epoch .. ":" .. micros .. ":" .. ARGV[2])
-return {seq, epoch}
+return out
 "#;
 
 /// The read script. See the module docs.
@@ -134,20 +191,72 @@ fn bytes(v: Value) -> Option<Vec<u8>> {
     }
 }
 
-/// A publish script's reply: the position it assigned.
-pub fn parse_published(reply: &Value) -> Result<(u64, String), BadReply> {
+/// How often a stream's TTLs are renewed by the publish script, in seconds: a tenth
+/// of the shorter of its history TTL and the meta TTL, at least 1 and at most 60 (so a
+/// key outlives its TTL by at most a minute). See the module docs.
+pub fn refresh_secs(history_ttl_secs: u64, meta_ttl_secs: u64) -> u64 {
+    (history_ttl_secs.min(meta_ttl_secs) / 10).clamp(1, 60)
+}
+
+/// One message of a publish-script call.
+#[derive(Copy, Clone, Debug)]
+pub struct Target<'a> {
+    /// The stream's kind.
+    pub kind: Kind,
+    /// Channel name or user id.
+    pub name: &'a str,
+    /// The JSON payload.
+    pub data: &'a [u8],
+    /// Messages its namespace keeps (0: none).
+    pub size: u32,
+    /// How long each is kept, whole seconds (at least 1).
+    pub ttl_secs: u64,
+    /// The epoch a stream without a position starts with.
+    pub epoch: &'a str,
+}
+
+/// A publish-script call carrying no target yet; `meta_ttl_secs` is how long a
+/// position outlives its last publish. Add targets with [`add_target`].
+pub fn publish_call<'a>(meta_ttl_secs: u64) -> redis::ScriptInvocation<'a> {
+    let mut call = PUBLISH.prepare_invoke();
+    call.arg(meta_ttl_secs.max(1));
+    call
+}
+
+/// Appends `target` to `call` (made by [`publish_call`] with `meta_ttl_secs`): its two
+/// keys and six arguments.
+pub fn add_target(call: &mut redis::ScriptInvocation<'_>, target: &Target<'_>, meta_ttl_secs: u64) {
+    let ttl = target.ttl_secs.max(1);
+    call.key(keys::meta_key(target.kind, target.name))
+        .key(keys::history_key(target.kind, target.name))
+        .arg(keys::pubsub_channel(target.kind, target.name))
+        .arg(target.data)
+        .arg(target.size)
+        .arg(ttl)
+        .arg(refresh_secs(ttl, meta_ttl_secs.max(1)))
+        .arg(target.epoch);
+}
+
+/// A publish script's reply for a call of `targets` targets: each one's position, in
+/// order.
+pub fn parse_published(reply: &Value, targets: usize) -> Result<Vec<(u64, String)>, BadReply> {
     let Value::Array(items) = reply else {
         return Err(BadReply("publish: not an array"));
     };
-    let [seq, epoch] = items.as_slice() else {
-        return Err(BadReply("publish: not two items"));
-    };
-    let seq = int(seq)
-        .and_then(|s| u64::try_from(s).ok())
-        .filter(|&s| s > 0)
-        .ok_or(BadReply("publish: seq"))?;
-    let epoch = text(epoch).ok_or(BadReply("publish: epoch"))?;
-    Ok((seq, epoch.to_owned()))
+    if items.len() != 2 * targets {
+        return Err(BadReply("publish: not two items per target"));
+    }
+    items
+        .chunks_exact(2)
+        .map(|pair| {
+            let seq = int(&pair[0])
+                .and_then(|s| u64::try_from(s).ok())
+                .filter(|&s| s > 0)
+                .ok_or(BadReply("publish: seq"))?;
+            let epoch = text(&pair[1]).ok_or(BadReply("publish: epoch"))?;
+            Ok((seq, epoch.to_owned()))
+        })
+        .collect()
 }
 
 /// One kept message.
@@ -306,10 +415,31 @@ mod tests {
 
     #[test]
     fn parses_a_publish_reply() {
-        let reply = Value::Array(vec![Value::Int(3), bulk("AbCdEfGh")]);
-        assert_eq!(parse_published(&reply), Ok((3, "AbCdEfGh".to_owned())));
-        assert!(parse_published(&Value::Array(vec![Value::Int(0), bulk("x")])).is_err());
-        assert!(parse_published(&Value::Nil).is_err());
+        let reply = Value::Array(vec![
+            Value::Int(3),
+            bulk("AbCdEfGh"),
+            Value::Int(4),
+            bulk("AbCdEfGh"),
+        ]);
+        assert_eq!(
+            parse_published(&reply, 2),
+            Ok(vec![(3, "AbCdEfGh".to_owned()), (4, "AbCdEfGh".to_owned())])
+        );
+        assert!(
+            parse_published(&reply, 1).is_err(),
+            "one target, two positions"
+        );
+        assert!(parse_published(&Value::Array(vec![Value::Int(0), bulk("x")]), 1).is_err());
+        assert!(parse_published(&Value::Nil, 1).is_err());
+    }
+
+    #[test]
+    fn ttls_are_renewed_every_tenth_of_the_shorter_ttl_within_a_minute() {
+        assert_eq!(refresh_secs(600, 3600), 60);
+        assert_eq!(refresh_secs(60, 3600), 6);
+        assert_eq!(refresh_secs(1, 3600), 1);
+        assert_eq!(refresh_secs(86_400, 86_400 * 7), 60);
+        assert_eq!(refresh_secs(600, 100), 10);
     }
 
     #[test]
