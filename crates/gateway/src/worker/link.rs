@@ -4,7 +4,7 @@
 //! The admin thread (the engine, through [`WorkerOutbox`], for publishes and the
 //! answers to subscribes; the server for shutdown) holds a [`WorkerLink`] per worker
 //! and sends it [`Command`]s; the worker owns the matching [`Inbox`] and drains it when
-//! its waker fires ([`super::nap::WakeFd`], an eventfd). A publish travels as an `Arc`'d batch of [`Delivery`]s: one
+//! its `mio::Waker` fires. A publish travels as an `Arc`'d batch of [`Delivery`]s: one
 //! shared, already-encoded frame each with its position, never copied per worker or per
 //! subscriber. Commands are handled in the order they were sent, which is what lets the
 //! memory engine order a recovery's answer between deliveries
@@ -21,7 +21,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::time::Instant;
 
-use super::nap::WakeFd;
+use mio::Waker;
+
 use crate::engine::{Answered, Outbox};
 
 /// Commands from other threads.
@@ -61,7 +62,7 @@ pub enum Command {
 #[derive(Clone, Debug)]
 pub struct WorkerLink {
     commands: Sender<Command>,
-    waker: Arc<WakeFd>,
+    waker: Arc<Waker>,
     wake_pending: Arc<AtomicBool>,
     stats: Arc<WorkerStats>,
 }
@@ -159,15 +160,14 @@ impl Inbox {
     }
 }
 
-/// A new mailbox whose sends wake `waker` (registered with the worker's `Poll` and its
-/// nap instance).
-pub fn mailbox(waker: Arc<WakeFd>) -> (WorkerLink, Inbox) {
+/// A new mailbox whose sends wake `waker` (registered with the worker's `Poll`).
+pub fn mailbox(waker: Waker) -> (WorkerLink, Inbox) {
     let (commands, receiver) = mpsc::channel();
     let wake_pending = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(WorkerStats::default());
     let link = WorkerLink {
         commands,
-        waker,
+        waker: Arc::new(waker),
         wake_pending: Arc::clone(&wake_pending),
         stats: Arc::clone(&stats),
     };

@@ -3,7 +3,7 @@
 //! One [`Worker`] runs per core on its own thread with its own `mio::Poll`, its own
 //! `SO_REUSEPORT` listener, its own [`Slab`] of connections and its own timer
 //! [`Wheel`]. Nothing is shared with other workers on the per-event path; the only
-//! cross-thread input is a command channel paired with a waker (an eventfd): the
+//! cross-thread input is a command channel paired with a `mio::Waker`: the
 //! mailbox in [`link`].
 //!
 //! # One loop iteration
@@ -17,11 +17,7 @@
 //! 4. after every state-machine call, *settle* the connection: act on its
 //!    events, write its output (`send`/`sendmsg`, until `WouldBlock`), shut down / drop the
 //!    socket when the machine says so, and re-file its **single wheel entry** when its
-//!    next deadline moved (`pingwheel_conn::timer`: the tick, ping slack included);
-//! 5. if the turn did nothing but keepalive (Pings sent, Pongs read: no command, no
-//!    accept, no message), *nap* up to [`nap::NAP`] on an epoll instance that holds only
-//!    the waker, so the Pongs still on their way are read in one wake-up
-//!    (`worker/nap.rs`: commands end the nap at once, deadlines are never passed).
+//!    next deadline moved (`pingwheel_conn::timer`: the tick, ping slack included).
 //!
 //! Sockets are registered once for both readable and writable, edge-triggered: a
 //! writable edge only arrives after the kernel's send buffer was full, which is exactly
@@ -62,8 +58,7 @@ use std::time::{Duration, Instant};
 
 use mio::event::Event;
 use mio::net::{TcpListener, TcpStream};
-use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll};
+use mio::{Events, Interest, Poll, Waker};
 use slab::Slab;
 use tracing::{debug, error, info, warn};
 use wheel::{TimerKey, Wheel};
@@ -87,15 +82,12 @@ use crate::token::{ConnId, LISTENER, WAKER};
 
 mod fdtable;
 pub mod link;
-pub mod nap;
 mod push;
 
 /// Connections accepted per loop iteration before other work gets a turn.
 const ACCEPT_BATCH: usize = 256;
 /// Timers fired per loop iteration before IO gets a turn.
 const TIMER_BATCH: usize = 4096;
-/// Events taken per `poll`; a turn that got this many is busy and does not nap.
-const EVENTS: usize = 1024;
 /// Slices per `sendmsg`.
 const MAX_IOV: usize = 64;
 /// Full reads from one socket per turn (256 KiB with the default 64 KiB buffer, a
@@ -192,10 +184,7 @@ pub fn spawn(
     on_exit: impl FnOnce() + Send + 'static,
 ) -> io::Result<WorkerHandle> {
     let poll = Poll::new()?;
-    let waker = Arc::new(nap::WakeFd::new()?);
-    poll.registry()
-        .register(&mut SourceFd(&waker.as_raw_fd()), WAKER, Interest::READABLE)?;
-    let (link, inbox) = link::mailbox(Arc::clone(&waker));
+    let (link, inbox) = link::mailbox(Waker::new(poll.registry(), WAKER)?);
     let mut listener = TcpListener::from_std(listener);
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -205,7 +194,7 @@ pub fn spawn(
     let (table_tx, table_rx) = mpsc::sync_channel(1);
     let id = settings.id;
     let name = format!("pingwheel-worker-{id}");
-    let worker = Worker::new(settings, poll, listener, inbox, waker, metrics, push);
+    let worker = Worker::new(settings, poll, listener, inbox, metrics, push);
     let thread = std::thread::Builder::new().name(name).spawn(move || {
         let _exit = OnExit(Some(on_exit));
         let private = match fdtable::make_private(&foreign) {
@@ -289,11 +278,6 @@ pub struct Worker {
     /// The current episode of such pauses, logged once at its start and end.
     accept_pauses: AcceptPauses,
     inbox: Inbox,
-    /// The eventfd behind `inbox`'s wake-ups (registered in `poll` as `WAKER`).
-    waker: Arc<nap::WakeFd>,
-    /// The current turn did nothing but keepalive (see [`nap`]); cleared by any other
-    /// connection event, command or accept.
-    keepalive_only: bool,
     conns: Slab<Slot>,
     /// Every deadline of every connection of this worker, one entry per connection.
     wheel: Wheel<ConnId>,
@@ -335,7 +319,6 @@ impl Worker {
         poll: Poll,
         listener: TcpListener,
         inbox: Inbox,
-        waker: Arc<nap::WakeFd>,
         metrics: WorkerMetrics,
         push: PushContext,
     ) -> Worker {
@@ -355,8 +338,6 @@ impl Worker {
             accept_resume_at: None,
             accept_pauses: AcceptPauses::default(),
             inbox,
-            waker,
-            keepalive_only: true,
             conns: Slab::with_capacity(1024),
             events: Vec::with_capacity(16),
             fired: Vec::with_capacity(TIMER_BATCH),
@@ -376,15 +357,7 @@ impl Worker {
     /// # Errors
     /// Only if polling itself fails.
     pub fn run(mut self) -> io::Result<()> {
-        let mut events = Events::with_capacity(EVENTS);
-        // Created here, on the worker's thread, so that it lives in its private table.
-        let nap = match nap::Nap::new(&self.waker) {
-            Ok(nap) => Some(nap),
-            Err(e) => {
-                warn!(worker = self.settings.id, error = %e, "no nap instance; polling without naps");
-                None
-            }
-        };
+        let mut events = Events::with_capacity(1024);
         debug!(worker = self.settings.id, "worker started");
         loop {
             let timeout = self.poll_timeout(Instant::now());
@@ -396,24 +369,15 @@ impl Worker {
                 return Err(e);
             }
             let now = Instant::now();
-            self.keepalive_only = true;
-            let mut full = 0;
             // Each event is a connection's state the CPU has most likely not seen for
             // seconds: ask for all of them first, so the misses overlap.
             for event in events.iter() {
                 self.prefetch(event.token());
-                full += 1;
             }
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => {
-                        self.accept_pending = true;
-                        self.keepalive_only = false;
-                    }
-                    WAKER => {
-                        self.keepalive_only = false;
-                        self.run_commands(now);
-                    }
+                    LISTENER => self.accept_pending = true,
+                    WAKER => self.run_commands(now),
                     token => self.socket_event(ConnId::from_token(token), event, now),
                 }
             }
@@ -449,17 +413,6 @@ impl Worker {
                 && (self.conns.is_empty() || now >= deadline)
             {
                 break;
-            }
-            // A turn of nothing but keepalive, not a full batch of events: nap (see `nap`).
-            if let Some(nap) = &nap
-                && self.keepalive_only
-                && full < EVENTS
-                && self.drain_deadline.is_none()
-                && self
-                    .poll_timeout(Instant::now())
-                    .is_none_or(|t| t >= nap::NAP)
-            {
-                nap.nap(nap::NAP);
             }
         }
         let left = self.conns.len();
@@ -969,9 +922,6 @@ impl Worker {
     }
 
     fn handle_event(&mut self, id: ConnId, event: ConnEvent, now: Instant) {
-        if !matches!(event, ConnEvent::PingSent | ConnEvent::Pong(_)) {
-            self.keepalive_only = false;
-        }
         let m = &self.metrics;
         match event {
             ConnEvent::UpgradeRequested(request) => self.upgrade(id, &request, now),
