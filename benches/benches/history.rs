@@ -47,14 +47,7 @@ fn bench_publish(
     let mut publish = |h: &mut History| {
         let name = &names[i % names.len()];
         i += 1;
-        h.publish(
-            Stream::Channel(name),
-            t0,
-            &DeliveryFrame {
-                channel: name,
-                data: &data,
-            },
-        )
+        h.publish(Stream::Channel(name), t0, data.get().as_bytes())
     };
     for _ in 0..prefill {
         publish(&mut h);
@@ -110,14 +103,7 @@ fn recover(c: &mut Criterion) {
     let mut h = History::new(namespaces(), HistoryLimits::default(), t0, 1);
     let name = "chat:1";
     for _ in 0..100 {
-        h.publish(
-            Stream::Channel(name),
-            t0,
-            &DeliveryFrame {
-                channel: name,
-                data: &data,
-            },
-        );
+        h.publish(Stream::Channel(name), t0, data.get().as_bytes());
     }
     let top = h.peek(Stream::Channel(name)).unwrap();
     let since = Since {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use pingwheel::engine::Stream;
 use pingwheel::engine::history::{History, HistoryLimits};
 use pingwheel::engine::namespace::{Namespace, Namespaces};
-use pingwheel::push::protocol::{DeliveryFrame, delivery_json};
+use pingwheel::push::protocol::delivery_json;
 use serde_json::value::RawValue;
 
 fn rss_bytes() -> usize {
@@ -58,14 +58,7 @@ fn main() {
     let start = Instant::now();
     for i in 0..messages {
         let name = &names[i % channels];
-        let published = history.publish(
-            Stream::Channel(name),
-            t0,
-            &DeliveryFrame {
-                channel: name,
-                data: &data,
-            },
-        );
+        let published = history.publish(Stream::Channel(name), t0, data.get().as_bytes());
         frame_bytes += published.frame.len();
         json_bytes += delivery_json(&published.frame).len();
     }

@@ -9,15 +9,14 @@
 //!   status 400 (the size check is the caller's, before parsing);
 //! * every accepted message encodes to a delivery frame whose payload is
 //!   `{"channel":..,"seq":..,"epoch":..,"data":..}` carrying the channel, the position
-//!   and the published `data` byte for byte, and whose length is the one the history
-//!   reserves for it (`FrameEncoder::frame_len`).
+//!   and the published `data` byte for byte, and whose length is the one computed
+//!   beforehand (`DeliveryFrame::frame_len`, what the allocation is sized by).
 //!
 //! Which bodies are accepted (e.g. how deeply `data` may nest) is for the crate's own
 //! tests.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pingwheel::engine::history::FrameEncoder;
 use pingwheel::engine::position::{Epoch, Position};
 use pingwheel::push::PushLimits;
 use pingwheel::push::channel::USER_CHANNEL;

@@ -7,18 +7,25 @@
 //!
 //! # Representation (what a kept message costs)
 //!
-//! A publish is encoded once, by the caller's [`FrameEncoder`], straight into the
-//! **open block**: a large buffer (64 KiB by default) that frames are appended to and
-//! split off from, so the [`Bytes`] the fan-out sends and the [`Bytes`] history keeps
-//! are one and the same slice of the block (no copy, no allocation per publish; one
-//! small shared header per block). A kept message therefore costs its frame plus one
-//! [`Entry`] (40 B: the `Bytes` handle, its block number, its expiry) in its stream's
-//! ring. Frames over a quarter of a block, and every frame of a stream that keeps no
-//! history, get an allocation of their own instead.
+//! History keeps a message's **data** (the published JSON), not its frame. The data is
+//! copied once into the **open block**: a large buffer (64 KiB by default, owned by the
+//! history) that data is appended to, so there is no allocation per kept message and
+//! one allocator header per block. Its stream's ring gets one [`Entry`] (16 B: block
+//! number, offset and length in it, expiry); the seq is implied by the ring position
+//! (a stream's kept seqs are consecutive, ending at its top), and the epoch and stream
+//! name are the stream's. A kept message therefore costs its data plus 16 B. Data
+//! over a quarter of a block gets a block of its own.
 //!
-//! A block's memory is returned when the last frame in it is dropped (by history and by
-//! every connection that still had it queued). Blocks are numbered in creation order
-//! and tracked in a FIFO with a count of the kept entries in each.
+//! The delivery frame is encoded by the history's [`FrameEncoder`] once per publish,
+//! into an allocation of its own, and handed back in [`Published`]: the fan-out shares
+//! that one [`Bytes`] among every subscriber, and its memory goes when the last
+//! connection has sent it. A recovery or history read encodes the frames again from
+//! the kept data, the position and the stream name: byte for byte what the fan-out
+//! sent.
+//!
+//! A block's memory is returned as soon as no kept entry points into it (nothing else
+//! ever references it). Blocks are numbered in creation order and tracked in a FIFO
+//! with a count of the kept entries in each.
 //!
 //! # Bounds
 //!
@@ -41,10 +48,13 @@
 //!
 //! Checked by [`History::check_invariants`] (tests call it after every operation):
 //! each stream's entries have consecutive seqs ending at its top; each block's `live`
-//! equals the entries pointing into it; the byte and message totals equal the sums
-//! they cache; every block with a live entry lists every stream that has one in it.
+//! equals the entries pointing into it and every entry lies within its block's data;
+//! a block holds memory exactly while it has a live entry or is open, and the byte
+//! total counts exactly that memory; the byte and message totals equal the sums they
+//! cache; every block with a live entry lists every stream that has one in it.
 
 use std::collections::{HashMap, VecDeque};
+use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -55,14 +65,23 @@ use super::Stream;
 use super::namespace::{NamespaceId, Namespaces};
 use super::position::{Epoch, Position, RecoveryDecision, Since, decide};
 
-/// Writes the delivery frame of one publish, given its position. Implemented by the
-/// gateway's protocol layer (the JSON envelope), and by tests.
-pub trait FrameEncoder {
-    /// The exact length of the frame for `position`.
-    fn frame_len(&self, position: &Position) -> usize;
-    /// Appends exactly [`FrameEncoder::frame_len`] bytes to `out`, which has at least
-    /// that much spare capacity (so nothing reallocates).
-    fn write(&self, position: &Position, out: &mut BytesMut);
+/// Writes the delivery frame of one message from its stream, position and data: at
+/// publish (the frame the fan-out sends) and again for every recovery and history
+/// read, which must get the same bytes. Implemented by the gateway's protocol layer
+/// ([`crate::push::protocol::JsonDeliveries`], the JSON envelope), and by tests.
+pub trait FrameEncoder: fmt::Debug + Send + Sync {
+    /// The exact length of the frame of `data` at `position` on `stream`.
+    fn frame_len(&self, stream: Stream<'_>, position: &Position, data: &[u8]) -> usize;
+    /// Appends exactly [`FrameEncoder::frame_len`] bytes to `out`.
+    fn write(&self, stream: Stream<'_>, position: &Position, data: &[u8], out: &mut BytesMut);
+    /// The frame as a new exact-size [`Bytes`].
+    fn encode(&self, stream: Stream<'_>, position: &Position, data: &[u8]) -> Bytes {
+        let len = self.frame_len(stream, position, data);
+        let mut out = BytesMut::with_capacity(len);
+        self.write(stream, position, data, &mut out);
+        debug_assert_eq!(out.len(), len, "encoder wrote a different length");
+        out.freeze()
+    }
 }
 
 /// The global bounds of a [`History`].
@@ -72,7 +91,7 @@ pub struct HistoryLimits {
     pub max_bytes: usize,
     /// Idle stream state is forgotten after this (`--channel-idle-forget`).
     pub idle_forget: Duration,
-    /// Size of one frame block. Frames over a quarter of it get their own allocation.
+    /// Size of one data block. Data over a quarter of it gets a block of its own.
     pub block_size: usize,
 }
 
@@ -107,26 +126,37 @@ fn ring_growth(capacity: usize, size: usize) -> usize {
         .max(1)
 }
 
-/// One kept message in its stream's ring.
-#[derive(Debug)]
+/// One kept message in its stream's ring (its seq is implied by its place there).
+#[derive(Copy, Clone, Debug)]
 struct Entry {
-    /// The delivery frame, a slice of its block (or its own allocation).
-    frame: Bytes,
-    /// Number of the block the frame lives in (wrapping).
+    /// Number of the block its data lives in (wrapping).
     block: u32,
+    /// Where its data starts in the block.
+    offset: u32,
+    /// Length of its data.
+    len: u32,
     /// Dropped at or after this second of the history's clock.
     expires: u32,
+}
+
+impl Entry {
+    fn range(&self) -> std::ops::Range<usize> {
+        self.offset as usize..self.offset as usize + self.len as usize
+    }
 }
 
 /// What [`History`] accounts for one [`Entry`] slot in a ring.
 pub const ENTRY_BYTES: usize = std::mem::size_of::<Entry>();
 
-/// Bookkeeping for one block, in creation order.
+/// One block of kept data, in creation order.
 #[derive(Debug)]
 struct Block {
-    /// Bytes allocated for it.
+    /// The kept data, appended (never past its capacity, so never moved). Freed (an
+    /// empty `Vec`) once no live entry points into it and it is not open.
+    data: Vec<u8>,
+    /// Bytes allocated for it (`data`'s capacity while it holds memory).
     size: u32,
-    /// Kept entries whose frame is in it.
+    /// Kept entries whose data is in it.
     live: u32,
     /// The latest expiry of any entry ever written into it.
     max_expires: u32,
@@ -194,7 +224,8 @@ struct IdleMark {
 pub struct Published {
     /// The position the message got.
     pub position: Position,
-    /// Its delivery frame (shared with history when kept).
+    /// Its delivery frame, encoded once for every subscriber (history keeps only the
+    /// data; a recovery encodes the same bytes again).
     pub frame: Bytes,
     /// Subscribers on this node at the time of the publish.
     pub subscribers: u32,
@@ -242,6 +273,8 @@ pub struct HistoryStats {
 #[derive(Debug)]
 pub struct History {
     namespaces: Namespaces,
+    /// Encodes delivery frames, at publish and again from the kept data.
+    encoder: Box<dyn FrameEncoder>,
     limits: HistoryLimits,
     idle_secs: u32,
     /// Second 0 of the history's clock.
@@ -254,9 +287,7 @@ pub struct History {
     /// Blocks from number `first_block` on, oldest first.
     blocks: VecDeque<Block>,
     first_block: u32,
-    /// The open block's spare capacity (empty when there is no open block).
-    open: BytesMut,
-    /// Number of the open block.
+    /// Number of the open block (the one small data is appended to).
     open_block: Option<u32>,
     idle: VecDeque<IdleMark>,
     /// Kept entries.
@@ -273,11 +304,13 @@ pub struct History {
 
 impl History {
     /// An empty history whose clock starts at `now`; epochs come from a generator
-    /// seeded with `seed`.
+    /// seeded with `seed`. Frames are the gateway's JSON deliveries
+    /// ([`crate::push::protocol::JsonDeliveries`]); see [`History::with_encoder`].
     pub fn new(namespaces: Namespaces, limits: HistoryLimits, now: Instant, seed: u64) -> History {
         let idle_secs = u32::try_from(limits.idle_forget.as_secs().max(1)).unwrap_or(u32::MAX);
         History {
             namespaces,
+            encoder: Box::new(crate::push::protocol::JsonDeliveries),
             limits,
             idle_secs,
             base: now,
@@ -288,7 +321,6 @@ impl History {
             next_generation: 0,
             blocks: VecDeque::new(),
             first_block: 0,
-            open: BytesMut::new(),
             open_block: None,
             idle: VecDeque::new(),
             messages: 0,
@@ -298,6 +330,12 @@ impl History {
             evicted_streams: 0,
             forgotten_streams: 0,
         }
+    }
+
+    /// The same history encoding its frames with `encoder` instead (tests).
+    pub fn with_encoder(mut self, encoder: Box<dyn FrameEncoder>) -> History {
+        self.encoder = encoder;
+        self
     }
 
     /// The namespaces streams are resolved in.
@@ -310,8 +348,8 @@ impl History {
         &self.limits
     }
 
-    /// Bytes held: the blocks that still hold a kept entry (and the open block), the
-    /// entry rings, and the per-stream state. At most [`HistoryLimits::max_bytes`]
+    /// Bytes held: the data blocks that still hold a kept entry (and the open block),
+    /// the entry rings, and the per-stream state. At most [`HistoryLimits::max_bytes`]
     /// after every publish, unless a single message is larger than that.
     pub fn bytes(&self) -> usize {
         self.block_bytes + self.entry_slots * ENTRY_BYTES + self.state_bytes
@@ -442,16 +480,11 @@ impl History {
             .map_or(0, |i| self.streams[i].subscribers)
     }
 
-    /// Publishes one message to `stream`: assigns the next position, encodes the frame
-    /// with `encoder`, and keeps it when the stream's namespace keeps history (making
-    /// room under the byte bound first, which may start a new epoch for `stream`
-    /// itself — the message is then seq 1 of it).
-    pub fn publish(
-        &mut self,
-        stream: Stream<'_>,
-        now: Instant,
-        encoder: &impl FrameEncoder,
-    ) -> Published {
+    /// Publishes one message of `data` (the published JSON) to `stream`: assigns the
+    /// next position, encodes the delivery frame, and keeps the data when the
+    /// stream's namespace keeps history (making room under the byte bound first, which
+    /// may start a new epoch for `stream` itself — the message is then seq 1 of it).
+    pub fn publish(&mut self, stream: Stream<'_>, now: Instant, data: &[u8]) -> Published {
         let t = self.secs(now);
         let index = self.lookup_or_create(stream, t);
         let ns = self.namespaces.get(self.streams[index].namespace);
@@ -462,7 +495,7 @@ impl History {
                 self.pop_oldest(index);
             }
             // Evicting may reset this very stream: the cost is recomputed each round.
-            self.make_room(t, index, |h| h.keep_cost(index, encoder));
+            self.make_room(t, index, |h| h.keep_cost(index, data.len()));
         }
         let s = &mut self.streams[index];
         s.top += 1;
@@ -472,28 +505,14 @@ impl History {
             epoch: s.epoch,
         };
         let subscribers = s.subscribers;
-        let len = encoder.frame_len(&position);
+        let frame = self.encoder.encode(stream, &position, data);
         if size == 0 {
-            let mut out = BytesMut::with_capacity(len);
-            encoder.write(&position, &mut out);
-            debug_assert_eq!(out.len(), len, "encoder wrote a different length");
             self.maybe_queue_idle(index);
-            return Published {
-                position,
-                frame: out.freeze(),
-                subscribers,
-            };
+        } else {
+            let expires = t.saturating_add(ttl);
+            let entry = self.store(data, expires);
+            self.keep(index, entry);
         }
-        let expires = t.saturating_add(ttl);
-        let (frame, block) = self.write_frame(&position, len, encoder);
-        self.keep(
-            index,
-            Entry {
-                frame: frame.clone(),
-                block,
-                expires,
-            },
-        );
         Published {
             position,
             frame,
@@ -501,18 +520,14 @@ impl History {
         }
     }
 
-    /// The bytes keeping the next publish of stream `index` would add: a new block
-    /// when the frame does not fit the open one (or its own allocation when large),
-    /// ring growth, and the entry.
-    fn keep_cost(&self, index: usize, encoder: &impl FrameEncoder) -> usize {
+    /// The bytes keeping `len` more bytes of data for stream `index` would add: a new
+    /// block when the data does not fit the open one (or a block of its own when
+    /// large), and ring growth.
+    fn keep_cost(&self, index: usize, len: usize) -> usize {
         let s = &self.streams[index];
-        let len = encoder.frame_len(&Position {
-            seq: s.top + 1,
-            epoch: s.epoch,
-        });
         let block = if len > self.limits.block_size / 4 {
             len
-        } else if self.open_block.is_none() || self.open.capacity() < len {
+        } else if self.open_spare() < len {
             self.limits.block_size
         } else {
             0
@@ -526,39 +541,55 @@ impl History {
         block + ring
     }
 
-    /// Encodes a kept frame into the open block (or its own allocation when large) and
-    /// returns it with its block number. The caller keeps it.
-    fn write_frame(
-        &mut self,
-        position: &Position,
-        len: usize,
-        encoder: &impl FrameEncoder,
-    ) -> (Bytes, u32) {
-        if len > self.limits.block_size / 4 {
-            let mut out = BytesMut::with_capacity(len);
-            encoder.write(position, &mut out);
-            debug_assert_eq!(out.len(), len, "encoder wrote a different length");
-            let number = self.push_block(out.capacity());
-            return (out.freeze(), number);
+    /// Room left in the open block (0 when there is none).
+    fn open_spare(&self) -> usize {
+        self.open_block.map_or(0, |number| {
+            let at = number.wrapping_sub(self.first_block) as usize;
+            let data = &self.blocks[at].data;
+            data.capacity() - data.len()
+        })
+    }
+
+    /// Copies `data` into the open block (opening one when it does not fit), or into a
+    /// block of its own when large, and returns its entry. The caller keeps it.
+    fn store(&mut self, data: &[u8], expires: u32) -> Entry {
+        let len = u32::try_from(data.len()).unwrap_or_else(|_| panic!("a message over 4 GiB"));
+        if data.len() > self.limits.block_size / 4 {
+            let block = self.push_block(data.to_vec());
+            return Entry {
+                block,
+                offset: 0,
+                len,
+                expires,
+            };
         }
-        if self.open_block.is_none() || self.open.capacity() < len {
+        if self.open_spare() < data.len() {
             self.seal_open_block();
-            self.open = BytesMut::with_capacity(self.limits.block_size);
-            self.open_block = Some(self.push_block(self.open.capacity()));
+            let number = self.push_block(Vec::with_capacity(self.limits.block_size));
+            self.open_block = Some(number);
         }
         let Some(number) = self.open_block else {
             unreachable!("a block was just opened")
         };
-        debug_assert!(self.open.is_empty() && self.open.capacity() >= len);
-        encoder.write(position, &mut self.open);
-        debug_assert_eq!(self.open.len(), len, "encoder wrote a different length");
-        (self.open.split().freeze(), number)
+        let block = self.block_mut(number);
+        let offset = block.data.len();
+        debug_assert!(block.data.capacity() - offset >= data.len());
+        block.data.extend_from_slice(data);
+        Entry {
+            block: number,
+            offset: offset as u32,
+            len,
+            expires,
+        }
     }
 
-    /// Appends a block of `size` bytes to the FIFO and counts it; returns its number.
-    fn push_block(&mut self, size: usize) -> u32 {
+    /// Appends a block holding `data` (with its capacity) to the FIFO and counts it;
+    /// returns its number.
+    fn push_block(&mut self, data: Vec<u8>) -> u32 {
         let number = self.first_block.wrapping_add(self.blocks.len() as u32);
+        let size = data.capacity();
         self.blocks.push_back(Block {
+            data,
             size: u32::try_from(size).unwrap_or(u32::MAX),
             live: 0,
             max_expires: 0,
@@ -568,20 +599,46 @@ impl History {
         number
     }
 
-    /// Closes the open block: no more frames go into it; it stays counted while it has
-    /// a live entry.
+    /// Closes the open block: no more data goes into it; it stays (and stays counted)
+    /// while it has a live entry.
     fn seal_open_block(&mut self) {
         let Some(number) = self.open_block.take() else {
             return;
         };
-        self.open = BytesMut::new();
         let block = self.block_mut(number);
         if block.live == 0 {
             let size = block.size as usize;
+            block.data = Vec::new();
             block.streams = Vec::new();
             self.block_bytes -= size;
             self.pop_dead_blocks();
         }
+    }
+
+    /// The frames of stream `index`'s entries from ring position `skip` on, at most
+    /// `limit`, encoded again from the kept data: the bytes the fan-out sent.
+    fn frames(&self, index: usize, skip: usize, limit: usize) -> Vec<Bytes> {
+        let s = &self.streams[index];
+        let stream = if s.user {
+            Stream::User(&s.key)
+        } else {
+            Stream::Channel(&s.key)
+        };
+        let first = s.first_seq() + skip as u64;
+        s.entries
+            .range(skip..)
+            .take(limit)
+            .zip(first..)
+            .map(|(e, seq)| {
+                let at = e.block.wrapping_sub(self.first_block) as usize;
+                let data = &self.blocks[at].data[e.range()];
+                let position = Position {
+                    seq,
+                    epoch: s.epoch,
+                };
+                self.encoder.encode(stream, &position, data)
+            })
+            .collect()
     }
 
     fn block_mut(&mut self, number: u32) -> &mut Block {
@@ -622,6 +679,7 @@ impl History {
         block.live -= 1;
         if block.live == 0 && !open {
             let size = block.size as usize;
+            block.data = Vec::new();
             block.streams = Vec::new();
             self.block_bytes -= size;
         }
@@ -818,7 +876,7 @@ impl History {
         let frames = match decision {
             RecoveryDecision::Recover { from, to } if from <= to => {
                 let skip = (from - s.first_seq()) as usize;
-                s.entries.range(skip..).map(|e| e.frame.clone()).collect()
+                self.frames(index, skip, usize::MAX)
             }
             _ => Vec::new(),
         };
@@ -829,7 +887,7 @@ impl History {
         }
     }
 
-    /// Reads up to `limit` kept frames of `stream`, oldest first: those after
+    /// Reads up to `limit` kept messages of `stream` as frames, oldest first: those after
     /// `since.seq` when `since` is in the current epoch, otherwise from the oldest kept.
     /// Creates the stream's state if it has none.
     pub fn read(
@@ -848,16 +906,12 @@ impl History {
         };
         let first_seq = first_kept.max(after + 1);
         let skip = (first_seq - first_kept) as usize;
-        let frames: Vec<Bytes> = s
-            .entries
-            .range(skip..)
-            .take(limit)
-            .map(|e| e.frame.clone())
-            .collect();
+        let top = s.top;
+        let frames = self.frames(index, skip, limit);
         HistoryPage {
             position,
             first_seq: if frames.is_empty() {
-                s.top + 1
+                top + 1
             } else {
                 first_seq
             },
@@ -972,6 +1026,11 @@ impl History {
             for e in &s.entries {
                 let at = e.block.wrapping_sub(self.first_block) as usize;
                 assert!(at < self.blocks.len(), "{}: entry in a popped block", s.key);
+                assert!(
+                    e.range().end <= self.blocks[at].data.len(),
+                    "{}: entry past its block's data",
+                    s.key
+                );
                 live[at] += 1;
                 assert!(
                     self.blocks[at].streams.contains(&(index as u32)),
@@ -993,7 +1052,10 @@ impl History {
             assert_eq!(b.live, live[at], "block {} live count", at);
             let number = self.first_block.wrapping_add(at as u32);
             if b.live > 0 || self.open_block == Some(number) {
+                assert_eq!(b.data.capacity(), b.size as usize, "block {number} size");
                 block_bytes += b.size as usize;
+            } else {
+                assert_eq!(b.data.capacity(), 0, "dead block {number} holds memory");
             }
         }
         if let Some(front) = self.blocks.front() {

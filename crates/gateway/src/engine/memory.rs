@@ -8,7 +8,7 @@
 //! 1. the workers' pending [`Request`]s are applied, in the order each worker sent
 //!    them: subscriptions counted, recoveries read and answered through the
 //!    [`Outbox`] (so a subscription is counted before its history is read);
-//! 2. a publish assigns positions, keeps frames, and hands the batch to every worker.
+//! 2. a publish assigns positions, keeps the data, and hands the batch to every worker.
 //!
 //! The answers and the deliveries enter each worker's link in lock order, so a
 //! recovery's answer reaches its worker after every delivery its read returned and
@@ -31,7 +31,6 @@ use super::{
     Answered, Delivery, Engine, EngineFuture, EngineRequests, EngineStats, HistoryRead, Outbox,
     Published, Request, Stream, StreamKey,
 };
-use crate::push::protocol::DeliveryFrame;
 use crate::push::publish::Target;
 
 /// How often expired history is swept and idle streams forgotten.
@@ -156,11 +155,7 @@ impl MemoryEngine {
         self.apply_requests(&mut state, now);
         for (target, data) in items {
             let stream = Stream::of(target);
-            let encoder = DeliveryFrame {
-                channel: stream.wire_channel(),
-                data,
-            };
-            let published = state.history.publish(stream, now, &encoder);
+            let published = state.history.publish(stream, now, data.get().as_bytes());
             results.push(Published {
                 position: published.position,
                 subscribers: u64::from(published.subscribers),

@@ -42,7 +42,11 @@
 //!   drops duplicates and stale frames; a lost frame is reported, never hidden). The
 //!   memory engine orders the answer and the deliveries on the worker's link; the
 //!   Redis engine reads on its own runtime and relies on the merge.
-//! * A kept message is the frame the fan-out sends (the same [`Bytes`]).
+//! * A kept message is recovered as exactly the frame the fan-out sent: the same bytes
+//!   (the memory engine keeps only the data and encodes the frame again from it, its
+//!   position and its stream; the Redis engine encodes from the stream entry).
+//! * The fan-out frame is encoded once per publish and shared by every subscriber on
+//!   every worker (one [`Bytes`], clones are reference counts).
 
 use std::fmt;
 use std::future::Future;

@@ -44,6 +44,7 @@ use serde_json::value::RawValue;
 
 use super::channel::{ChannelGrant, USER_CHANNEL, validate_channel_name};
 use super::{PushLimits, json_str};
+use crate::engine::Stream;
 use crate::engine::history::FrameEncoder;
 use crate::engine::position::{EPOCH_LEN, Epoch, Position, Since};
 
@@ -598,9 +599,10 @@ fn needs_no_json_escape(s: &str) -> bool {
 }
 
 /// One delivery's frame, `{"channel":<channel>,"seq":<seq>,"epoch":<epoch>,"data":<data>}`
-/// (field order fixed), encoded once per publish: the engine's history asks for its
-/// length and has it written straight into the block it keeps it in, and every
-/// subscriber on every worker is sent that same [`Bytes`] slice.
+/// (field order fixed), as a complete unmasked WebSocket text frame. The engine's
+/// history encodes it once per publish with [`JsonDeliveries`] (every subscriber on
+/// every worker is sent that same [`Bytes`]) and again, from the kept data, for each
+/// recovery and history read: byte for byte the same frame.
 ///
 /// `channel` is JSON-escaped (valid channel names never need it; [`USER_CHANNEL`] is
 /// used for per-user deliveries); `data` is inserted verbatim, so it must be the JSON
@@ -619,67 +621,92 @@ const DELIVERY_EPOCH: &[u8] = br#","epoch":""#;
 const DELIVERY_DATA: &[u8] = br#"","data":"#;
 const DELIVERY_TAIL: &[u8] = b"}";
 
+/// `channel` as it appears between the JSON quotes.
+fn channel_json(channel: &str) -> Cow<'_, str> {
+    if needs_no_json_escape(channel) {
+        Cow::Borrowed(channel)
+    } else {
+        // Serializing a str into a String cannot fail.
+        let quoted = serde_json::to_string(channel).unwrap_or_default();
+        Cow::Owned(quoted[1..quoted.len() - 1].to_owned())
+    }
+}
+
+fn delivery_payload_len(channel_json: &str, seq: u64, data_len: usize) -> usize {
+    DELIVERY_HEAD.len()
+        + channel_json.len()
+        + DELIVERY_SEQ.len()
+        + itoa::Buffer::new().format(seq).len()
+        + DELIVERY_EPOCH.len()
+        + EPOCH_LEN
+        + DELIVERY_DATA.len()
+        + data_len
+        + DELIVERY_TAIL.len()
+}
+
+/// The exact length of the delivery frame of `data` at `position` on `channel`.
+fn delivery_frame_len(channel: &str, position: &Position, data: &[u8]) -> usize {
+    frame::frame_len(delivery_payload_len(
+        &channel_json(channel),
+        position.seq,
+        data.len(),
+    ))
+}
+
+/// Appends the delivery frame of `data` at `position` on `channel` to `out`.
+fn write_delivery(channel: &str, position: &Position, data: &[u8], out: &mut BytesMut) {
+    let channel_json = channel_json(channel);
+    let payload_len = delivery_payload_len(&channel_json, position.seq, data.len());
+    let start = out.len();
+    let (header, header_len) = frame::header(OpCode::Data(Data::Text), payload_len);
+    let mut digits = itoa::Buffer::new();
+    out.reserve(header_len + payload_len);
+    out.extend_from_slice(&header[..header_len]);
+    out.extend_from_slice(DELIVERY_HEAD);
+    out.extend_from_slice(channel_json.as_bytes());
+    out.extend_from_slice(DELIVERY_SEQ);
+    out.extend_from_slice(digits.format(position.seq).as_bytes());
+    out.extend_from_slice(DELIVERY_EPOCH);
+    out.extend_from_slice(position.epoch.as_bytes());
+    out.extend_from_slice(DELIVERY_DATA);
+    out.extend_from_slice(data);
+    out.extend_from_slice(DELIVERY_TAIL);
+    debug_assert_eq!(
+        out.len() - start,
+        frame::frame_len(payload_len),
+        "delivery frame size mismatch: channel={channel:?} position={position:?} data_len={}",
+        data.len()
+    );
+}
+
 impl DeliveryFrame<'_> {
-    /// The channel as it appears between the JSON quotes.
-    fn channel_json(&self) -> Cow<'_, str> {
-        if needs_no_json_escape(self.channel) {
-            Cow::Borrowed(self.channel)
-        } else {
-            // Serializing a str into a String cannot fail.
-            let quoted = serde_json::to_string(self.channel).unwrap_or_default();
-            Cow::Owned(quoted[1..quoted.len() - 1].to_owned())
-        }
+    /// The exact length of the frame for `position`.
+    pub fn frame_len(&self, position: &Position) -> usize {
+        delivery_frame_len(self.channel, position, self.data.get().as_bytes())
     }
 
-    fn payload_len(&self, channel_json: &str, seq: u64) -> usize {
-        DELIVERY_HEAD.len()
-            + channel_json.len()
-            + DELIVERY_SEQ.len()
-            + itoa::Buffer::new().format(seq).len()
-            + DELIVERY_EPOCH.len()
-            + EPOCH_LEN
-            + DELIVERY_DATA.len()
-            + self.data.get().len()
-            + DELIVERY_TAIL.len()
-    }
-
-    /// The frame as a new exact-size [`Bytes`] (what history does for large frames and
-    /// for streams that keep none; tests use it too).
+    /// The frame as a new exact-size [`Bytes`].
     pub fn encode(&self, position: &Position) -> Bytes {
-        let mut out = BytesMut::with_capacity(self.frame_len(position));
-        self.write(position, &mut out);
+        let data = self.data.get().as_bytes();
+        let mut out = BytesMut::with_capacity(delivery_frame_len(self.channel, position, data));
+        write_delivery(self.channel, position, data, &mut out);
         out.freeze()
     }
 }
 
-impl FrameEncoder for DeliveryFrame<'_> {
-    fn frame_len(&self, position: &Position) -> usize {
-        frame::frame_len(self.payload_len(&self.channel_json(), position.seq))
+/// The gateway's [`FrameEncoder`]: a stream's message is the [`DeliveryFrame`] of its
+/// data on the stream's wire channel (`#user` for a user's stream). The data must be
+/// the JSON validated at publish (history keeps exactly those bytes).
+#[derive(Copy, Clone, Debug, Default)]
+pub struct JsonDeliveries;
+
+impl FrameEncoder for JsonDeliveries {
+    fn frame_len(&self, stream: Stream<'_>, position: &Position, data: &[u8]) -> usize {
+        delivery_frame_len(stream.wire_channel(), position, data)
     }
 
-    fn write(&self, position: &Position, out: &mut BytesMut) {
-        let channel_json = self.channel_json();
-        let payload_len = self.payload_len(&channel_json, position.seq);
-        let start = out.len();
-        let (header, header_len) = frame::header(OpCode::Data(Data::Text), payload_len);
-        let mut digits = itoa::Buffer::new();
-        out.extend_from_slice(&header[..header_len]);
-        out.extend_from_slice(DELIVERY_HEAD);
-        out.extend_from_slice(channel_json.as_bytes());
-        out.extend_from_slice(DELIVERY_SEQ);
-        out.extend_from_slice(digits.format(position.seq).as_bytes());
-        out.extend_from_slice(DELIVERY_EPOCH);
-        out.extend_from_slice(position.epoch.as_bytes());
-        out.extend_from_slice(DELIVERY_DATA);
-        out.extend_from_slice(self.data.get().as_bytes());
-        out.extend_from_slice(DELIVERY_TAIL);
-        debug_assert_eq!(
-            out.len() - start,
-            frame::frame_len(payload_len),
-            "delivery frame size mismatch: channel={:?} position={position:?} data_len={}",
-            self.channel,
-            self.data.get().len()
-        );
+    fn write(&self, stream: Stream<'_>, position: &Position, data: &[u8], out: &mut BytesMut) {
+        write_delivery(stream.wire_channel(), position, data, out);
     }
 }
 

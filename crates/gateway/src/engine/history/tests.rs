@@ -9,30 +9,29 @@ use super::*;
 use crate::engine::namespace::Namespace;
 use crate::engine::position::NotRecovered;
 
-/// Frames `key|seq|epoch|payload`, so every frame names its position.
-struct TestFrame<'a> {
-    key: &'a str,
-    payload: &'a [u8],
-}
+/// Frames `key|seq|epoch|data` (key: the channel, or the user id), so every frame
+/// names its stream and position.
+#[derive(Debug)]
+struct TestFrame;
 
-impl TestFrame<'_> {
-    fn text(&self, p: &Position) -> String {
+impl TestFrame {
+    fn text(stream: Stream<'_>, p: &Position, data: &[u8]) -> String {
+        let (Stream::Channel(key) | Stream::User(key)) = stream;
         format!(
-            "{}|{}|{}|{}",
-            self.key,
+            "{key}|{}|{}|{}",
             p.seq,
             p.epoch,
-            String::from_utf8_lossy(self.payload)
+            String::from_utf8_lossy(data)
         )
     }
 }
 
-impl FrameEncoder for TestFrame<'_> {
-    fn frame_len(&self, p: &Position) -> usize {
-        self.text(p).len()
+impl FrameEncoder for TestFrame {
+    fn frame_len(&self, stream: Stream<'_>, p: &Position, data: &[u8]) -> usize {
+        TestFrame::text(stream, p, data).len()
     }
-    fn write(&self, p: &Position, out: &mut BytesMut) {
-        out.extend_from_slice(self.text(p).as_bytes());
+    fn write(&self, stream: Stream<'_>, p: &Position, data: &[u8], out: &mut BytesMut) {
+        out.extend_from_slice(TestFrame::text(stream, p, data).as_bytes());
     }
 }
 
@@ -54,22 +53,13 @@ fn ns(prefix: &str, size: u32, ttl: u64) -> Namespace {
 
 fn history(namespaces: Vec<Namespace>, limits: HistoryLimits) -> (History, Clock) {
     let t0 = Instant::now();
-    let h = History::new(Namespaces::new(namespaces).unwrap(), limits, t0, 42);
+    let h = History::new(Namespaces::new(namespaces).unwrap(), limits, t0, 42)
+        .with_encoder(Box::new(TestFrame));
     (h, Clock(t0))
 }
 
 fn publish(h: &mut History, stream: Stream<'_>, now: Instant, payload: &str) -> Published {
-    let key = match stream {
-        Stream::Channel(c) | Stream::User(c) => c,
-    };
-    let p = h.publish(
-        stream,
-        now,
-        &TestFrame {
-            key,
-            payload: payload.as_bytes(),
-        },
-    );
+    let p = h.publish(stream, now, payload.as_bytes());
     h.check_invariants();
     p
 }
@@ -218,22 +208,21 @@ fn recovery_is_bounded_by_max_missing() {
 }
 
 #[test]
-fn the_kept_frame_is_the_published_bytes_in_a_shared_block() {
+fn kept_data_is_appended_to_one_shared_block_and_recovers_the_published_frames() {
     let (mut h, clock) = history(vec![ns("chat:", 10, 60)], HistoryLimits::default());
     let a = publish(&mut h, C, clock.at(0.0), "a");
     let b = publish(&mut h, C, clock.at(0.0), "b");
     let r = h.recover(C, since(b.position, 0), 300, clock.at(0.0));
+    // Encoded again from the data: the same bytes the fan-out was handed.
+    assert_eq!(r.frames, [a.frame.clone(), b.frame.clone()]);
     assert_eq!(
-        r.frames[0].as_ptr(),
-        a.frame.as_ptr(),
-        "same bytes, not a copy"
+        texts(&[a.frame]),
+        [format!("chat:1|1|{}|a", b.position.epoch)]
     );
-    assert_eq!(r.frames[1].as_ptr(), b.frame.as_ptr());
-    // Appended back to back in one block.
-    assert_eq!(
-        a.frame.as_ptr().wrapping_add(a.frame.len()),
-        b.frame.as_ptr()
-    );
+    // Only the data is kept, back to back in one block.
+    assert_eq!(h.blocks.len(), 1);
+    assert_eq!(h.blocks[0].data, b"ab");
+    assert_eq!(ENTRY_BYTES, 16);
     assert_eq!(
         h.stats().bytes,
         DEFAULT_BLOCK_SIZE + 4 * ENTRY_BYTES + h.state_bytes
@@ -241,22 +230,99 @@ fn the_kept_frame_is_the_published_bytes_in_a_shared_block() {
 }
 
 #[test]
-fn large_frames_get_their_own_allocation() {
+fn large_data_gets_a_block_of_its_own() {
     let limits = HistoryLimits {
         block_size: 1024,
         ..HistoryLimits::default()
     };
     let (mut h, clock) = history(vec![ns("chat:", 10, 60)], limits);
-    let small = publish(&mut h, C, clock.at(0.0), "s");
+    publish(&mut h, C, clock.at(0.0), "s");
     let big = publish(&mut h, C, clock.at(0.0), &"b".repeat(300));
     let small2 = publish(&mut h, C, clock.at(0.0), "t");
-    assert_eq!(
-        small.frame.as_ptr().wrapping_add(small.frame.len()),
-        small2.frame.as_ptr(),
-        "small frames keep filling the open block"
-    );
     assert_eq!(h.blocks.len(), 2);
-    assert_eq!(h.block_bytes, 1024 + big.frame.len());
+    assert_eq!(
+        h.blocks[0].data, b"st",
+        "small data keeps filling the open block"
+    );
+    assert_eq!(h.block_bytes, 1024 + 300);
+    let r = h.recover(C, since(small2.position, 1), 300, clock.at(0.0));
+    assert_eq!(r.frames, [big.frame, small2.frame]);
+}
+
+#[test]
+fn the_byte_account_is_the_data_blocks_the_rings_and_the_states() {
+    let limits = HistoryLimits {
+        block_size: 1024,
+        ..HistoryLimits::default()
+    };
+    let (mut h, clock) = history(vec![ns("chat:", 100, 10)], limits);
+    let data = "d".repeat(100);
+    for i in 0..50 {
+        publish(
+            &mut h,
+            Stream::Channel(&format!("chat:{}", i % 5)),
+            clock.at(0.0),
+            &data,
+        );
+    }
+    // 50 × 100 B of data, 10 per 1,024-byte block (5 blocks), 16 ring slots per stream.
+    assert_eq!(h.blocks.len(), 5);
+    assert_eq!(h.entry_slots, 5 * 16);
+    assert_eq!(
+        h.bytes(),
+        5 * 1024 + 5 * 16 * ENTRY_BYTES + h.state_bytes,
+        "exactly what is held"
+    );
+    assert_eq!(h.stats().messages, 50);
+    // Expired and swept: every block and ring is given back; the states remain.
+    h.tick(clock.at(10.0));
+    h.check_invariants();
+    assert_eq!(h.stats().messages, 0);
+    assert!(h.blocks.iter().all(|b| b.data.capacity() == 0));
+    assert_eq!(h.bytes(), h.state_bytes);
+}
+
+#[test]
+fn recovered_and_read_frames_are_byte_identical_to_the_json_deliveries() {
+    use crate::push::protocol::DeliveryFrame;
+    use serde_json::value::RawValue;
+    let limits = HistoryLimits {
+        block_size: 4096,
+        ..HistoryLimits::default()
+    };
+    let t0 = Instant::now();
+    let namespaces = Namespaces::new(vec![ns("chat:", 10, 60)]).unwrap();
+    // The gateway's own encoder (`new`'s default).
+    let mut h = History::new(namespaces, limits, t0, 7);
+    let datas = [
+        "1".to_owned(),
+        r#"{"home":2,"away":1}"#.to_owned(),
+        format!("\"{}\"", "x".repeat(98)),
+        format!("\"{}\"", "y".repeat(2000)), // over a quarter block: its own block
+        "null".to_owned(),
+    ];
+    for stream in [C, Stream::User("u\"42")] {
+        let mut published = Vec::new();
+        for d in &datas {
+            let p = h.publish(stream, t0, d.as_bytes());
+            h.check_invariants();
+            let raw = RawValue::from_string(d.clone()).unwrap();
+            let want = DeliveryFrame {
+                channel: stream.wire_channel(),
+                data: &raw,
+            }
+            .encode(&p.position);
+            assert_eq!(p.frame, want);
+            published.push((p.position, p.frame));
+        }
+        let top = published.last().unwrap().0;
+        let r = h.recover(stream, since(top, 0), 100, t0);
+        assert!(r.decision.is_recovered());
+        let frames: Vec<Bytes> = published.iter().map(|(_, f)| f.clone()).collect();
+        assert_eq!(r.frames, frames);
+        let page = h.read(stream, Some(since(top, 2)), 2, t0);
+        assert_eq!((page.first_seq, &page.frames[..]), (3, &frames[2..4]));
+    }
 }
 
 #[test]
@@ -432,23 +498,26 @@ fn history_reads_page_through_the_kept_messages() {
 }
 
 #[test]
-fn a_block_outlives_history_while_a_frame_is_still_queued() {
+fn a_queued_frame_does_not_pin_history_memory() {
     let limits = HistoryLimits {
         block_size: 1024,
         ..HistoryLimits::default()
     };
     let (mut h, clock) = history(vec![ns("chat:", 1, 60)], limits);
     let queued = publish(&mut h, C, clock.at(0.0), "still in a socket queue").frame;
-    for _ in 0..100 {
+    for _ in 0..300 {
         publish(&mut h, C, clock.at(0.0), "next");
     }
-    // History let go of the first block long ago; the queued frame still reads fine.
+    // The frame is the fan-out's own allocation: it still reads fine, while history
+    // gave back the blocks its data was in.
     assert!(
         String::from_utf8(queued.to_vec())
             .unwrap()
             .ends_with("queue")
     );
     assert_eq!(h.stats().messages, 1);
+    assert_eq!(h.block_bytes, 1024);
+    assert_eq!(h.blocks.len(), 1);
 }
 
 // ---- model-based property test ---------------------------------------------------------
@@ -538,7 +607,7 @@ proptest! {
                     let (key, user) = stream_of(stream);
                     let s = if user { Stream::User(&key) } else { Stream::Channel(&key) };
                     let payload = format!("{stream}-{}", "p".repeat(len as usize));
-                    let p = h.publish(s, now, &TestFrame { key: &key, payload: payload.as_bytes() });
+                    let p = h.publish(s, now, payload.as_bytes());
                     let m = model.entry(stream).or_default();
                     if m.epoch != Some(p.position.epoch) {
                         // A new epoch (first sight, forgotten or evicted): starts at 1.
@@ -546,6 +615,10 @@ proptest! {
                         m.epoch = Some(p.position.epoch);
                         m.published.clear();
                     }
+                    prop_assert_eq!(
+                        texts(&[p.frame]),
+                        [format!("{key}|{}|{}|{payload}", p.position.seq, p.position.epoch)]
+                    );
                     let ttl = nss.of(s).ttl_secs();
                     m.published.push((now_s.saturating_add(ttl), payload));
                     prop_assert_eq!(p.position.seq, m.published.len() as u64, "gapless");
