@@ -58,30 +58,20 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use slab::Slab;
 
 use super::Stream;
 use super::namespace::{NamespaceId, Namespaces};
 use super::position::{Epoch, Position, RecoveryDecision, Since, decide};
 
-/// Writes the delivery frame of one message from its stream, position and data: at
+/// Encodes the delivery frame of one message from its stream, position and data: at
 /// publish (the frame the fan-out sends) and again for every recovery and history
 /// read, which must get the same bytes. Implemented by the gateway's protocol layer
 /// ([`crate::push::protocol::JsonDeliveries`], the JSON envelope), and by tests.
 pub trait FrameEncoder: fmt::Debug + Send + Sync {
-    /// The exact length of the frame of `data` at `position` on `stream`.
-    fn frame_len(&self, stream: Stream<'_>, position: &Position, data: &[u8]) -> usize;
-    /// Appends exactly [`FrameEncoder::frame_len`] bytes to `out`.
-    fn write(&self, stream: Stream<'_>, position: &Position, data: &[u8], out: &mut BytesMut);
-    /// The frame as a new exact-size [`Bytes`].
-    fn encode(&self, stream: Stream<'_>, position: &Position, data: &[u8]) -> Bytes {
-        let len = self.frame_len(stream, position, data);
-        let mut out = BytesMut::with_capacity(len);
-        self.write(stream, position, data, &mut out);
-        debug_assert_eq!(out.len(), len, "encoder wrote a different length");
-        out.freeze()
-    }
+    /// The frame of `data` at `position` on `stream`, in an exact-size [`Bytes`].
+    fn encode(&self, stream: Stream<'_>, position: &Position, data: &[u8]) -> Bytes;
 }
 
 /// The global bounds of a [`History`].
@@ -151,11 +141,10 @@ pub const ENTRY_BYTES: usize = std::mem::size_of::<Entry>();
 /// One block of kept data, in creation order.
 #[derive(Debug)]
 struct Block {
-    /// The kept data, appended (never past its capacity, so never moved). Freed (an
-    /// empty `Vec`) once no live entry points into it and it is not open.
+    /// The kept data, appended (never past its capacity, so never moved). Its capacity
+    /// is the memory the block holds (what [`History::bytes`] counts); freed (an empty
+    /// `Vec`) once no live entry points into it and it is not open.
     data: Vec<u8>,
-    /// Bytes allocated for it (`data`'s capacity while it holds memory).
-    size: u32,
     /// Kept entries whose data is in it.
     live: u32,
     /// The latest expiry of any entry ever written into it.
@@ -590,7 +579,6 @@ impl History {
         let size = data.capacity();
         self.blocks.push_back(Block {
             data,
-            size: u32::try_from(size).unwrap_or(u32::MAX),
             live: 0,
             max_expires: 0,
             streams: Vec::new(),
@@ -607,7 +595,7 @@ impl History {
         };
         let block = self.block_mut(number);
         if block.live == 0 {
-            let size = block.size as usize;
+            let size = block.data.capacity();
             block.data = Vec::new();
             block.streams = Vec::new();
             self.block_bytes -= size;
@@ -678,7 +666,7 @@ impl History {
         debug_assert!(block.live > 0, "block {} live underflow", entry.block);
         block.live -= 1;
         if block.live == 0 && !open {
-            let size = block.size as usize;
+            let size = block.data.capacity();
             block.data = Vec::new();
             block.streams = Vec::new();
             self.block_bytes -= size;
@@ -1052,8 +1040,7 @@ impl History {
             assert_eq!(b.live, live[at], "block {} live count", at);
             let number = self.first_block.wrapping_add(at as u32);
             if b.live > 0 || self.open_block == Some(number) {
-                assert_eq!(b.data.capacity(), b.size as usize, "block {number} size");
-                block_bytes += b.size as usize;
+                block_bytes += b.data.capacity();
             } else {
                 assert_eq!(b.data.capacity(), 0, "dead block {number} holds memory");
             }

@@ -687,11 +687,16 @@ impl DeliveryFrame<'_> {
 
     /// The frame as a new exact-size [`Bytes`].
     pub fn encode(&self, position: &Position) -> Bytes {
-        let data = self.data.get().as_bytes();
-        let mut out = BytesMut::with_capacity(delivery_frame_len(self.channel, position, data));
-        write_delivery(self.channel, position, data, &mut out);
-        out.freeze()
+        encode_delivery(self.channel, position, self.data.get().as_bytes())
     }
+}
+
+/// The delivery frame of `data` at `position` on `channel` as a new exact-size
+/// [`Bytes`] (`write_delivery` reserves exactly its length in the empty buffer).
+fn encode_delivery(channel: &str, position: &Position, data: &[u8]) -> Bytes {
+    let mut out = BytesMut::new();
+    write_delivery(channel, position, data, &mut out);
+    out.freeze()
 }
 
 /// The gateway's [`FrameEncoder`]: a stream's message is the [`DeliveryFrame`] of its
@@ -701,12 +706,8 @@ impl DeliveryFrame<'_> {
 pub struct JsonDeliveries;
 
 impl FrameEncoder for JsonDeliveries {
-    fn frame_len(&self, stream: Stream<'_>, position: &Position, data: &[u8]) -> usize {
-        delivery_frame_len(stream.wire_channel(), position, data)
-    }
-
-    fn write(&self, stream: Stream<'_>, position: &Position, data: &[u8], out: &mut BytesMut) {
-        write_delivery(stream.wire_channel(), position, data, out);
+    fn encode(&self, stream: Stream<'_>, position: &Position, data: &[u8]) -> Bytes {
+        encode_delivery(stream.wire_channel(), position, data)
     }
 }
 

@@ -27,11 +27,8 @@ impl TestFrame {
 }
 
 impl FrameEncoder for TestFrame {
-    fn frame_len(&self, stream: Stream<'_>, p: &Position, data: &[u8]) -> usize {
-        TestFrame::text(stream, p, data).len()
-    }
-    fn write(&self, stream: Stream<'_>, p: &Position, data: &[u8], out: &mut BytesMut) {
-        out.extend_from_slice(TestFrame::text(stream, p, data).as_bytes());
+    fn encode(&self, stream: Stream<'_>, p: &Position, data: &[u8]) -> Bytes {
+        Bytes::from(TestFrame::text(stream, p, data))
     }
 }
 
