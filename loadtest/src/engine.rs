@@ -80,7 +80,15 @@ const READ_BUFFER: usize = 64 * 1024;
 /// Unsent output one connection may accumulate before it is failed (`write_backlog`).
 const MAX_BACKLOG: usize = 4 << 20;
 /// Most connections opened in one loop iteration, so a ramp never starves the loop.
-const OPEN_BATCH: u64 = 512;
+///
+/// A `connect` to loopback runs the whole TCP handshake on the calling thread, so a
+/// batch is a stretch in which no reply is read. At 512 a batch kept the loop from its
+/// sockets long enough that an "at once" recovery storm measured the harness: subscribe
+/// → last recovered p99 209–219 ms (op form), connect p99 352–372 ms; at 64 the same
+/// storm, at the same achieved ramp (~16,000/s), measured 24–27 ms and 29–31 ms
+/// (docs/benchmarks.md, "History and recovery"). Smaller batches cost no ramp rate:
+/// the loop comes straight back while connections are due.
+const OPEN_BATCH: u64 = 64;
 
 /// A slab index plus the generation of the connection that owned it when the token was
 /// handed to mio, so an event for a dead connection never reaches a newer one.
