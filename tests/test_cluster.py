@@ -246,6 +246,34 @@ def test_two_redis_instances_share_the_streams_and_keep_them_across_a_node_resta
     assert [int(s.command("EVAL", "return #redis.call('keys', 'pw:m:c:*')", "0")) for s in (one, two)] == held
 
 
+SMALL = CHAT + '[[namespace]]\nprefix = "small:"\nhistory_size = 10\nhistory_ttl = "10m"\n'
+
+
+def test_a_history_trimmed_approximately_still_reads_exactly_its_size(
+    start_redis, start_nodes, tmp_path
+):
+    redis = start_redis()
+    a, b = start_nodes(2, [redis.url], "--config", config_file(tmp_path, SMALL), *FAST,
+                       env=PUSH_ENV)
+    body = {"messages": [{"channel": "small:t", "data": n} for n in range(1, 251)]}
+    epoch = publish_ok(a, body, "/v1/batch")["results"][0]["epoch"]
+    # `MAXLEN ~ 10` drops whole stream nodes only: Redis holds more than ten ...
+    assert int(redis.command("XLEN", "pw:h:c:small:t")) > 10
+    # ... yet every reader sees exactly the newest ten, on either node.
+    for gw in (a, b):
+        history = publish_ok_get(gw, "/v1/history?channel=small:t&limit=100")
+        assert [p["seq"] for p in history["publications"]] == list(range(241, 251))
+        assert [p["data"] for p in history["publications"]] == list(range(241, 251))
+    with connect(b) as ws:
+        reply = subscribe(ws, "small:t", since=(244, epoch))
+        assert (reply["recovered"], reply["seq"]) == (True, 250), reply
+        assert read_seqs(ws, 6, "small:t") == list(range(245, 251))
+    with connect(b) as ws:
+        # 200 is older than the newest ten: gone, though Redis may still hold it.
+        reply = subscribe(ws, "small:t", since=(200, epoch))
+        assert (reply["recovered"], reply["seq"], reply["epoch"]) == (False, 250, epoch), reply
+
+
 class Publisher(threading.Thread):
     """Publishes 0, 1, 2, … to ``channel`` on ``gw`` until stopped; records every
     acknowledged seq and, for refusals, their status and how long after the first

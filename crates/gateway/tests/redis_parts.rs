@@ -196,12 +196,13 @@ fn the_publish_script_numbers_keeps_and_publishes_in_one_step() {
             .collect();
         assert_eq!(seqs, [1, 2, 3, 4, 5, 6]);
 
-        // History: MAXLEN 3 keeps 4..6, with ids = seq.
-        assert_eq!(server.cli(&["XLEN", "pw:h:c:scores"]), "3");
+        // History: ids = seq. `MAXLEN ~ 3` trims whole stream nodes only, so all six
+        // are still there (the read script counts only the newest three as kept).
+        assert_eq!(server.cli(&["XLEN", "pw:h:c:scores"]), "6");
         assert!(
             server
                 .cli(&["XRANGE", "pw:h:c:scores", "-", "+"])
-                .starts_with("4-0")
+                .starts_with("1-0")
         );
         let ttl: i64 = server.cli(&["TTL", "pw:h:c:scores"]).parse().unwrap();
         // The history TTL plus the renewal interval (a tenth of it).
@@ -379,6 +380,7 @@ fn the_read_script_recovers_fills_and_creates_positions() {
             mode: ReadMode::Recover,
             create: "",
             meta_ttl: 3600,
+            size: 100,
         };
         let r = read(base.clone()).await;
         assert_eq!((r.top, r.epoch.as_deref()), (10, Some("EpochAAA")));
@@ -421,6 +423,7 @@ fn the_read_script_recovers_fills_and_creates_positions() {
                     mode: ReadMode::Recover,
                     create,
                     meta_ttl: 3600,
+                    size: 100,
                 };
                 let r = instance
                     .scripts(&script::READ, &[read_call(Kind::Channel, "new", &args)])
@@ -440,6 +443,100 @@ fn the_read_script_recovers_fills_and_creates_positions() {
             .await
             .unwrap();
         assert_eq!(published(&r[0]), (1, "EpochNEW".into()));
+    });
+}
+
+#[test]
+fn the_read_script_caps_every_mode_at_the_newest_history_size_seqs() {
+    let server = RedisServer::start();
+    runtime().block_on(async {
+        let (instance, _recorder) = connected(&server).await;
+        // 250 messages into a history of 100: approximate trimming keeps more than 100.
+        let calls: Vec<_> = (1..=250)
+            .map(|i| publish_call(Kind::Channel, "t", &i.to_string(), (100, 60), "EpochAAA"))
+            .collect();
+        instance.scripts(&script::PUBLISH, &calls).await.unwrap();
+        let len: u64 = server.cli(&["XLEN", "pw:h:c:t"]).parse().unwrap();
+        assert!((100..=250).contains(&len), "{len}");
+        assert!(len > 100, "whole nodes only: {len} kept");
+        let read = |args: ReadArgs<'static>| {
+            let instance = Arc::clone(&instance);
+            async move {
+                let r = instance
+                    .scripts(&script::READ, &[read_call(Kind::Channel, "t", &args)])
+                    .await
+                    .unwrap();
+                script::parse_read(r.into_iter().next().unwrap()).unwrap()
+            }
+        };
+        let seqs = |r: &script::Read| r.entries.iter().map(|e| e.seq).collect::<Vec<_>>();
+        let base = ReadArgs {
+            epoch: "EpochAAA",
+            after: 0,
+            last: 1_000,
+            mode: ReadMode::Recover,
+            create: "",
+            meta_ttl: 3600,
+            size: 100,
+        };
+        // Recovery from the start: only 151..=250 (the first entry after 1 says the
+        // rest is gone), exactly what `MAXLEN 100` would have kept.
+        let r = read(base.clone()).await;
+        assert_eq!(r.top, 250);
+        assert_eq!(seqs(&r), (151..=250).collect::<Vec<_>>());
+        assert_eq!(r.entries[0].data, b"151");
+        // Within the kept range a recovery reads from its seq.
+        let r = read(ReadArgs {
+            after: 200,
+            ..base.clone()
+        })
+        .await;
+        assert_eq!(seqs(&r), (201..=250).collect::<Vec<_>>());
+        // A fill across the boundary starts at the oldest kept and stops at its last.
+        let r = read(ReadArgs {
+            after: 120,
+            last: 160,
+            mode: ReadMode::Fill,
+            ..base.clone()
+        })
+        .await;
+        assert_eq!(seqs(&r), (151..=160).collect::<Vec<_>>());
+        // A fill wholly before the oldest kept reads nothing.
+        let r = read(ReadArgs {
+            after: 10,
+            last: 20,
+            mode: ReadMode::Fill,
+            ..base.clone()
+        })
+        .await;
+        assert!(r.entries.is_empty());
+        // The history API in another epoch: the oldest kept first, at most `last - after`.
+        let r = read(ReadArgs {
+            epoch: "EpochZZZ",
+            after: 0,
+            last: 10,
+            mode: ReadMode::History,
+            ..base.clone()
+        })
+        .await;
+        assert_eq!(seqs(&r), (151..=160).collect::<Vec<_>>());
+        let r = read(ReadArgs {
+            epoch: "",
+            mode: ReadMode::History,
+            ..base.clone()
+        })
+        .await;
+        assert_eq!(seqs(&r), (151..=250).collect::<Vec<_>>());
+        // A namespace that keeps nothing reads nothing, whatever the stream holds.
+        let r = read(ReadArgs {
+            size: 0,
+            mode: ReadMode::History,
+            epoch: "",
+            ..base.clone()
+        })
+        .await;
+        assert!(r.entries.is_empty());
+        assert_eq!(r.top, 250);
     });
 }
 

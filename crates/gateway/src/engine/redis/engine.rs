@@ -311,6 +311,7 @@ impl RedisEngine {
                     mode: ReadMode::Recover,
                     create: fresh,
                     meta_ttl: self.meta_ttl.as_secs().max(1),
+                    size: self.sink.keep(id).size,
                 };
                 (id.clone(), args)
             })
@@ -435,6 +436,7 @@ impl Engine for RedisEngine {
                 Some(e) => (e.as_str(), since.map_or(0, |s| s.seq)),
                 None => ("", 0),
             };
+            let keep = self.sink.keep_of(stream);
             let args = ReadArgs {
                 epoch: match_epoch,
                 after,
@@ -442,9 +444,9 @@ impl Engine for RedisEngine {
                 mode: ReadMode::History,
                 create: &fresh,
                 meta_ttl: self.meta_ttl.as_secs().max(1),
+                size: keep.size,
             };
             let mut read = self.node.read(&id, &args).await.map_err(unavailable)?;
-            let keep = self.sink.keep_of(stream);
             read.expire(keep.ttl.as_micros() as u64);
             let epoch = read
                 .epoch

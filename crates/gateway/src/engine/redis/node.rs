@@ -875,6 +875,7 @@ impl RedisNode {
                 mode: ReadMode::Fill,
                 create: "",
                 meta_ttl: 0,
+                size: keep.size,
             };
             match self.read(&stream, &args).await {
                 Ok(mut read) if read.epoch.as_deref() == Some(epoch.as_str()) => {
@@ -952,6 +953,8 @@ impl RedisNode {
             mode: ReadMode::Recover,
             create: "",
             meta_ttl: 0,
+            // Only the top is wanted.
+            size: 0,
         };
         for chunk in streams.chunks(CHECK_BATCH) {
             let reads: Vec<_> = chunk.iter().map(|s| (s.clone(), args.clone())).collect();

@@ -16,9 +16,13 @@
 //!    stream's last publish by at least its TTL; it may outlive it by up to `refresh`
 //!    more ([`refresh_secs`]: a tenth of the shorter TTL, 1 to 60 s). The meta TTL is
 //!    longer than any history TTL, so a position outlives quiet periods and restarts;
-//! 4. when the namespace keeps history: `XADD history NOMKSTREAM MAXLEN <size> <seq> d
-//!    <data> t <µs>` (entry id = `<seq>-0`, exact trimming); a history that is not there
-//!    (expired, evicted, new) is created by a plain `XADD` and given its TTL at once;
+//! 4. when the namespace keeps history: `XADD history NOMKSTREAM MAXLEN ~ <size> <seq> d
+//!    <data> t <µs>` (entry id = `<seq>-0`); a history that is not there (expired,
+//!    evicted, new) is created by a plain `XADD` and given its TTL at once. Trimming is
+//!    approximate: Redis drops only whole stream nodes (`stream-node-max-entries`, 100
+//!    by default), so a stream holds from `size` up to about `size` + 100 entries. Exact
+//!    trimming rewrites the head node on every publish and cost ~10 µs of Redis CPU a
+//!    message (docs/benchmarks.md); the read script hides the extra entries instead;
 //! 5. `PUBLISH` the message with its position inline ([`super::message`]).
 //!
 //! A stream named twice in one call is looked up once (its epoch and top are carried
@@ -30,7 +34,9 @@
 //!
 //! **Read** ([`READ`]): the stream's position and, in the same atomic step, the kept
 //! entries after a given seq when the epoch matches — for a recovery, a gap refill and
-//! the history API. It also returns Redis's clock, so entries older than the
+//! the history API. Only the newest `size` seqs count as kept (`top - size + 1 ..=
+//! top`), whatever approximate trimming left older than that, so every mode answers
+//! exactly what exact trimming would have kept. It also returns Redis's clock, so entries older than the
 //! namespace's TTL are treated as gone (`EXPIRE` on the stream only bounds the whole
 //! stream; the per-message TTL is applied when reading). With `create` set, a stream
 //! without a position gets one (seq 0, a fresh epoch), so the epoch a subscriber is
@@ -94,10 +100,10 @@ for i = 1, #KEYS / 2 do
   if size ~= "0" then
     local kept = false
     if not created then
-      kept = redis.call("xadd", history, "NOMKSTREAM", "MAXLEN", size, s, "d", data, "t", micros)
+      kept = redis.call("xadd", history, "NOMKSTREAM", "MAXLEN", "~", size, s, "d", data, "t", micros)
     end
     if not kept then
-      redis.call("xadd", history, "MAXLEN", size, s, "d", data, "t", micros)
+      redis.call("xadd", history, "MAXLEN", "~", size, s, "d", data, "t", micros)
       renew = true
     end
     if renew then
@@ -114,13 +120,15 @@ return out
 /// The read script. See the module docs.
 ///
 /// `KEYS`: meta, history. `ARGV`: epoch to match, after-seq, last seq to read, mode,
-/// new epoch when creating (`""`: never create), meta TTL. Modes:
+/// new epoch when creating (`""`: never create), meta TTL, history size. Only seqs
+/// `oldest ..= top` are read, `oldest = max(1, top - size + 1)` (size 0: none). Modes:
 ///
-/// * `r` (recovery): when the epoch matches, `after+1 ..= top`, but only when the top is
-///   at most the last seq (a recovery never hands out part of what is missing);
-/// * `f` (fill): when the epoch matches, at most `last - after` entries from `after+1`;
+/// * `r` (recovery): when the epoch matches, `max(after+1, oldest) ..= top`, but only
+///   when the top is at most the last seq (a recovery never hands out part of what is
+///   missing; a first entry after `after+1` tells the caller the rest is gone);
+/// * `f` (fill): when the epoch matches, `max(after+1, oldest) ..= last`;
 /// * `h` (history API): like `f` when the epoch matches, else at most `last - after`
-///   entries from the oldest kept.
+///   entries from the oldest.
 ///
 /// Reply: `{top, epoch or nil, entries, now_µs}`.
 pub const READ_LUA: &str = r#"
@@ -136,21 +144,22 @@ if not epoch then
   redis.call("del", KEYS[2])
   return {0, epoch, {}, micros}
 end
-local after, last, mode = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local after, last, mode, size = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[7])
+local oldest = math.max(1, top - size + 1)
 local entries = {}
-if top > 0 and last > after then
-  local from = string.format("%d", after + 1)
-  local count = string.format("%d", last - after)
+if top > 0 and size > 0 and last > after then
+  local from = string.format("%d", math.max(after + 1, oldest))
   if ARGV[1] == epoch then
     if mode == "r" then
       if after < top and top <= last then
         entries = redis.call("xrange", KEYS[2], from, string.format("%d", top))
       end
     elseif after < top then
-      entries = redis.call("xrange", KEYS[2], from, "+", "COUNT", count)
+      entries = redis.call("xrange", KEYS[2], from, string.format("%d", math.min(last, top)))
     end
   elseif mode == "h" then
-    entries = redis.call("xrange", KEYS[2], "-", "+", "COUNT", count)
+    local count = string.format("%d", last - after)
+    entries = redis.call("xrange", KEYS[2], string.format("%d", oldest), "+", "COUNT", count)
   end
 end
 return {top, epoch, entries, micros}
@@ -386,6 +395,8 @@ pub struct ReadArgs<'a> {
     pub create: &'a str,
     /// The meta TTL in seconds, for a created position.
     pub meta_ttl: u64,
+    /// The namespace's history size: only the newest `size` seqs are read (0: none).
+    pub size: u32,
 }
 
 impl ReadArgs<'_> {
@@ -401,7 +412,8 @@ impl ReadArgs<'_> {
                 ReadMode::History => "h",
             })
             .arg(self.create)
-            .arg(self.meta_ttl);
+            .arg(self.meta_ttl)
+            .arg(self.size);
     }
 }
 
