@@ -127,12 +127,18 @@ fn published(reply: &redis::Value) -> (u64, String) {
     positions.pop().unwrap()
 }
 
-fn read_call<'a>(kind: Kind, name: &str, args: &ReadArgs<'_>) -> redis::ScriptInvocation<'a> {
+/// Runs the read script on one channel and parses its reply.
+async fn read_channel(
+    instance: Arc<Instance>,
+    name: &'static str,
+    args: ReadArgs<'static>,
+) -> script::Read {
     let mut call = script::READ.prepare_invoke();
-    call.key(keys::meta_key(kind, name))
-        .key(keys::history_key(kind, name));
+    call.key(keys::meta_key(Kind::Channel, name))
+        .key(keys::history_key(Kind::Channel, name));
     args.apply(&mut call);
-    call
+    let reply = instance.scripts(&script::READ, &[call]).await.unwrap();
+    script::parse_read(reply.into_iter().next().unwrap()).unwrap()
 }
 
 #[test]
@@ -363,16 +369,7 @@ fn the_read_script_recovers_fills_and_creates_positions() {
             .map(|i| publish_call(Kind::Channel, "r", &i.to_string(), (100, 60), "EpochAAA"))
             .collect();
         instance.scripts(&script::PUBLISH, &calls).await.unwrap();
-        let read = |args: ReadArgs<'static>| {
-            let instance = Arc::clone(&instance);
-            async move {
-                let r = instance
-                    .scripts(&script::READ, &[read_call(Kind::Channel, "r", &args)])
-                    .await
-                    .unwrap();
-                script::parse_read(r.into_iter().next().unwrap()).unwrap()
-            }
-        };
+        let read = |args| read_channel(Arc::clone(&instance), "r", args);
         let base = ReadArgs {
             epoch: "EpochAAA",
             after: 6,
@@ -413,24 +410,17 @@ fn the_read_script_recovers_fills_and_creates_positions() {
         .await;
         assert!(r.entries.is_empty());
         // Unknown streams: no position, or a created one the first publish continues.
-        let unknown = |create: &'static str| {
-            let instance = Arc::clone(&instance);
-            async move {
-                let args = ReadArgs {
-                    epoch: "",
-                    after: 0,
-                    last: 0,
-                    mode: ReadMode::Recover,
-                    create,
-                    meta_ttl: 3600,
-                    size: 100,
-                };
-                let r = instance
-                    .scripts(&script::READ, &[read_call(Kind::Channel, "new", &args)])
-                    .await
-                    .unwrap();
-                script::parse_read(r.into_iter().next().unwrap()).unwrap()
-            }
+        let unknown = |create| {
+            let args = ReadArgs {
+                epoch: "",
+                after: 0,
+                last: 0,
+                mode: ReadMode::Recover,
+                create,
+                meta_ttl: 3600,
+                size: 100,
+            };
+            read_channel(Arc::clone(&instance), "new", args)
         };
         assert_eq!(unknown("").await.epoch, None);
         assert_eq!(unknown("EpochNEW").await.epoch.as_deref(), Some("EpochNEW"));
@@ -459,16 +449,7 @@ fn the_read_script_caps_every_mode_at_the_newest_history_size_seqs() {
         let len: u64 = server.cli(&["XLEN", "pw:h:c:t"]).parse().unwrap();
         assert!((100..=250).contains(&len), "{len}");
         assert!(len > 100, "whole nodes only: {len} kept");
-        let read = |args: ReadArgs<'static>| {
-            let instance = Arc::clone(&instance);
-            async move {
-                let r = instance
-                    .scripts(&script::READ, &[read_call(Kind::Channel, "t", &args)])
-                    .await
-                    .unwrap();
-                script::parse_read(r.into_iter().next().unwrap()).unwrap()
-            }
-        };
+        let read = |args| read_channel(Arc::clone(&instance), "t", args);
         let seqs = |r: &script::Read| r.entries.iter().map(|e| e.seq).collect::<Vec<_>>();
         let base = ReadArgs {
             epoch: "EpochAAA",

@@ -36,8 +36,8 @@
 //! entries after a given seq when the epoch matches — for a recovery, a gap refill and
 //! the history API. Only the newest `size` seqs count as kept (`top - size + 1 ..=
 //! top`), whatever approximate trimming left older than that, so every mode answers
-//! exactly what exact trimming would have kept. It also returns Redis's clock, so entries older than the
-//! namespace's TTL are treated as gone (`EXPIRE` on the stream only bounds the whole
+//! exactly what exact trimming would have kept. It also returns Redis's clock, so
+//! entries older than the namespace's TTL are treated as gone (`EXPIRE` on the stream only bounds the whole
 //! stream; the per-message TTL is applied when reading). With `create` set, a stream
 //! without a position gets one (seq 0, a fresh epoch), so the epoch a subscriber is
 //! told is the one the first publish continues.
@@ -155,7 +155,7 @@ if top > 0 and size > 0 and last > after then
         entries = redis.call("xrange", KEYS[2], from, string.format("%d", top))
       end
     elseif after < top then
-      entries = redis.call("xrange", KEYS[2], from, string.format("%d", math.min(last, top)))
+      entries = redis.call("xrange", KEYS[2], from, string.format("%d", last))
     end
   elseif mode == "h" then
     local count = string.format("%d", last - after)
