@@ -46,6 +46,19 @@ def test_python_websockets_client_stays_connected_and_rtt_is_measured(start_gate
     assert gw.metric("pingwheel_ping_timeouts_total") == 0
 
 
+def test_keepalive_without_ping_slack_still_pings_on_time(start_gateway, pingwheel_bin):
+    # --max-ping-slack 0: every ping in its own tick instead of a shared window.
+    gw = start_gateway(*FAST_KEEPALIVE, "--max-ping-slack", "0")
+    with connect(gw.ws_url, ping_interval=None) as ws:
+        hold(ws, 4.5)
+        assert gw.metric("pingwheel_ping_rtt_seconds_count") >= 3
+    assert gw.metric("pingwheel_ping_timeouts_total") == 0
+    r = subprocess.run([str(pingwheel_bin), "--max-ping-slack", "2s"], capture_output=True, text=True,
+                       timeout=10)
+    assert r.returncode == 2
+    assert "--max-ping-slack" in r.stderr and "between 0 and 1s" in r.stderr, r.stderr
+
+
 def test_python_websockets_own_keepalive_pings_get_pongs(start_gateway):
     gw = start_gateway("--ping-interval", "off")
     with connect(gw.ws_url, ping_interval=0.5, ping_timeout=2) as ws:

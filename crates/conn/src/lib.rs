@@ -123,6 +123,7 @@ impl Default for ConnConfig {
             keepalive: KeepaliveConfig {
                 ping_interval: Some(Duration::from_secs(20)),
                 ping_timeout: Some(Duration::from_secs(20)),
+                max_ping_slack: keepalive::MAX_PING_SLACK,
             },
             open_timeout: Some(Duration::from_secs(10)),
             close_timeout: Duration::from_secs(10),

@@ -123,6 +123,14 @@ kind!(
 );
 
 kind!(
+    /// The cap on the ping slack: 0 ..= 1 s.
+    PingSlack: Duration = |s| match Fixed::parse(s)? {
+        cap if cap <= crate::conn::keepalive::MAX_PING_SLACK => Ok(cap),
+        _ => Err("must be between 0 and 1s".to_owned()),
+    }
+);
+
+kind!(
     /// `true`/`on`/`yes`/`1` or `false`/`off`/`no`/`0`.
     Bool: bool = |s| match s.trim().to_ascii_lowercase().as_str() {
         "true" | "on" | "yes" | "1" => Ok(true),

@@ -63,7 +63,7 @@ use crate::engine::namespace::Namespace;
 
 use self::kinds::{
     Addr, Bool, EngineChoice, FilePath, Fixed, Kind, List, LogFilter, NodeName, Opt, Origin,
-    Positive, RedisUrlKind, SecretText, Size, Switchable, TickLength, Whole, Workers,
+    PingSlack, Positive, RedisUrlKind, SecretText, Size, Switchable, TickLength, Whole, Workers,
 };
 
 mod kinds;
@@ -141,7 +141,7 @@ pub struct Config {
     pub workers: NonZeroUsize,
 
     /// Keepalive ping period; '0' or 'off' disables pings. Pings are batched: each may
-    /// go out up to min(interval/20, 1s) late.
+    /// go out up to min(interval/20, --max-ping-slack) late.
     // `std::option::Option` spelled out: clap then parses 'off' to `None` instead of
     // treating the flag as optional.
     #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = Switchable::parse)]
@@ -153,6 +153,14 @@ pub struct Config {
     #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = Switchable::parse)]
     #[serde(deserialize_with = "Switchable::deserialize")]
     pub ping_timeout: std::option::Option<Duration>,
+
+    /// The most a ping may go out late (0..=1s): each goes out up to
+    /// min(ping_interval/20, this) late, so the pings due within one window share a
+    /// wake-up. '0' sends each ping in its own tick: a shorter delivery-latency tail
+    /// while pings are due, for a little more keepalive CPU.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = PingSlack::parse)]
+    #[serde(deserialize_with = "PingSlack::deserialize")]
+    pub max_ping_slack: Duration,
 
     /// The HTTP upgrade must complete within this of the TCP accept; '0' or 'off' waits
     /// forever.

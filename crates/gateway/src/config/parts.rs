@@ -25,6 +25,7 @@ impl Config {
             keepalive: KeepaliveConfig {
                 ping_interval: self.ping_interval,
                 ping_timeout: self.ping_timeout,
+                max_ping_slack: self.max_ping_slack,
             },
             open_timeout: self.open_timeout,
             close_timeout: self.close_timeout,

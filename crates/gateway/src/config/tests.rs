@@ -77,6 +77,7 @@ fn no_arguments_gives_the_documented_defaults() {
     );
     assert_eq!(config.ping_interval, Some(20 * SEC));
     assert_eq!(config.ping_timeout, Some(20 * SEC));
+    assert_eq!(config.max_ping_slack, SEC);
     assert_eq!(config.open_timeout, Some(10 * SEC));
     assert_eq!(config.close_timeout, 10 * SEC);
     assert_eq!(config.drain_timeout, 10 * SEC);
@@ -157,6 +158,12 @@ fn off_and_zero_disable_optional_durations() {
         assert_eq!(config.ping_timeout, None, "{off}");
         assert_eq!(config.open_timeout, None, "{off}");
     }
+    assert_eq!(
+        load(&["--max-ping-slack", "0"]).max_ping_slack,
+        Duration::ZERO
+    );
+    let conn = load(&["--max-ping-slack", "250ms"]).conn();
+    assert_eq!(conn.keepalive.ping_slack(), Duration::from_millis(250));
     let err = load_err(&["--close-timeout", "off"]);
     assert!(err.contains("'--close-timeout <DURATION>'"), "{err}");
     assert!(err.contains("cannot be 'off'"), "{err}");
@@ -218,6 +225,11 @@ fn bad_values_name_the_flag() {
             &["--tick", "2s"],
             "'--tick <DURATION>'",
             "between 1ms and 1s",
+        ),
+        (
+            &["--max-ping-slack", "2s"],
+            "'--max-ping-slack <DURATION>'",
+            "between 0 and 1s",
         ),
         (
             &["--max-message-size", "124"],
@@ -299,6 +311,7 @@ fn help_documents_every_flag_with_its_default() {
         ("--workers", "[default: number of CPU cores]"),
         ("--ping-interval", "[default: 20s]"),
         ("--ping-timeout", "[default: 20s]"),
+        ("--max-ping-slack", "[default: 1s]"),
         ("--open-timeout", "[default: 10s]"),
         ("--close-timeout", "[default: 10s]"),
         ("--drain-timeout", "[default: 10s]"),
@@ -518,13 +531,14 @@ fn missing_file_is_reported_with_its_path() {
 }
 
 /// Every key the file accepts; `FileConfig` must have exactly these fields.
-const FILE_KEYS: [&str; 36] = [
+const FILE_KEYS: [&str; 37] = [
     "listen",
     "admin_listen",
     "admin_body_timeout",
     "workers",
     "ping_interval",
     "ping_timeout",
+    "max_ping_slack",
     "open_timeout",
     "close_timeout",
     "drain_timeout",
