@@ -61,6 +61,17 @@ pub struct KeepaliveConfig {
 /// The default and largest cap on the ping slack: one second.
 pub const MAX_PING_SLACK: Duration = Duration::from_secs(1);
 
+impl Default for KeepaliveConfig {
+    /// The gateway's defaults: a Ping every 20 s, 20 s for its Pong, slack capped at 1 s.
+    fn default() -> KeepaliveConfig {
+        KeepaliveConfig {
+            ping_interval: Some(Duration::from_secs(20)),
+            ping_timeout: Some(Duration::from_secs(20)),
+            max_ping_slack: MAX_PING_SLACK,
+        }
+    }
+}
+
 impl KeepaliveConfig {
     /// How late a Ping may go out (timer slack, see the module docs):
     /// `min(ping_interval / 20, max_ping_slack)`; zero when pings are off.
@@ -206,7 +217,7 @@ mod tests {
         KeepaliveConfig {
             ping_interval: interval.map(s),
             ping_timeout: timeout.map(s),
-            max_ping_slack: MAX_PING_SLACK,
+            ..KeepaliveConfig::default()
         }
     }
 

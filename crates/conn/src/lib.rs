@@ -120,11 +120,7 @@ impl Default for ConnConfig {
     /// The gateway's embedded defaults.
     fn default() -> Self {
         ConnConfig {
-            keepalive: KeepaliveConfig {
-                ping_interval: Some(Duration::from_secs(20)),
-                ping_timeout: Some(Duration::from_secs(20)),
-                max_ping_slack: keepalive::MAX_PING_SLACK,
-            },
+            keepalive: KeepaliveConfig::default(),
             open_timeout: Some(Duration::from_secs(10)),
             close_timeout: Duration::from_secs(10),
             max_message_size: 1 << 20,

@@ -175,7 +175,7 @@ fn cfg_keepalive(interval: Option<u64>, timeout: Option<u64>) -> ConnConfig {
         keepalive: KeepaliveConfig {
             ping_interval: interval.map(secs),
             ping_timeout: timeout.map(secs),
-            max_ping_slack: keepalive::MAX_PING_SLACK,
+            ..KeepaliveConfig::default()
         },
         ..ConnConfig::default()
     }

@@ -119,7 +119,7 @@ mod tests {
     use pingwheel_proto::frame::encode_client_frame;
 
     use super::*;
-    use crate::keepalive::{KeepaliveConfig, MAX_PING_SLACK};
+    use crate::keepalive::KeepaliveConfig;
     use crate::{CloseReason, ConnEvent};
 
     const TICK: Duration = Duration::from_millis(10);
@@ -300,7 +300,7 @@ mod tests {
             keepalive: KeepaliveConfig {
                 ping_interval: Some(ms(100)),
                 ping_timeout: Some(ms(100)),
-                max_ping_slack: MAX_PING_SLACK,
+                ..KeepaliveConfig::default()
             },
             ..ConnConfig::default()
         };
@@ -353,7 +353,7 @@ mod tests {
             keepalive: KeepaliveConfig {
                 ping_interval: Some(secs(4)),
                 ping_timeout: Some(secs(4)),
-                max_ping_slack: MAX_PING_SLACK,
+                ..KeepaliveConfig::default()
             },
             ..ConnConfig::default()
         };
@@ -387,7 +387,7 @@ mod tests {
             keepalive: KeepaliveConfig {
                 ping_interval: Some(secs(4)),
                 ping_timeout: Some(secs(4)),
-                max_ping_slack: MAX_PING_SLACK,
+                ..KeepaliveConfig::default()
             },
             ..ConnConfig::default()
         };
@@ -417,7 +417,7 @@ mod tests {
             keepalive: KeepaliveConfig {
                 ping_interval: Some(secs(20)),
                 ping_timeout: Some(secs(5)),
-                max_ping_slack: MAX_PING_SLACK,
+                ..KeepaliveConfig::default()
             },
             ..ConnConfig::default()
         };
